@@ -1,0 +1,71 @@
+"""Basic intensity metrics (SPEC §5): Pearson correlation, mean squared error and 2-D MS-SSIM over Z-slices."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from monai.metrics import MultiScaleSSIMMetric
+
+#: MS-SSIM settings of the reference: MONAI 2-D MS-SSIM, Z slices as channels, data range 1, kernel size 4.
+MS_SSIM_KERNEL_SIZE = 4
+MS_SSIM_DATA_RANGE = 1.0
+
+
+def _check_pair(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    gt = np.asarray(gt, dtype=np.float64)
+    pred = np.asarray(pred, dtype=np.float64)
+    if gt.shape != pred.shape:
+        raise ValueError(f"ground truth shape {gt.shape} differs from prediction shape {pred.shape}")
+    return gt, pred
+
+
+def pcc(gt: np.ndarray, pred: np.ndarray) -> float:
+    """Pearson correlation coefficient over all voxels of two same-shape arrays (e.g. ``(Z, Y, X)``).
+
+    Higher is better; unitless, in [-1, 1]. NaN (documented, no error) when either array is constant.
+    """
+    gt, pred = _check_pair(gt, pred)
+    a = gt.ravel() - gt.mean()
+    b = pred.ravel() - pred.mean()
+    denom = np.sqrt((a * a).sum() * (b * b).sum())
+    if denom == 0:
+        return float("nan")
+    return float((a * b).sum() / denom)
+
+
+def mse(gt: np.ndarray, pred: np.ndarray) -> float:
+    """Mean squared error over all voxels. Lower is better; unit: squared normalised intensity."""
+    gt, pred = _check_pair(gt, pred)
+    return float(np.mean((gt - pred) ** 2))
+
+
+def pooled_pcc(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray]) -> float:
+    """Pearson correlation of all voxels of all patches pooled (the reference's reporting)."""
+    return pcc(np.concatenate([np.ravel(g) for g in gts]), np.concatenate([np.ravel(p) for p in preds]))
+
+
+def pooled_mse(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray]) -> float:
+    """Mean squared error over all voxels of all patches pooled."""
+    return mse(np.concatenate([np.ravel(g) for g in gts]), np.concatenate([np.ravel(p) for p in preds]))
+
+
+def ms_ssim_batch(gts: np.ndarray | torch.Tensor, preds: np.ndarray | torch.Tensor) -> np.ndarray:
+    """MS-SSIM per patch for a stack of patches ``(N, Z, Y, X)``; returns ``(N,)``.
+
+    Definition (reference): MONAI ``MultiScaleSSIMMetric(spatial_dims=2, data_range=1, kernel_size=4)`` with the
+    Z slices as channels, default 5 scale weights. Higher is better; unitless. Needs Y and X large enough for
+    5 scales with kernel 4 (≥ 48 px, i.e. 64×64 patches work).
+    """
+    g = torch.as_tensor(np.asarray(gts, dtype=np.float32))
+    p = torch.as_tensor(np.asarray(preds, dtype=np.float32))
+    if g.shape != p.shape or g.ndim != 4:
+        raise ValueError(f"expected two (N, Z, Y, X) stacks of equal shape, got {tuple(g.shape)} and {tuple(p.shape)}")
+    metric = MultiScaleSSIMMetric(spatial_dims=2, data_range=MS_SSIM_DATA_RANGE, kernel_size=MS_SSIM_KERNEL_SIZE)
+    return metric(p, g).reshape(-1).double().numpy()
+
+
+def ms_ssim(gt: np.ndarray, pred: np.ndarray) -> float:
+    """MS-SSIM of one ``(Z, Y, X)`` patch (see :func:`ms_ssim_batch`). Higher is better."""
+    return float(ms_ssim_batch(np.asarray(gt)[None], np.asarray(pred)[None])[0])
