@@ -58,9 +58,7 @@ def read_volume(path: str | os.PathLike) -> np.ndarray:
     if arr.ndim > 3:
         arr = arr.squeeze()
     if arr.ndim != 3:
-        raise DataError(
-            f"{path}: expected a 3-D (Z, Y, X) volume, got an array of shape {arr.shape} ({arr.ndim}-D)"
-        )
+        raise DataError(f"{path}: expected a 3-D (Z, Y, X) volume, got an array of shape {arr.shape} ({arr.ndim}-D)")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         n_bad = int((~np.isfinite(arr)).sum())
         raise DataError(f"{path}: contains {n_bad} NaN/inf voxels; expected finite intensities")
@@ -69,7 +67,9 @@ def read_volume(path: str | os.PathLike) -> np.ndarray:
     return arr
 
 
-def to_unit(array: np.ndarray, path: str | os.PathLike = "<array>", window: Sequence[float] | None = None) -> np.ndarray:
+def to_unit(
+    array: np.ndarray, path: str | os.PathLike = "<array>", window: Sequence[float] | None = None
+) -> np.ndarray:
     """Convert a ``(Z, Y, X)`` volume to float32 in [0, 1].
 
     * with ``window`` given: fixed-window normalisation of raw grey levels (SPEC §1);
@@ -105,8 +105,8 @@ class PatchPair:
     bf_window: tuple[float, float] | None = None
     fl_window: tuple[float, float] | None = None
 
-    def load(self) -> tuple[np.ndarray, np.ndarray]:
-        """Read and normalise both volumes; returns ``(bf, gt)`` float32 ``(Z, Y, X)`` in [0, 1]."""
+    def read_raw(self) -> tuple[np.ndarray, np.ndarray]:
+        """Read both volumes in their stored dtype; checks that their ``(Z, Y, X)`` shapes agree."""
         bf_raw = read_volume(self.bf_path)
         gt_raw = read_volume(self.gt_path)
         if bf_raw.shape != gt_raw.shape:
@@ -114,6 +114,11 @@ class PatchPair:
                 f"{self.gt_path}: shape {gt_raw.shape} (Z, Y, X) does not match its brightfield partner "
                 f"{self.bf_path} of shape {bf_raw.shape}"
             )
+        return bf_raw, gt_raw
+
+    def load(self) -> tuple[np.ndarray, np.ndarray]:
+        """Read and normalise both volumes; returns ``(bf, gt)`` float32 ``(Z, Y, X)`` in [0, 1]."""
+        bf_raw, gt_raw = self.read_raw()
         return to_unit(bf_raw, self.bf_path, self.bf_window), to_unit(gt_raw, self.gt_path, self.fl_window)
 
 

@@ -55,7 +55,9 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None) -> Path:
+def write_csv(
+    path: str | os.PathLike, rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None
+) -> Path:
     """Write a list of dicts as a CSV file atomically; columns are ``fieldnames`` or the keys of the first row."""
     if fieldnames is None:
         fieldnames = list(rows[0].keys()) if rows else []
@@ -84,8 +86,12 @@ def write_tiff(
     if voxel_size_zyx is not None:
         vz, vy, vx = (float(v) for v in voxel_size_zyx)
         ome.update(
-            PhysicalSizeZ=vz, PhysicalSizeY=vy, PhysicalSizeX=vx,
-            PhysicalSizeZUnit="µm", PhysicalSizeYUnit="µm", PhysicalSizeXUnit="µm",
+            PhysicalSizeZ=vz,
+            PhysicalSizeY=vy,
+            PhysicalSizeX=vx,
+            PhysicalSizeZUnit="µm",
+            PhysicalSizeYUnit="µm",
+            PhysicalSizeXUnit="µm",
         )
     if metadata:
         ome["Description"] = json.dumps(dict(metadata), default=str)

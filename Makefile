@@ -1,0 +1,30 @@
+# Two commands on a fresh machine:  `make demo`  and  `make test`.  Both create and use ./.venv themselves.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU wheel on machines with a local torch wheel; on a CUDA machine the same pin pulls the CUDA build from PyPI.
+TORCH ?= torch==2.13.0
+EXTRAS ?= dev
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint clean
+
+$(VENV)/.installed-$(EXTRAS): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed-$(EXTRAS)
+
+demo: install
+	$(VENV)/bin/dm4isl-train experiment=demo
+
+test: install
+	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check dm4isl tests scripts
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,386 @@
+"""LightningDataModules: FOV-level splits, filtered random crops for training, fixed cached validation/test sets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from dm4isl.data.patches import (
+    SALT_TEST,
+    SALT_TRAIN,
+    SALT_VAL,
+    PatchSet,
+    Volume,
+    apply_augment,
+    augment_params,
+    crop_slices,
+    fixed_patch_set,
+    sample_crop,
+    unit_std_threshold,
+)
+from dm4isl.data.readers import read_patch_folder, to_unit
+from dm4isl.data.splits import load_or_make_split
+from dm4isl.errors import DataError
+from dm4isl.io.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+#: Bump when the layout of cached evaluation sets changes.
+EVAL_CACHE_VERSION = 1
+
+
+def _plain(value: Any) -> Any:
+    """Hydra/OmegaConf containers → plain Python containers (checkpoints stay loadable with weights_only=True)."""
+    if isinstance(value, DictConfig) or OmegaConf.is_config(value):
+        return OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _sample(bf: np.ndarray, fl: np.ndarray, mask: np.ndarray, index: int, name: str) -> dict[str, Any]:
+    """One dataset item: ``(Z, Y, X)`` arrays → tensors ``(1, Z, Y, X)``."""
+    return {
+        "bf": torch.from_numpy(np.ascontiguousarray(bf, dtype=np.float32))[None],
+        "fl": torch.from_numpy(np.ascontiguousarray(fl, dtype=np.float32))[None],
+        "mask": torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None],
+        "index": torch.tensor(index, dtype=torch.int64),
+        "name": name,
+    }
+
+
+class RandomCropDataset(Dataset):
+    """Training crops; item ``i`` of epoch ``e`` is fully determined by ``(seed, e, i)`` (reproducible, resumable)."""
+
+    def __init__(
+        self,
+        volumes: Sequence[Volume],
+        patch_size: Sequence[int],
+        length: int,
+        threshold: float,
+        max_tries: int,
+        augment: Mapping[str, float],
+        seed: int,
+        epoch: int = 0,
+    ) -> None:
+        if not volumes:
+            raise DataError("the training split holds no volumes")
+        self.volumes = list(volumes)
+        self.patch_size = tuple(int(s) for s in patch_size)
+        self.length = int(length)
+        self.threshold = float(threshold)
+        self.max_tries = int(max_tries)
+        self.augment = dict(augment)
+        self.seed = int(seed)
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        rng = np.random.default_rng([self.seed, SALT_TRAIN, self.epoch, int(i)])
+        vi, corner, _ = sample_crop(rng, self.volumes, self.patch_size, self.threshold, self.max_tries)
+        vol = self.volumes[vi]
+        sl = crop_slices(corner, self.patch_size)
+        mask = vol.mask[sl] if vol.mask is not None else np.zeros(self.patch_size, np.uint8)
+        params = augment_params(rng, self.augment, square=self.patch_size[1] == self.patch_size[2])
+        bf, fl, mask = (apply_augment(a, *params) for a in (vol.bf[sl], vol.fl[sl], mask))
+        return _sample(bf, fl, mask, self.epoch * self.length + int(i), f"train_e{self.epoch}_{i}")
+
+
+class PatchSetDataset(Dataset):
+    """A fixed :class:`PatchSet` (validation or test); item ``i`` has stable patch id ``i``."""
+
+    def __init__(self, patches: PatchSet) -> None:
+        self.patches = patches
+
+    def __len__(self) -> int:
+        return len(self.patches)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        p = self.patches
+        return _sample(p.bf[i], p.fl[i], p.mask[i], int(i), p.names[i])
+
+
+def save_patch_set(path: Path, patches: PatchSet) -> None:
+    """Write a patch set as an uncompressed ``.npz`` atomically (arrays ``(N, Z, Y, X)``)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                bf=patches.bf,
+                fl=patches.fl,
+                mask=patches.mask,
+                names=np.asarray(patches.names),
+                sources=np.asarray(patches.sources),
+                corners=patches.corners,
+            )
+
+
+def load_patch_set(path: Path) -> PatchSet:
+    """Read a patch set written by :func:`save_patch_set`."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return PatchSet(
+                bf=z["bf"],
+                fl=z["fl"],
+                mask=z["mask"],
+                names=[str(s) for s in z["names"]],
+                sources=[str(s) for s in z["sources"]],
+                corners=z["corners"],
+            )
+    except (OSError, KeyError, ValueError) as err:
+        raise DataError(f"{path}: corrupt cached patch set ({err}); delete it to rebuild") from err
+
+
+class ZStackDataModule(L.LightningDataModule):
+    """Shared logic: load volumes, split them by FOV, serve training crops and fixed, cached evaluation sets.
+
+    Subclasses implement :meth:`load_volumes`. Batches are dicts with ``bf``, ``fl``, ``mask`` of shape
+    ``(B, 1, Z, Y, X)`` (float32, [0, 1]), ``index`` ``(B,)`` stable patch ids and ``name`` (list of str).
+    """
+
+    def __init__(
+        self,
+        organelle: Mapping[str, Any],
+        patch_size: Sequence[int] = (16, 64, 64),
+        samples_per_epoch: int = 256,
+        n_val_patches: int = 16,
+        n_test_patches: int = 128,
+        eval_patch_size: Sequence[int] | None = None,
+        filter_max_tries: int = 50,
+        augment: Mapping[str, float] | None = None,
+        batch_size: int = 4,
+        eval_batch_size: int = 8,
+        num_workers: int = 0,
+        seed: int = 0,
+        split_fractions: Mapping[str, float] | None = None,
+        split_seed: int = 0,
+        split_file: str | os.PathLike | None = None,
+        cache_dir: str | os.PathLike | None = None,
+    ) -> None:
+        super().__init__()
+        self.organelle = dict(_plain(organelle))
+        self.patch_size = [int(s) for s in _plain(patch_size)]
+        self.eval_patch_size = [int(s) for s in _plain(eval_patch_size or patch_size)]
+        self.samples_per_epoch = int(samples_per_epoch)
+        self.n_val_patches = int(n_val_patches)
+        self.n_test_patches = int(n_test_patches)
+        self.filter_max_tries = int(filter_max_tries)
+        self.augment = dict(_plain(augment) or {})
+        self.batch_size = int(batch_size)
+        self.eval_batch_size = int(eval_batch_size)
+        self.num_workers = int(num_workers)
+        self.seed = int(seed)
+        self.split_fractions = dict(_plain(split_fractions) or {"val": 0.1, "test": 0.1})
+        self.split_seed = int(split_seed)
+        self.split_file = Path(split_file) if split_file else None
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.threshold = unit_std_threshold(self.organelle["std_th"], self.organelle["fl_window"])
+        self.volumes: dict[str, list[Volume]] = {}
+        self.val_set: PatchSet | None = None
+        self.test_set: PatchSet | None = None
+
+    # -- to implement -------------------------------------------------------------------------------------------
+    def load_volumes(self) -> list[Volume]:
+        """All volumes of the dataset, each with a unique ``name`` (its FOV id)."""
+        raise NotImplementedError
+
+    def cache_key(self) -> dict[str, Any]:
+        """What identifies the dataset content for the evaluation-set cache (subclasses add their parameters)."""
+        return {"organelle": self.organelle["name"], "fl_window": list(self.organelle["fl_window"])}
+
+    # -- Lightning hooks ----------------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.volumes:
+            return
+        volumes = self.load_volumes()
+        by_name = {v.name: v for v in volumes}
+        if len(by_name) != len(volumes):
+            raise DataError("volume names (FOV ids) must be unique")
+        split = load_or_make_split(list(by_name), self.split_fractions, self.split_seed, self.split_file)
+        self.split = split
+        self.volumes = {k: [by_name[n] for n in split[k]] for k in ("train", "val", "test")}
+        self.val_set = self._eval_set("val", self.n_val_patches, SALT_VAL) if self.volumes["val"] else None
+        self.test_set = self._eval_set("test", self.n_test_patches, SALT_TEST) if self.volumes["test"] else None
+        log.info(
+            "split: %d train / %d val / %d test FOVs; %s val and %s test patches",
+            *(len(self.volumes[k]) for k in ("train", "val", "test")),
+            len(self.val_set) if self.val_set else 0,
+            len(self.test_set) if self.test_set else 0,
+        )
+
+    def _eval_set(self, which: str, n: int, salt: int) -> PatchSet:
+        vols = self.volumes[which]
+
+        def build() -> PatchSet:
+            return fixed_patch_set(
+                vols, n, self.eval_patch_size, self.threshold, self.seed, salt, self.filter_max_tries, which
+            )
+
+        if self.cache_dir is None:
+            return build()
+        digest = hashlib.sha256()
+        for v in vols:
+            digest.update(v.name.encode())
+            digest.update(np.ascontiguousarray(v.fl).tobytes())
+            digest.update(np.ascontiguousarray(v.bf).tobytes())
+        key = {
+            **self.cache_key(),
+            "which": which,
+            "n": n,
+            "size": self.eval_patch_size,
+            "seed": self.seed,
+            "salt": salt,
+            "tries": self.filter_max_tries,
+            "threshold": self.threshold,
+            "content": digest.hexdigest(),
+            "version": EVAL_CACHE_VERSION,
+        }
+        tag = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+        path = self.cache_dir / "eval_sets" / f"{self.organelle['name']}-{which}-{tag}.npz"
+        if path.is_file():
+            return load_patch_set(path)
+        patches = build()
+        save_patch_set(path, patches)
+        return patches
+
+    def train_dataloader(self) -> DataLoader:
+        epoch = int(self.trainer.current_epoch) if self.trainer is not None else 0
+        ds = RandomCropDataset(
+            self.volumes["train"],
+            self.patch_size,
+            self.samples_per_epoch,
+            self.threshold,
+            self.filter_max_tries,
+            self.augment,
+            self.seed,
+            epoch,
+        )
+        return self._loader(ds, self.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_set is None:
+            raise DataError("no validation split: set data.split_fractions.val > 0")
+        return self._loader(PatchSetDataset(self.val_set), self.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_set is None:
+            raise DataError("no test split: set data.split_fractions.test > 0")
+        return self._loader(PatchSetDataset(self.test_set), self.eval_batch_size)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()
+
+    def _loader(self, ds: Dataset, batch_size: int) -> DataLoader:
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            persistent_workers=False,
+            pin_memory=False,
+        )
+
+
+class SyntheticDataModule(ZStackDataModule):
+    """The embedded synthetic z-stacks (:mod:`dm4isl.data.synthetic`), generated once and cached on disk."""
+
+    def __init__(
+        self,
+        organelle: Mapping[str, Any],
+        n_fovs: int = 16,
+        fov_shape: Sequence[int] = (32, 128, 128),
+        ambiguous_fraction: float = 0.15,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(organelle, **kwargs)
+        self.n_fovs = int(n_fovs)
+        self.fov_shape = [int(s) for s in _plain(fov_shape)]
+        self.ambiguous_fraction = float(ambiguous_fraction)
+
+    def cache_key(self) -> dict[str, Any]:
+        return {**super().cache_key(), "kind": "synthetic", "n_fovs": self.n_fovs, "fov_shape": self.fov_shape}
+
+    def load_volumes(self) -> list[Volume]:
+        from dm4isl.data.synthetic import load_fov, synthetic_dataset
+
+        org = self.organelle
+        cache = self.cache_dir if self.cache_dir is not None else Path(".cache") / "dm4isl"
+        paths = synthetic_dataset(
+            org["name"],
+            self.n_fovs,
+            self.fov_shape,
+            self.seed,
+            bf_window=tuple(org["bf_window"]),
+            fl_window=tuple(org["fl_window"]),
+            ambiguous_fraction=self.ambiguous_fraction,
+            cache_dir=cache / "synthetic",
+        )
+        volumes = []
+        for k, path in enumerate(paths):
+            fov = load_fov(path)
+            volumes.append(
+                Volume(
+                    name=f"synthetic_{org['name']}_{k:03d}",
+                    bf=to_unit(fov.bf, path, org["bf_window"]),
+                    fl=to_unit(fov.fl, path, org["fl_window"]),
+                    mask=fov.ambiguous.astype(np.uint8),
+                )
+            )
+        return volumes
+
+
+class PatchFolderDataModule(ZStackDataModule):
+    """Patch folders in the reference layout ``root/BF/<i>.tiff`` + ``root/GT/<i>.tiff``; each file is its own FOV.
+
+    ``intensity``: ``auto`` (uint8 → /255, float kept in [0, 1], other integers → organelle windows), ``unit``
+    (never use windows) or ``window`` (always use the organelle's BF/FL windows).
+    """
+
+    def __init__(
+        self,
+        organelle: Mapping[str, Any],
+        root: str | os.PathLike,
+        bf_dir: str = "BF",
+        gt_dir: str = "GT",
+        intensity: str = "auto",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(organelle, **kwargs)
+        if intensity not in ("auto", "unit", "window"):
+            raise ValueError(f"intensity must be auto, unit or window, got {intensity!r}")
+        self.root = Path(root)
+        self.bf_dir, self.gt_dir, self.intensity = bf_dir, gt_dir, intensity
+
+    def cache_key(self) -> dict[str, Any]:
+        return {**super().cache_key(), "kind": "patch_folder", "root": str(self.root.resolve())}
+
+    def load_volumes(self) -> list[Volume]:
+        pairs = read_patch_folder(self.root, self.bf_dir, self.gt_dir)
+        org = self.organelle
+        volumes = []
+        for pair in pairs:
+            bf_raw, fl_raw = pair.read_raw()
+            bf_win = self._window(bf_raw, org["bf_window"])
+            fl_win = self._window(fl_raw, org["fl_window"])
+            volumes.append(
+                Volume(pair.name, to_unit(bf_raw, pair.bf_path, bf_win), to_unit(fl_raw, pair.gt_path, fl_win))
+            )
+        return volumes
+
+    def _window(self, raw: np.ndarray, window: Sequence[float]) -> Sequence[float] | None:
+        if self.intensity == "window":
+            return window
+        if self.intensity == "unit":
+            return None
+        return None if raw.dtype == np.uint8 or raw.dtype.kind == "f" else window

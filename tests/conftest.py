@@ -1,0 +1,77 @@
+"""Shared fixtures: the reference patches in ../shared, Hydra config composition, the slow-test switch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO_ROOT / "dm4isl" / "conf"
+NUCENV_DIR = REPO_ROOT.parent / "shared" / "data" / "nucenv_reference"
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--runslow") or os.environ.get("DM4ISL_RUN_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow test: run with --runslow or DM4ISL_RUN_SLOW=1")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
+
+def require(condition: bool, reason: str) -> None:
+    """Skip with ``reason`` when ``condition`` is false — but fail under CI=true, where nothing may be missing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true and {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def nucenv_dir() -> Path:
+    """The 5 real nuclear-envelope reference patches (../shared/data/nucenv_reference)."""
+    require(NUCENV_DIR.is_dir(), f"reference patches not found at {NUCENV_DIR} (../shared beside the repository)")
+    return NUCENV_DIR
+
+
+@pytest.fixture(autouse=True)
+def _offline_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test may reach the network: W&B offline, Hugging Face offline."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture(scope="session")
+def data_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One data/cache folder for the whole test session (synthetic FOVs are generated once)."""
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture()
+def compose_cfg(tmp_path: Path, data_cache_dir: Path):
+    """Compose a Hydra config of ``dm4isl/conf`` with overrides; paths point into ``tmp_path``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    def _compose(config_name: str = "train", overrides: list[str] | None = None, return_hydra_config: bool = False):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+            cfg = compose(config_name, overrides=list(overrides or []), return_hydra_config=return_hydra_config)
+        with open_dict(cfg):
+            cfg.paths.root_dir = str(tmp_path)
+            cfg.paths.data_dir = str(data_cache_dir)
+            cfg.paths.log_dir = str(tmp_path / "outputs")
+            cfg.paths.output_dir = str(tmp_path / "outputs" / "run")
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()
