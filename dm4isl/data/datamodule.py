@@ -29,7 +29,7 @@ from dm4isl.data.patches import (
     sample_crop,
     unit_std_threshold,
 )
-from dm4isl.data.readers import read_patch_folder, to_unit
+from dm4isl.data.readers import auto_window, read_patch_folder, to_unit
 from dm4isl.data.splits import load_or_make_split
 from dm4isl.errors import DataError
 from dm4isl.io.atomic import atomic_path
@@ -383,4 +383,4 @@ class PatchFolderDataModule(ZStackDataModule):
             return window
         if self.intensity == "unit":
             return None
-        return None if raw.dtype == np.uint8 or raw.dtype.kind == "f" else window
+        return auto_window(raw, window)

@@ -30,6 +30,15 @@ def is_tiff(path: Path) -> bool:
     return path.name.lower().endswith(TIFF_SUFFIXES)
 
 
+def tiff_stem(path: Path) -> str:
+    """File name without its TIFF suffix: ``cell.01.ome.tiff`` → ``cell.01``."""
+    name = path.name
+    for suffix in sorted(TIFF_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
 def list_tiffs(folder: str | os.PathLike) -> list[Path]:
     """TIFF files directly inside ``folder``, naturally sorted (0, 1, …, 10). Hidden and partial files are skipped."""
     folder = Path(folder)
@@ -95,6 +104,11 @@ def to_unit(
     )
 
 
+def auto_window(raw: np.ndarray, window: Sequence[float] | None) -> Sequence[float] | None:
+    """The window :func:`to_unit` should use for ``raw``: none for uint8 (value/255) and float data, else ``window``."""
+    return None if raw.dtype == np.uint8 or raw.dtype.kind == "f" else window
+
+
 @dataclass(frozen=True)
 class PatchPair:
     """One brightfield/fluorescence pair of a patch folder; arrays are ``(Z, Y, X)``."""
@@ -150,6 +164,6 @@ def read_patch_folder(
     bw = tuple(float(v) for v in bf_window) if bf_window is not None else None
     fw = tuple(float(v) for v in fl_window) if fl_window is not None else None
     return [
-        PatchPair(Path(name).name.split(".")[0], bf_files[name], gt_files[name], bw, fw)
+        PatchPair(tiff_stem(Path(name)), bf_files[name], gt_files[name], bw, fw)
         for name in sorted(bf_files, key=lambda n: _natural_key(Path(n)))
     ]

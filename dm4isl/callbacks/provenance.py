@@ -1,0 +1,47 @@
+"""Stamps every checkpoint with what is needed to reload it without its config: model class, versions, git revision."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+import dm4isl
+
+#: Key of the provenance block inside a Lightning checkpoint dict.
+PROVENANCE_KEY = "dm4isl"
+
+
+def git_revision(path: Path | None = None) -> str:
+    """The git commit of the dm4isl source tree (with ``-dirty`` when modified), or ``"unknown"``."""
+    where = path or Path(dm4isl.__file__).resolve().parent
+    try:
+        rev = subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=where, capture_output=True, text=True,
+            timeout=10, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return rev or "unknown"
+
+
+def model_class_path(module: L.LightningModule) -> str:
+    """Import path ``package.module.Class`` of a LightningModule instance."""
+    cls = type(module)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+class Provenance(L.Callback):
+    """Adds ``checkpoint["dm4isl"] = {model_class, version, git}`` to every checkpoint written."""
+
+    def __init__(self) -> None:
+        self._git = git_revision()
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[PROVENANCE_KEY] = {
+            "model_class": model_class_path(pl_module),
+            "version": dm4isl.__version__,
+            "git": self._git,
+        }

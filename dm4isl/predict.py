@@ -1,0 +1,120 @@
+"""Prediction entry point ``dm4isl-predict`` (Hydra), and the Python API ``dm4isl.predict(bf, checkpoint, ...)``."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import types
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from dm4isl.callbacks.provenance import git_revision
+from dm4isl.data.readers import to_unit
+from dm4isl.errors import CheckpointError
+from dm4isl.prediction.checkpoint import fingerprint, load_model
+from dm4isl.prediction.runner import (
+    UncertaintySettings,
+    collect_inputs,
+    inputs_from_patch_set,
+    is_diffusion,
+    predict_arrays,
+    run_predict,
+)
+from dm4isl.sampling.sampler import SamplerSettings
+
+log = logging.getLogger(__name__)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _check(model: Any, organelle: dict[str, Any], shape: tuple[int, ...], source: str) -> None:
+    """Compare the checkpoint's stored organelle, axes and patch size with the input (diffusion models)."""
+    from dm4isl.models.ddpm import check_compatible
+
+    check_compatible(dict(model.hparams), organelle=organelle, patch_shape=shape, source=source)
+
+
+def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Run :func:`dm4isl.prediction.runner.run_predict` as configured by ``conf/predict.yaml``."""
+    ckpt = Path(cfg.ckpt_path)
+    model = load_model(ckpt, _device(cfg.device))
+    stored = dict(model.hparams.get("organelle") or {})
+    organelle = OmegaConf.to_container(cfg.organelle, resolve=True) if cfg.organelle is not None else stored
+    if not organelle:
+        raise CheckpointError(f"{ckpt}: stores no organelle; give organelle=<name>")
+    if str(cfg.input) == "test":
+        dm = hydra.utils.instantiate(cfg.data, organelle=organelle, _convert_="all")
+        dm.setup("test")
+        ts = dm.test_set
+        inputs = inputs_from_patch_set(ts.bf, ts.fl, ts.names, "test split")
+    else:
+        inputs = collect_inputs(cfg.input, organelle.get("bf_window"), organelle.get("fl_window"), cfg.bf_dir,
+                                cfg.gt_dir)
+    if is_diffusion(model):
+        for shape in {inp.bf.shape for inp in inputs}:
+            _check(model, organelle, shape, str(ckpt))
+    settings = SamplerSettings.from_dict(OmegaConf.to_container(cfg.sampler, resolve=True)) if cfg.get("sampler") \
+        else None
+    unc = UncertaintySettings(**OmegaConf.to_container(cfg.uncertainty, resolve=True))
+    meta = {"checkpoint": str(ckpt), "checkpoint_sha256_16": fingerprint(ckpt), "git": git_revision()}
+    rows = run_predict(
+        model, inputs, cfg.output_dir, organelle=organelle, settings=settings, n_seeds=int(cfg.n_seeds),
+        batch_size=int(cfg.batch_size), max_batch=cfg.max_batch, uncertainty=unc,
+        checkpoint_id=meta["checkpoint_sha256_16"], metadata=meta,
+    )
+    log.info("wrote %d predictions to %s", len(rows), cfg.output_dir)
+    return rows
+
+
+def predict_array(
+    bf: np.ndarray,
+    checkpoint: str | os.PathLike,
+    sampler: dict[str, Any] | SamplerSettings | None = None,
+    n_seeds: int = 1,
+    patch_id: int = 0,
+    device: str = "auto",
+) -> dict[str, np.ndarray]:
+    """Predict one brightfield volume ``(Z, Y, X)`` (uint8, float in [0, 1] or raw grey levels) with a checkpoint.
+
+    Returns ``(Z, Y, X)`` float32 arrays by product name (``DDPM``, ``DDPMavg``, ``std_intra`` [, ``std_inter``]
+    for diffusion models; the baseline's name otherwise). ``sampler`` overrides the checkpoint's sampler settings.
+    """
+    model = load_model(checkpoint, _device(device))
+    organelle = dict(model.hparams.get("organelle") or {})
+    bf = np.asarray(bf)
+    window = organelle.get("bf_window") if bf.dtype != np.uint8 and bf.dtype.kind != "f" else None
+    unit = to_unit(bf, "<array>", window)
+    if is_diffusion(model):
+        _check(model, organelle, unit.shape, str(checkpoint))
+    settings = SamplerSettings.from_dict(sampler) if isinstance(sampler, dict) else sampler
+    out = predict_arrays(model, torch.from_numpy(unit)[None, None], [patch_id], settings, n_seeds)
+    return {k: v[0, 0].float().cpu().numpy() for k, v in out.items()}
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    """Hydra wrapper around :func:`predict_command`."""
+    predict_command(cfg)
+
+
+class _CallableModule(types.ModuleType):
+    """Lets ``dm4isl.predict(bf, checkpoint, ...)`` call :func:`predict_array` although ``predict`` is a module."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> dict[str, np.ndarray]:
+        return predict_array(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,74 @@
+"""Loading a dm4isl checkpoint safely (weights_only) and resolving its model class, with clear errors."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+
+from dm4isl.callbacks.provenance import PROVENANCE_KEY
+from dm4isl.errors import CheckpointError
+
+#: Model classes a checkpoint may name; anything else is refused (a checkpoint must not import arbitrary code).
+ALLOWED_PREFIX = "dm4isl.models."
+#: Hash read size for the checkpoint fingerprint (whole file, streamed).
+_CHUNK = 1 << 20
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint dict with ``torch.load(weights_only=True)``; missing or corrupt files raise CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found (expected a .ckpt file written by dm4isl-train)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or foreign files
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise CheckpointError(f"{path}: expected a Lightning checkpoint with state_dict and hyper_parameters")
+    return ckpt
+
+
+def model_class(ckpt: dict[str, Any], path: str | os.PathLike = "<checkpoint>") -> type[L.LightningModule]:
+    """The LightningModule class that wrote ``ckpt`` (from its provenance block, else from its hyperparameters)."""
+    name = (ckpt.get(PROVENANCE_KEY) or {}).get("model_class")
+    if name is None:
+        hp = ckpt["hyper_parameters"]
+        if "schedule" in hp and "net" in hp:
+            name = "dm4isl.models.ddpm.DDPMModule"
+        else:
+            raise CheckpointError(f"{path}: cannot tell which model wrote this checkpoint (no provenance block)")
+    if not name.startswith(ALLOWED_PREFIX):
+        raise CheckpointError(f"{path}: model class {name!r} is not a dm4isl model (expected {ALLOWED_PREFIX}*)")
+    module_name, _, cls_name = name.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), cls_name)
+    except (ImportError, AttributeError) as err:
+        raise CheckpointError(f"{path}: model class {name!r} not found in this version of dm4isl") from err
+    return cls
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L.LightningModule:
+    """Rebuild the model of a checkpoint from its stored hyperparameters and weights, in eval mode."""
+    ckpt = read_checkpoint(path)
+    cls = model_class(ckpt, path)
+    try:
+        model = cls(**ckpt["hyper_parameters"])
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, RuntimeError, ValueError) as err:
+        raise CheckpointError(f"{path}: weights or hyperparameters do not fit {cls.__name__} ({err})") from err
+    return model.to(device).eval()
+
+
+def fingerprint(path: str | os.PathLike) -> str:
+    """SHA-256 (first 16 hex digits) of a checkpoint file, recorded with every prediction."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
