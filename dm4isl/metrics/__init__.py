@@ -1,5 +1,59 @@
 """Image-comparison metrics on ``(Z, Y, X)`` arrays in [0, 1]: plain functions, no Lightning inside."""
 
 from dm4isl.metrics.basic import ms_ssim, ms_ssim_batch, mse, pcc, pooled_mse, pooled_pcc
+from dm4isl.metrics.instances import area_error, centroid_distance, compare_instances, instance_f1, nn_distance_error
+from dm4isl.metrics.intensity import jsd, mi, psnr, ssim
+from dm4isl.metrics.overlap import dice, hausdorff, iou, precision, recall, volume_error
+from dm4isl.metrics.registry import (
+    METRIC_SETS,
+    METRICS,
+    MetricSpec,
+    dataset_metrics,
+    patch_metrics,
+    resolve_metric_names,
+)
+from dm4isl.metrics.segmentation import segment_volume
+from dm4isl.metrics.table import best_baseline, bootstrap_ci, improvement_pct, paired_wilcoxon, summarize
+from dm4isl.metrics.texture import glcm_correlation, glcm_feature, hog_distance, perceptual_distance
+from dm4isl.metrics.volume import VolumeFeatures
 
-__all__ = ["ms_ssim", "ms_ssim_batch", "mse", "pcc", "pooled_mse", "pooled_pcc"]
+__all__ = [
+    "METRICS",
+    "METRIC_SETS",
+    "MetricSpec",
+    "VolumeFeatures",
+    "area_error",
+    "best_baseline",
+    "bootstrap_ci",
+    "centroid_distance",
+    "compare_instances",
+    "dataset_metrics",
+    "dice",
+    "glcm_correlation",
+    "glcm_feature",
+    "hausdorff",
+    "hog_distance",
+    "improvement_pct",
+    "instance_f1",
+    "iou",
+    "jsd",
+    "mi",
+    "ms_ssim",
+    "ms_ssim_batch",
+    "mse",
+    "nn_distance_error",
+    "paired_wilcoxon",
+    "patch_metrics",
+    "pcc",
+    "perceptual_distance",
+    "pooled_mse",
+    "pooled_pcc",
+    "precision",
+    "psnr",
+    "recall",
+    "resolve_metric_names",
+    "segment_volume",
+    "ssim",
+    "summarize",
+    "volume_error",
+]

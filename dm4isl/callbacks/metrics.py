@@ -1,0 +1,98 @@
+"""Lightning callback that logs a metric set on the predictions a LightningModule collected at validation/test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import lightning.pytorch as pl
+import numpy as np
+
+from dm4isl.metrics.overlap import DEFAULT_VOXEL_SIZE_UM
+from dm4isl.metrics.registry import (
+    DEFAULT_TORCH_THREADS,
+    METRICS,
+    PATCH,
+    dataset_metrics,
+    patch_metrics,
+    resolve_metric_names,
+    torch_threads,
+)
+from dm4isl.metrics.volume import VolumeFeatures
+
+#: Attribute of the LightningModule holding the outputs of each stage.
+OUTPUT_ATTRS = {"val": "val_outputs", "test": "test_outputs"}
+
+
+def compute_stage_metrics(
+    outputs: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    metrics: str | Iterable[str] = "fast",
+    voxel_size: Sequence[float] = DEFAULT_VOXEL_SIZE_UM,
+) -> dict[str, float]:
+    """Summaries of ``outputs[method] = (gts, preds)``, two ``(N, Z, Y, X)`` stacks in [0, 1].
+
+    Keys ``"<method>_<metric>"``: mean over patches of patch-level metrics (NaN patches left out; descriptors
+    such as ``glcm_feature`` are skipped), ``"<method>_<metric>_pooled"`` for pooled metrics (PCC, MSE) and
+    ``"<method>_<metric>"`` for dataset-level metrics (GLCM correlation).
+    """
+    names = resolve_metric_names(metrics)
+    logged: dict[str, float] = {}
+    for method, (gts, preds) in outputs.items():
+        gts, preds = np.asarray(gts), np.asarray(preds)
+        if gts.shape != preds.shape or gts.ndim != 4:
+            raise ValueError(
+                f"{method}: expected ground truths and predictions as two (N, Z, Y, X) stacks of equal shape, "
+                f"got {gts.shape} and {preds.shape}"
+            )
+        g_feats = [VolumeFeatures(g, f"{method} ground truth {i}") for i, g in enumerate(gts)]
+        p_feats = [VolumeFeatures(p, f"{method} prediction {i}") for i, p in enumerate(preds)]
+        rows = [patch_metrics(g, p, names, voxel_size) for g, p in zip(g_feats, p_feats, strict=True)]
+        for name in names:
+            spec = METRICS[name]
+            if spec.level == PATCH and spec.is_score:
+                values = np.array([r[name] for r in rows], dtype=np.float64)
+                values = values[~np.isnan(values)]
+                logged[f"{method}_{name}"] = float(values.mean()) if values.size else float("nan")
+        for key, value in dataset_metrics(g_feats, p_feats, names).items():
+            logged[f"{method}_{key}"] = value
+    return logged
+
+
+class MetricsCallback(pl.Callback):
+    """Log a metric set (``fast``, ``paper``, ``all`` or a list of names) at the end of validation and test.
+
+    Contract with the LightningModule: during a validation (test) epoch it fills ``pl_module.val_outputs``
+    (``pl_module.test_outputs``), a dict ``{method: (gts, preds)}`` of numpy ``(N, Z, Y, X)`` float stacks in
+    [0, 1] — e.g. ``{"ddpm": …, "ddpmavg": …}``. At epoch end this callback logs
+    ``"<stage>/<method>_<metric>"`` (see :func:`compute_stage_metrics`) with ``pl_module.log`` and empties the
+    dict. A module without the attribute, or with an empty dict, is left alone.
+    """
+
+    def __init__(
+        self,
+        metrics: str | Iterable[str] = "fast",
+        voxel_size: Sequence[float] = DEFAULT_VOXEL_SIZE_UM,
+        n_threads: int = DEFAULT_TORCH_THREADS,
+    ) -> None:
+        super().__init__()
+        self.metrics = resolve_metric_names(metrics if isinstance(metrics, str) else list(metrics))
+        self.voxel_size = tuple(float(v) for v in voxel_size)
+        self.n_threads = n_threads
+
+    def _log_stage(self, pl_module: pl.LightningModule, stage: str) -> dict[str, float]:
+        outputs = getattr(pl_module, OUTPUT_ATTRS[stage], None)
+        if not outputs:
+            return {}
+        with torch_threads(self.n_threads):
+            values = compute_stage_metrics(outputs, self.metrics, self.voxel_size)
+        logged = {f"{stage}/{key}": value for key, value in values.items()}
+        pl_module.log_dict(logged, sync_dist=True)
+        outputs.clear()
+        return logged
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log the metrics of ``pl_module.val_outputs``."""
+        self._log_stage(pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Log the metrics of ``pl_module.test_outputs``."""
+        self._log_stage(pl_module, "test")

@@ -1,0 +1,250 @@
+"""Render an evaluation as CSV tables, a Markdown table, box plots and a self-contained HTML report."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from dm4isl.evaluation.result import EvaluationResult
+from dm4isl.io.atomic import write_bytes, write_csv, write_text
+from dm4isl.metrics.registry import METRICS, PATCH
+from dm4isl.metrics.table import (
+    CI_HIGH,
+    CI_LOW,
+    IMPROVEMENT,
+    MEAN,
+    STD,
+    WILCOXON_P,
+    SummaryRow,
+    headline_statistic,
+)
+
+PER_PATCH_CSV = "metrics_per_patch.csv"
+SUMMARY_CSV = "metrics_summary.csv"
+SUMMARY_MD = "metrics_summary.md"
+REPORT_HTML = "report.html"
+FIGURE_DIR = "figures"
+#: Box-plot size in inches and resolution.
+FIGURE_SIZE_IN = (5.0, 3.2)
+FIGURE_DPI = 100
+#: Fixed margins (figure fractions) leave room for rotated method names without a layout engine's cost.
+FIGURE_MARGINS = {"left": 0.16, "right": 0.97, "top": 0.9, "bottom": 0.28}
+DIRECTION_ARROW = {True: "↑", False: "↓", None: ""}
+DIRECTION_WORD = {True: "higher", False: "lower", None: "none"}
+
+
+def _fmt(value: float, spec: str = ".4g") -> str:
+    """Format a number for a human table; NaN as an en dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return format(value, spec)
+
+
+def _rows_by(result: EvaluationResult) -> dict[tuple[str, str], SummaryRow]:
+    """Summary rows keyed by ``(metric, statistic)``."""
+    return {(r.metric, r.statistic): r for r in result.summary}
+
+
+def summary_rows(result: EvaluationResult) -> list[dict[str, object]]:
+    """``metrics_summary.csv`` rows: ``metric, statistic, direction, unit, reference`` then one column per method
+    (unrounded values; ``reference`` is the baseline the comparison rows are computed against)."""
+    return [
+        {
+            "metric": r.metric,
+            "statistic": r.statistic,
+            "direction": DIRECTION_WORD[METRICS[r.metric].higher_is_better],
+            "unit": METRICS[r.metric].unit,
+            "reference": r.reference,
+            **{m: r.values[m] for m in result.methods},
+        }
+        for r in result.summary
+    ]
+
+
+def _headline_cells(result: EvaluationResult, metric: str) -> tuple[str, dict[str, str], str | None]:
+    """(statistic label, formatted headline value per method, best method) of one metric."""
+    spec = METRICS[metric]
+    rows = _rows_by(result)
+    stat = headline_statistic(spec)
+    values = rows[(metric, stat)].values
+    std = rows.get((metric, STD))
+    cells = {}
+    for m in result.methods:
+        text = _fmt(values[m])
+        if stat == MEAN and std is not None:
+            text += f" ± {_fmt(std.values[m], '.2g')}"
+        cells[m] = text
+    best = None
+    finite = {m: v for m, v in values.items() if not math.isnan(v)}
+    if spec.is_score and finite:
+        best = (max if spec.higher_is_better else min)(finite, key=finite.get)
+    return stat, cells, best
+
+
+def _comparison_cells(result: EvaluationResult, metric: str) -> tuple[str, dict[str, str]] | None:
+    """(reference baseline, "improvement % · p · CI" per method) of one metric, or None without a baseline."""
+    rows = _rows_by(result)
+    imp = rows.get((metric, IMPROVEMENT))
+    if imp is None:
+        return None
+    p, lo, hi = rows[(metric, WILCOXON_P)], rows[(metric, CI_LOW)], rows[(metric, CI_HIGH)]
+    cells = {}
+    for m in result.methods:
+        if m == imp.reference:
+            cells[m] = "reference"
+            continue
+        cells[m] = (
+            f"{_fmt(imp.values[m], '+.2f')} % · p = {_fmt(p.values[m], '.3g')} · "
+            f"Δ CI [{_fmt(lo.values[m])}, {_fmt(hi.values[m])}]"
+        )
+    return imp.reference, cells
+
+
+def _metric_label(metric: str) -> str:
+    """Table label: name, direction arrow and unit, e.g. ``hausdorff↓ (µm)``."""
+    spec = METRICS[metric]
+    unit = f" ({spec.unit})" if spec.unit else ""
+    return f"{metric}{DIRECTION_ARROW[spec.higher_is_better]}{unit}"
+
+
+def _confidence_note(result: EvaluationResult) -> str:
+    """One paragraph saying which values the tables show and how the statistics were computed."""
+    return (
+        f"{len(result.patches)} patches. Values: pooled over all voxels for PCC and MSE, dataset-level (Pearson "
+        "across patches) for GLCM correlation, mean ± std over patches otherwise. Improvement % = "
+        "100·((method/baseline)^sign − 1) of these values against the better baseline per metric "
+        f"(baselines present: {', '.join(result.baselines) or 'none'}); p: paired two-sided Wilcoxon "
+        "signed-rank test of per-patch values; Δ CI: percentile bootstrap 95 % interval of the mean paired "
+        "per-patch difference method − baseline (for GLCM correlation: of the difference of the dataset values)."
+    )
+
+
+def markdown_summary(result: EvaluationResult) -> str:
+    """Paper-style Markdown tables: headline values (best in bold) and the comparison against the baseline."""
+    methods = result.methods
+    lines = ["# Evaluation summary", "", _confidence_note(result), "", "## Metrics", ""]
+    lines.append("| metric | value | " + " | ".join(methods) + " |")
+    lines.append("|---|---|" + "---|" * len(methods))
+    for metric in result.metric_names:
+        stat, cells, best = _headline_cells(result, metric)
+        shown = [f"**{cells[m]}**" if m == best else cells[m] for m in methods]
+        lines.append(f"| {_metric_label(metric)} | {stat} | " + " | ".join(shown) + " |")
+    comparisons = [(m, _comparison_cells(result, m)) for m in result.metric_names]
+    comparisons = [(m, c) for m, c in comparisons if c is not None]
+    if comparisons:
+        lines += ["", "## Against the better baseline", ""]
+        lines.append("| metric | baseline | " + " | ".join(methods) + " |")
+        lines.append("|---|---|" + "---|" * len(methods))
+        for metric, (ref, cells) in comparisons:
+            lines.append(f"| {_metric_label(metric)} | {ref} | " + " | ".join(cells[m] for m in methods) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def boxplot_png(result: EvaluationResult, metric: str) -> bytes:
+    """PNG bytes of a box plot of one per-patch metric, one box per method (NaN patches left out)."""
+    series = {m: result.results[m].per_patch[metric] for m in result.methods}
+    if metric in {METRICS[k].companion for k in result.gt_companions}:
+        dataset_metric = next(k for k in result.gt_companions if METRICS[k].companion == metric)
+        series = {result.gt_name: result.gt_companions[dataset_metric], **series}
+    data = [np.asarray(v, dtype=np.float64) for v in series.values()]
+    data = [v[np.isfinite(v)] for v in data]
+    fig = Figure(figsize=FIGURE_SIZE_IN, dpi=FIGURE_DPI)
+    fig.subplots_adjust(**FIGURE_MARGINS)
+    ax = fig.add_subplot()
+    ax.boxplot(data, tick_labels=list(series), showmeans=True)
+    ax.set_title(_metric_label(metric))
+    ax.set_ylabel(METRICS[metric].unit or "value")
+    ax.tick_params(axis="x", labelrotation=30)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _html_table(header: list[str], body: list[list[str]], bold: list[int | None] | None = None) -> str:
+    """An escaped HTML table; ``bold[r]`` is the column index to emphasise in row ``r`` (or None)."""
+    out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
+    for r, row in enumerate(body):
+        cells = []
+        for c, cell in enumerate(row):
+            text = html.escape(cell)
+            cells.append(f"<td><b>{text}</b></td>" if bold and bold[r] == c else f"<td>{text}</td>")
+        out.append("<tr>" + "".join(cells) + "</tr>")
+    out.append("</table>")
+    return "\n".join(out)
+
+
+def html_report(result: EvaluationResult, figures: dict[str, bytes]) -> str:
+    """A self-contained HTML report: tables, definitions and box plots embedded as base64 PNG; links to the CSV
+    and Markdown files written beside it."""
+    methods = result.methods
+    body, bold = [], []
+    for metric in result.metric_names:
+        stat, cells, best = _headline_cells(result, metric)
+        body.append([_metric_label(metric), stat] + [cells[m] for m in methods])
+        bold.append(methods.index(best) + 2 if best is not None else None)
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8"><title>dm4isl evaluation</title>',
+        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+        "td,th{border:1px solid #bbb;padding:3px 8px;text-align:right}th{background:#eee}"
+        "td:first-child{text-align:left}figure{display:inline-block;margin:0.5em}</style></head><body>",
+        "<h1>dm4isl evaluation</h1>",
+        f"<p>Input: <code>{html.escape(str(result.input_dir))}</code>; ground truth "
+        f"<code>{html.escape(result.gt_name)}</code>; methods: {html.escape(', '.join(methods))}.</p>",
+        f"<p>{html.escape(_confidence_note(result))}</p>",
+        f'<p>Files: <a href="{PER_PATCH_CSV}">{PER_PATCH_CSV}</a>, <a href="{SUMMARY_CSV}">{SUMMARY_CSV}</a>, '
+        f'<a href="{SUMMARY_MD}">{SUMMARY_MD}</a>.</p>',
+        "<h2>Metrics</h2>",
+        _html_table(["metric", "value"] + methods, body, bold),
+    ]
+    comp_body = []
+    for metric in result.metric_names:
+        comp = _comparison_cells(result, metric)
+        if comp is not None:
+            comp_body.append([_metric_label(metric), comp[0]] + [comp[1][m] for m in methods])
+    if comp_body:
+        parts += ["<h2>Against the better baseline</h2>", _html_table(["metric", "baseline"] + methods, comp_body)]
+    defs = [
+        [s.name, DIRECTION_WORD[s.higher_is_better], s.unit or "–", s.level, "yes" if s.pooled else "no"]
+        for s in (METRICS[m] for m in result.metric_names)
+    ]
+    parts += ["<h2>Definitions</h2>", _html_table(["metric", "better", "unit", "level", "pooled"], defs)]
+    parts.append("<h2>Per-patch distributions</h2>")
+    for metric, png in figures.items():
+        data = base64.b64encode(png).decode("ascii")
+        parts.append(
+            f'<figure><img alt="box plot of {html.escape(metric)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(metric)}</figcaption></figure>"
+        )
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"
+
+
+def write_report(result: EvaluationResult, output_dir: str | os.PathLike) -> list[Path]:
+    """Render every output in memory, then write each atomically into ``output_dir``; returns the paths written.
+
+    Files: ``metrics_per_patch.csv`` (long: method, patch, metric, value), ``metrics_summary.csv``,
+    ``metrics_summary.md``, ``figures/boxplot_<metric>.png`` (per-patch metrics) and ``report.html``.
+    """
+    output_dir = Path(output_dir)
+    figures = {m: boxplot_png(result, m) for m in result.metric_names if METRICS[m].level == PATCH}
+    per_patch = result.per_patch_rows()
+    summary = summary_rows(result)
+    md = markdown_summary(result)
+    page = html_report(result, figures)
+    written = [
+        write_csv(output_dir / PER_PATCH_CSV, per_patch, ["method", "patch", "metric", "value"]),
+        write_csv(output_dir / SUMMARY_CSV, summary, ["metric", "statistic", "direction", "unit", "reference",
+                                                      *result.methods]),
+        write_text(output_dir / SUMMARY_MD, md),
+    ]
+    written += [write_bytes(output_dir / FIGURE_DIR / f"boxplot_{m}.png", png) for m, png in figures.items()]
+    written.append(write_text(output_dir / REPORT_HTML, page))
+    return written

@@ -1,0 +1,52 @@
+"""The outcome of an evaluation: per-patch values, pooled/dataset values and summary rows of every method."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from dm4isl.metrics.registry import METRICS
+from dm4isl.metrics.table import MethodValues, SummaryRow
+
+
+@dataclass
+class EvaluationResult:
+    """Metric values of every method and the summary rows.
+
+    ``results[method]`` holds per-patch arrays (patch order of ``patches``) and pooled/dataset values;
+    ``gt_companions[metric]`` the ground truth's per-patch companion values of dataset-level metrics.
+    """
+
+    input_dir: Path
+    gt_name: str
+    patches: list[str]
+    metric_names: list[str]
+    results: dict[str, MethodValues]
+    gt_companions: dict[str, np.ndarray]
+    baselines: list[str]
+    summary: list[SummaryRow] = field(default_factory=list)
+
+    @property
+    def methods(self) -> list[str]:
+        """Method names in evaluation order."""
+        return list(self.results)
+
+    def per_patch_rows(self) -> list[dict[str, object]]:
+        """Long-format rows ``method, patch, metric, value`` (the ground truth's own companion values, e.g. its
+        GLCM feature, appear under the ground-truth folder name)."""
+        rows: list[dict[str, object]] = []
+        for method, values in self.results.items():
+            for metric in self.metric_names:
+                if metric in values.per_patch:
+                    rows += [
+                        {"method": method, "patch": p, "metric": metric, "value": float(v)}
+                        for p, v in zip(self.patches, values.per_patch[metric], strict=True)
+                    ]
+        for metric, values in self.gt_companions.items():
+            rows += [
+                {"method": self.gt_name, "patch": p, "metric": METRICS[metric].companion, "value": float(v)}
+                for p, v in zip(self.patches, values, strict=True)
+            ]
+        return rows

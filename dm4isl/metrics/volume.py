@@ -1,0 +1,83 @@
+"""Lazily computed, cached descriptors of one ``(Z, Y, X)`` volume, shared by all metrics that compare it."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import numpy as np
+import torch
+
+from dm4isl.errors import DataError
+from dm4isl.metrics import descriptors
+from dm4isl.metrics.segmentation import Segmentation, segment_volume
+
+#: Values may exceed [0, 1] by this much (float rounding) before a volume is rejected.
+UNIT_RANGE_TOL = 1e-3
+
+
+class VolumeFeatures:
+    """A ``(Z, Y, X)`` float volume in [0, 1] with its descriptors computed on first use and then kept.
+
+    Comparing one ground truth with several predictions reuses the ground truth's segmentation, histograms,
+    HOG and network features. ``name`` (e.g. a file path) appears in error messages.
+    """
+
+    def __init__(self, volume: np.ndarray, name: str = "<array>") -> None:
+        volume = np.asarray(volume)
+        if volume.ndim != 3:
+            raise DataError(f"{name}: expected a (Z, Y, X) volume, got shape {volume.shape}")
+        if volume.dtype.kind not in "fiu":
+            raise DataError(f"{name}: expected a numeric volume, got dtype {volume.dtype}")
+        finite = np.isfinite(volume)
+        if not finite.all():
+            raise DataError(f"{name}: {int((~finite).sum())} NaN/inf voxels; expected finite intensities in [0, 1]")
+        lo, hi = float(volume.min()), float(volume.max())
+        if lo < -UNIT_RANGE_TOL or hi > 1 + UNIT_RANGE_TOL:
+            raise DataError(f"{name}: intensities span [{lo:.4g}, {hi:.4g}]; expected normalised values in [0, 1]")
+        self.volume = volume.astype(np.float32, copy=False)
+        self.name = name
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """``(Z, Y, X)`` shape of the volume."""
+        return self.volume.shape
+
+    @cached_property
+    def histogram(self) -> np.ndarray:
+        """256-bin intensity histogram on [0, 1], ``(256,)`` counts."""
+        return descriptors.intensity_histogram(self.volume)
+
+    @cached_property
+    def glcm_feature(self) -> float:
+        """GLCM correlation of the volume (:func:`dm4isl.metrics.descriptors.glcm_feature`)."""
+        return descriptors.glcm_feature(self.volume)
+
+    @cached_property
+    def hog(self) -> np.ndarray:
+        """Per-slice HOG descriptors ``(Z, F)``."""
+        return descriptors.hog_descriptor(self.volume)
+
+    @cached_property
+    def network_features(self) -> list[torch.Tensor]:
+        """Unit-normalised random-network feature maps, one ``(1, C, Z, Y', X')`` tensor per stage."""
+        return descriptors.network_features(self.volume[None])
+
+    @cached_property
+    def segmentation(self) -> Segmentation:
+        """Per-slice foreground mask and instance labels (:func:`dm4isl.metrics.segmentation.segment_volume`)."""
+        return segment_volume(self.volume)
+
+
+def as_features(volume: np.ndarray | VolumeFeatures, name: str = "<array>") -> VolumeFeatures:
+    """Wrap a ``(Z, Y, X)`` array as :class:`VolumeFeatures` (a :class:`VolumeFeatures` is returned as is)."""
+    return volume if isinstance(volume, VolumeFeatures) else VolumeFeatures(volume, name)
+
+
+def as_pair(
+    gt: np.ndarray | VolumeFeatures, pred: np.ndarray | VolumeFeatures
+) -> tuple[VolumeFeatures, VolumeFeatures]:
+    """Wrap ground truth and prediction ``(Z, Y, X)`` and check that their shapes agree."""
+    g, p = as_features(gt, "ground truth"), as_features(pred, "prediction")
+    if g.shape != p.shape:
+        raise DataError(f"{p.name}: shape {p.shape} (Z, Y, X) differs from {g.name} shape {g.shape}")
+    return g, p

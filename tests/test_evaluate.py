@@ -1,0 +1,174 @@
+"""End-to-end tests of ``dm4isl-evaluate``: outputs on the reference folder, input validation, the console script."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+from dm4isl.errors import DataError
+from dm4isl.evaluate import run
+from dm4isl.evaluation import discover_methods, evaluate_folder
+from dm4isl.metrics.registry import METRICS
+
+SHAPE = (16, 64, 64)
+OUTPUTS = ("metrics_per_patch.csv", "metrics_summary.csv", "metrics_summary.md", "report.html")
+#: README of the reference folder: pooled PCC and MSE.
+GOLDEN_PCC = {"DDPM": 0.8426, "DDPMavg": 0.8728, "FL_pred": 0.8400, "FLavg_pred": 0.8704, "Unet": 0.8516,
+              "GAN": 0.8663}
+GOLDEN_TOL = 5e-4
+
+
+class _Links(HTMLParser):
+    """Collects href/src attributes and counts images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+        self.images = 0
+
+    def handle_starttag(self, tag, attrs):
+        for key, value in attrs:
+            if key in ("href", "src"):
+                self.links.append(value)
+        self.images += tag == "img"
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _write(folder: Path, name: str, array: np.ndarray) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(folder / name, array)
+    return folder / name
+
+
+@pytest.fixture()
+def small_input(tmp_path: Path) -> Path:
+    """GT + Unet + DDPMavg (2 patches of 16×64×64, uint8) plus non-prediction folders that must be excluded."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "input"
+    for i in range(2):
+        gt = rng.integers(0, 256, SHAPE, dtype=np.uint8)
+        _write(root / "GT", f"{i}.tiff", gt)
+        _write(root / "Unet", f"{i}.tiff", np.clip(gt.astype(int) + 20, 0, 255).astype(np.uint8))
+        _write(root / "DDPMavg", f"{i}.ome.tiff", gt)
+        _write(root / "std_intra", f"{i}.tiff", rng.random(SHAPE, dtype=np.float32))
+        _write(root / "error_mask", f"{i}.tiff", np.zeros(SHAPE, np.uint8))
+    (root / "logs").mkdir()
+    return root
+
+
+def test_evaluate_reference_folder_writes_all_outputs(nucenv_dir, compose_cfg, tmp_path):
+    out = tmp_path / "eval"
+    cfg = compose_cfg("evaluate", [f"input_dir={nucenv_dir}", f"output_dir={out}", "statistics.n_resamples=999",
+                                   "progress=false"])
+    assert list(cfg.voxel_size) == [0.29, 0.29, 0.29] and cfg.metrics.names[-1] == "volume_error"
+    result = run(cfg)
+    methods = ["DDPM", "DDPMavg", "FL_pred", "FLavg_pred", "GAN", "Unet"]
+    assert result.methods == methods and result.baselines == ["Unet", "GAN"]
+    for name in OUTPUTS:
+        assert (out / name).is_file(), name
+    per_patch = _read_csv(out / "metrics_per_patch.csv")
+    patch_metrics = [n for n in result.metric_names if METRICS[n].level == "patch"]
+    assert len(patch_metrics) == 14  # 13 of the paper's per-patch metrics + the GLCM feature
+    assert len(per_patch) == 6 * 5 * 14 + 5  # + the ground truth's own GLCM feature
+    assert {r["method"] for r in per_patch} == {*methods, "GT"}
+    summary = _read_csv(out / "metrics_summary.csv")
+    pooled = {r["metric"]: r for r in summary if r["statistic"] == "pooled"}
+    for method, value in GOLDEN_PCC.items():
+        assert float(pooled["pcc"][method]) == pytest.approx(value, abs=GOLDEN_TOL)
+    improvement = {r["metric"]: r for r in summary if r["statistic"] == "improvement_pct"}
+    assert set(improvement) == {n for n in result.metric_names if METRICS[n].is_score}
+    assert improvement["pcc"]["reference"] == "GAN"
+    assert float(improvement["pcc"]["DDPMavg"]) == pytest.approx(100 * (0.87276 / 0.86627 - 1), abs=0.01)
+    p_values = [float(r[m]) for r in summary if r["statistic"] == "wilcoxon_p" for m in methods
+                if r[m] != "nan"]
+    assert p_values and all(0.0625 - 1e-12 <= p <= 1 for p in p_values)  # 5 patches: exact p ≥ 2/2^5
+    figures = sorted((out / "figures").glob("boxplot_*.png"))
+    assert len(figures) == 14 and all(f.read_bytes()[:4] == b"\x89PNG" for f in figures)
+    parser = _Links()
+    parser.feed((out / "report.html").read_text(encoding="utf-8"))
+    assert parser.images == 14
+    files = [link for link in parser.links if not link.startswith("data:")]
+    assert files and all((out / link).is_file() for link in files)
+    md = (out / "metrics_summary.md").read_text(encoding="utf-8")
+    assert "| pcc↑ | pooled |" in md and "**0.8728**" in md and "## Against the better baseline" in md
+    assert not list(out.glob(".*.part"))
+
+
+def test_exclusion_and_no_baseline(small_input, tmp_path):
+    assert list(discover_methods(small_input)) == ["DDPMavg", "Unet"]
+    result = evaluate_folder(small_input, tmp_path / "out", metrics="fast", baselines=["GAN"], progress=False)
+    assert result.methods == ["DDPMavg", "Unet"]
+    assert result.patches == ["0", "1"]  # 0.ome.tiff pairs with GT/0.tiff
+    assert not any(r.statistic == "improvement_pct" for r in result.summary)
+    assert result.results["DDPMavg"].dataset["mse_pooled"] == 0.0
+    assert result.results["Unet"].dataset["mse_pooled"] > 0.0
+
+
+def _expect_error(root: Path, out: Path, match: str) -> None:
+    with pytest.raises(DataError, match=match):
+        evaluate_folder(root, out, metrics="fast", progress=False)
+    assert not out.exists() or not any(out.iterdir())  # nothing written
+
+
+def test_missing_partners(small_input, tmp_path):
+    out = tmp_path / "out"
+    _write(small_input / "Unet", "7.tiff", np.zeros(SHAPE, np.uint8))
+    _expect_error(small_input, out, r"Unet/7\.tiff: no ground-truth partner")
+    (small_input / "Unet" / "7.tiff").unlink()
+    (small_input / "DDPMavg" / "1.ome.tiff").unlink()
+    _expect_error(small_input, out, r"DDPMavg/1\.tiff: missing prediction")
+
+
+def test_shape_mismatch_corrupt_and_nan(small_input, tmp_path):
+    out = tmp_path / "out"
+    _write(small_input / "Unet", "1.tiff", np.zeros((8, 64, 64), np.uint8))
+    _expect_error(small_input, out, r"Unet/1\.tiff: shape \(8, 64, 64\)")
+    (small_input / "Unet" / "1.tiff").write_bytes((small_input / "GT" / "1.tiff").read_bytes()[:5000])
+    _expect_error(small_input, out, r"Unet/1\.tiff: unreadable or truncated")
+    bad = np.zeros(SHAPE, np.float32)
+    bad[3, 4, 5] = np.nan
+    _write(small_input / "Unet", "1.tiff", bad)
+    _expect_error(small_input, out, r"Unet/1\.tiff: contains 1 NaN")
+
+
+def test_console_script(small_input, tmp_path):
+    script = Path(sys.executable).with_name("dm4isl-evaluate")
+    if not script.exists():
+        pytest.skip(f"console script not installed at {script} (pip install -e .)")
+    out = tmp_path / "cli"
+    shutil.rmtree(small_input / "std_intra")
+    proc = subprocess.run(
+        [str(script), f"input_dir={small_input}", f"output_dir={out}", "metrics=fast", "progress=false",
+         f"hydra.run.dir={tmp_path / 'hydra'}"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert all((out / name).is_file() for name in OUTPUTS)
+    rows = _read_csv(out / "metrics_summary.csv")
+    assert [r["statistic"] for r in rows if r["metric"] == "mse"] == [
+        "mean", "std", "pooled", "improvement_pct", "wilcoxon_p", "ci95_low", "ci95_high"]
+    bad = subprocess.run([str(script), f"input_dir={tmp_path / 'nowhere'}", f"output_dir={tmp_path / 'x'}",
+                          f"hydra.run.dir={tmp_path / 'hydra2'}"], capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "nowhere" in bad.stderr and not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow  # spawning two workers that import torch takes ~15 s on a busy 2-core machine
+def test_worker_processes_give_identical_results(small_input):
+    one = evaluate_folder(small_input, None, metrics=["pcc", "mse", "iou"], progress=False, n_resamples=99)
+    two = evaluate_folder(small_input, None, metrics=["pcc", "mse", "iou"], progress=False, n_resamples=99,
+                          n_workers=2)
+    for method in one.methods:
+        for metric, values in one.results[method].per_patch.items():
+            np.testing.assert_array_equal(values, two.results[method].per_patch[metric])

@@ -1,0 +1,370 @@
+"""Tests of the metric functions, their registry, the comparison statistics and the metrics callback."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import bootstrap, entropy, pearsonr
+from skimage.feature import graycomatrix, graycoprops, hog
+from skimage.metrics import hausdorff_distance
+
+from dm4isl.callbacks.metrics import MetricsCallback, compute_stage_metrics
+from dm4isl.errors import DataError
+from dm4isl.evaluation.inputs import load_inputs
+from dm4isl.evaluation.pipeline import compute_results
+from dm4isl.metrics import descriptors
+from dm4isl.metrics.instances import area_error, centroid_distance, instance_f1, nn_distance_error
+from dm4isl.metrics.intensity import jsd, mi, psnr
+from dm4isl.metrics.overlap import dice, hausdorff, iou, precision, recall, volume_error
+from dm4isl.metrics.registry import METRIC_SETS, METRICS, PAPER, patch_metrics, resolve_metric_names
+from dm4isl.metrics.segmentation import segment_volume
+from dm4isl.metrics.table import (
+    IMPROVEMENT,
+    MethodValues,
+    best_baseline,
+    bootstrap_ci,
+    improvement_pct,
+    mean_difference,
+    paired_wilcoxon,
+    summarize,
+)
+from dm4isl.metrics.texture import correlation_across_patches, glcm_correlation, glcm_feature, hog_distance
+from dm4isl.metrics.texture import perceptual_distance as perceptual
+
+PIXEL_UM = 0.29
+SHAPE = (16, 64, 64)
+
+#: README table of the reference folder: pooled PCC, pooled MSE, mean MS-SSIM.
+GOLDEN = {
+    "DDPM": (0.8426, 0.0081, 0.8722),
+    "DDPMavg": (0.8728, 0.0062, 0.8911),
+    "FL_pred": (0.8400, 0.0092, 0.8666),
+    "FLavg_pred": (0.8704, 0.0067, 0.8879),
+    "Unet": (0.8516, 0.0087, 0.8587),
+    "GAN": (0.8663, 0.0079, 0.8709),
+}
+GOLDEN_TOL = 5e-4
+
+
+def blobs(seed: int, shape: tuple[int, int, int] = SHAPE, n: int = 10) -> np.ndarray:
+    """A ``(Z, Y, X)`` float32 volume in [0, 1] with Gaussian blobs and faint noise."""
+    rng = np.random.default_rng(seed)
+    vol = np.zeros(shape)
+    vol[tuple(rng.integers(0, s, n) for s in shape)] = 1.0
+    vol = ndi.gaussian_filter(vol, (1.5, 4.0, 4.0))
+    vol /= vol.max()
+    return np.clip(vol + rng.normal(0, 0.02, shape), 0, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def volume() -> np.ndarray:
+    return blobs(0)
+
+
+# --- golden values on the real reference patches ---------------------------------------------------------
+
+
+def test_golden_pooled_pcc_mse_ms_ssim(nucenv_dir):
+    inputs = load_inputs(nucenv_dir)
+    assert inputs.methods == sorted(GOLDEN)  # BF and the FLavg_std* mask folders are excluded
+    _, results, _ = compute_results(inputs, "fast", progress=False)
+    for method, (g_pcc, g_mse, g_msssim) in GOLDEN.items():
+        values = results[method]
+        assert values.dataset["pcc_pooled"] == pytest.approx(g_pcc, abs=GOLDEN_TOL), method
+        assert values.dataset["mse_pooled"] == pytest.approx(g_mse, abs=GOLDEN_TOL), method
+        assert float(np.mean(values.per_patch["ms_ssim"])) == pytest.approx(g_msssim, abs=GOLDEN_TOL), method
+
+
+# --- registry and metadata ---------------------------------------------------------------------------------
+
+
+def test_metric_sets_and_directions():
+    assert METRIC_SETS["fast"] == ("pcc", "mse", "ms_ssim")
+    assert len(PAPER) == 14 and set(PAPER) <= set(METRIC_SETS["all"])
+    higher = {"pcc", "ms_ssim", "mi", "glcm_correlation", "iou", "dice", "precision", "recall", "psnr", "ssim",
+              "instance_f1"}
+    lower = {"mse", "jsd", "hog_distance", "perceptual_distance", "hausdorff", "volume_error",
+             "centroid_distance", "nn_distance_error", "area_error"}
+    assert {n for n, s in METRICS.items() if s.higher_is_better is True} == higher
+    assert {n for n, s in METRICS.items() if s.higher_is_better is False} == lower
+    assert METRICS["glcm_feature"].higher_is_better is None
+    assert METRICS["glcm_correlation"].level == "dataset"
+    assert {n for n, s in METRICS.items() if s.pooled} == {"pcc", "mse"}
+    assert {n: METRICS[n].unit for n in ("hausdorff", "centroid_distance", "nn_distance_error", "mi", "psnr")} == {
+        "hausdorff": "µm", "centroid_distance": "µm", "nn_distance_error": "µm", "mi": "bit", "psnr": "dB"}
+    assert resolve_metric_names("paper")[:6] == ["pcc", "mse", "ms_ssim", "mi", "jsd", "glcm_correlation"]
+    assert "glcm_feature" in resolve_metric_names(["glcm_correlation"])
+    with pytest.raises(ValueError, match="unknown metric"):
+        resolve_metric_names(["pcc", "fid"])
+
+
+# --- ideal values -------------------------------------------------------------------------------------------
+
+
+def test_identical_inputs_give_ideal_values(volume):
+    values = patch_metrics(volume, volume, "all")
+    for name, value in values.items():
+        ideal = METRICS[name].ideal
+        if ideal is not None:
+            assert value == pytest.approx(ideal, abs=1e-6), name
+    counts, _ = np.histogram(volume, bins=20, range=(0, 1))
+    assert values["mi"] == pytest.approx(entropy(counts, base=2), abs=1e-9)
+    assert glcm_correlation([blobs(1), blobs(2), volume], [blobs(1), blobs(2), volume]) == pytest.approx(1.0)
+
+
+# --- hand-built cases ---------------------------------------------------------------------------------------
+
+
+def test_jsd_and_mi_on_known_histograms():
+    half = np.zeros((2, 64, 64), np.float32)
+    half[:, :, ::2] = 0.9
+    half[:, :, 1::2] = 0.1
+    dark = np.full_like(half, 0.1)
+    bright = np.full_like(half, 0.9)
+    assert jsd(dark, bright) == pytest.approx(1.0)  # disjoint support
+    # p = (1/2, 1/2), q = (1, 0), m = (3/4, 1/4): JS divergence = (KL(p||m) + KL(q||m)) / 2
+    kl_p = 0.5 * math.log2(0.5 / 0.75) + 0.5 * math.log2(0.5 / 0.25)
+    kl_q = math.log2(1 / 0.75)
+    assert jsd(half, dark) == pytest.approx(math.sqrt((kl_p + kl_q) / 2), abs=1e-12)
+    h = lambda v: np.histogram(v, bins=256, range=(0, 1))[0]  # noqa: E731
+    assert jsd(half, dark) == pytest.approx(jensenshannon(h(half), h(dark), base=2))
+    assert mi(half, half) == pytest.approx(1.0)  # one bit: a binary image predicts itself
+    assert mi(half, 1.0 - half) == pytest.approx(1.0)  # any one-to-one relabelling keeps MI
+    rows = np.zeros_like(half)
+    rows[:, ::2, :] = 0.9
+    rows[:, 1::2, :] = 0.1
+    assert mi(half, rows) == pytest.approx(0.0, abs=1e-12)  # independent patterns
+    assert mi(half, dark) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_psnr_known_offset(volume):
+    gt = np.clip(volume, 0, 0.8)
+    assert psnr(gt, gt + 0.1) == pytest.approx(20.0, abs=1e-4)  # MSE 0.01 → 10·log10(1/0.01)
+
+
+def test_glcm_feature_against_skimage():
+    vol = blobs(3)
+    grey = np.rint(vol * 255).astype(np.uint8)
+    total = sum(graycomatrix(grey[z], [1], [np.pi / 2], levels=256) for z in range(vol.shape[0]))
+    assert glcm_feature(vol) == pytest.approx(graycoprops(total, "correlation")[0, 0], abs=1e-12)
+    one = vol[:1]
+    single = graycomatrix(grey[0], [1], [np.pi / 2], levels=256)
+    assert glcm_feature(one) == pytest.approx(graycoprops(single, "correlation")[0, 0], abs=1e-12)
+    stripes = np.zeros((1, 32, 32), np.float32)
+    stripes[:, ::2, :] = 1.0  # rows alternate: vertical neighbours always differ
+    assert glcm_feature(stripes) == pytest.approx(-1.0)
+    assert glcm_feature(stripes.transpose(0, 2, 1)) == pytest.approx(1.0)  # columns: vertical pairs equal
+
+
+def test_glcm_correlation_is_pearson_across_patches():
+    gts = [blobs(s) for s in range(4)]
+    preds = [np.clip(g + 0.05 * blobs(10 + i), 0, 1) for i, g in enumerate(gts)]
+    expected = pearsonr([glcm_feature(g) for g in gts], [glcm_feature(p) for p in preds]).statistic
+    assert glcm_correlation(gts, preds) == pytest.approx(expected, abs=1e-12)
+    assert math.isnan(glcm_correlation(gts[:1], preds[:1]))  # one patch: undefined
+    assert math.isnan(correlation_across_patches(np.ones(4), np.arange(4.0)))  # constant feature
+    batch = correlation_across_patches(np.arange(5.0)[None].repeat(3, 0), np.array([[1, 2, 3, 4, 5]] * 3) ** 2)
+    assert batch.shape == (3,) and batch[0] == pytest.approx(pearsonr(np.arange(5.0), np.arange(1, 6) ** 2)[0])
+
+
+def test_hog_distance_against_skimage(volume):
+    other = blobs(4)
+    per_slice = [
+        np.abs(hog(volume[z].astype(np.float64), 9, (8, 8), (2, 2)) - hog(other[z].astype(np.float64), 9, (8, 8),
+                                                                            (2, 2)))
+        for z in range(volume.shape[0])
+    ]
+    assert hog_distance(volume, other) == pytest.approx(float(np.mean(per_slice)), abs=1e-12)
+
+
+def test_perceptual_distance_is_deterministic_and_grows_with_noise(volume):
+    rng = np.random.default_rng(0)
+    small = np.clip(volume + rng.normal(0, 0.02, volume.shape), 0, 1)
+    large = np.clip(volume + rng.normal(0, 0.2, volume.shape), 0, 1)
+    d_small, d_large = perceptual(volume, small), perceptual(volume, large)
+    assert 0 < d_small < d_large <= 4
+    assert perceptual(volume, small) == d_small
+    net = descriptors.feature_network()
+    assert [m.out_channels for m in net if hasattr(m, "out_channels")] == list(descriptors.FEATURE_CHANNELS)
+    w0 = next(net.parameters()).detach().clone()
+    descriptors.feature_network.cache_clear()
+    assert np.array_equal(next(descriptors.feature_network().parameters()).detach().numpy(), w0.numpy())
+
+
+def cube(offset_x: int = 0) -> np.ndarray:
+    vol = np.zeros(SHAPE, np.float32)
+    vol[4:12, 16:40, 16 + offset_x : 40 + offset_x] = 1.0
+    return vol
+
+
+def test_offset_cubes_overlap_and_distances():
+    """A cube and its copy shifted by 4 px along X: the segmentation is shifted too, so every row of the
+    (row-convex) mask of area A over R rows loses 4 px of overlap: IoU = (A − 4R) / (A + 4R)."""
+    gt, pred = cube(), cube(4)
+    mask = segment_volume(gt).mask
+    assert not mask[:4].any() and not mask[12:].any()  # empty slices stay empty
+    area, rows = int(mask.sum()), int(mask.any(axis=2).sum())
+    inter = area - 4 * rows
+    assert iou(gt, pred) == pytest.approx(inter / (area + 4 * rows))
+    assert dice(gt, pred) == pytest.approx(inter / area)
+    assert precision(gt, pred) == pytest.approx(inter / area)
+    assert recall(gt, pred) == pytest.approx(inter / area)
+    assert hausdorff(gt, pred) == pytest.approx(4 * PIXEL_UM)
+    assert hausdorff(gt, pred, voxel_size=(1.0, 0.1, 0.5)) == pytest.approx(4 * 0.5)
+    mp = segment_volume(pred).mask
+    assert hausdorff(gt, pred) == pytest.approx(hausdorff_distance(mask, mp) * PIXEL_UM)
+    assert volume_error(gt, pred) == 0.0
+    assert instance_f1(gt, pred) == 1.0  # IoU per slice ≈ 0.72 ≥ 0.6: matched
+    assert centroid_distance(gt, pred) == pytest.approx(4 * PIXEL_UM)
+    assert math.isnan(nn_distance_error(gt, pred))  # one instance per slice: no neighbour
+    assert area_error(gt, pred) == 0.0
+    far = cube(12)  # IoU per slice < 0.6: no match
+    assert instance_f1(gt, far) == 0.0 and math.isnan(centroid_distance(gt, far))
+
+
+def test_hausdorff_matches_skimage_on_blobs():
+    a, b = blobs(5), blobs(6)
+    ma, mb = segment_volume(a).mask, segment_volume(b).mask
+    assert hausdorff(a, b) == pytest.approx(hausdorff_distance(ma, mb) * PIXEL_UM, rel=1e-9)
+
+
+def test_two_squares_neighbour_and_area_errors():
+    gt = np.zeros((4, 64, 64), np.float32)
+    gt[:, 20:30, 10:20] = 1.0
+    gt[:, 20:30, 40:50] = 1.0  # centroids 30 px apart
+    pred = np.zeros_like(gt)
+    pred[:, 20:30, 10:20] = 1.0
+    pred[:, 20:30, 42:52] = 1.0  # second square 2 px further: 32 px apart
+    assert instance_f1(gt, pred) == 1.0
+    assert centroid_distance(gt, pred) == pytest.approx((0 + 2) / 2 * PIXEL_UM)
+    assert nn_distance_error(gt, pred) == pytest.approx(2 * PIXEL_UM)
+    assert area_error(gt, pred) == pytest.approx(0.0)
+    bigger = gt.copy()
+    bigger[:, 20:30, 40:50] = 0
+    bigger[:, 19:31, 39:51] = 1.0  # second square grows from 10×10 to 12×12
+    rel = segment_volume(bigger).mask[0, :, 32:].sum() / segment_volume(gt).mask[0, :, 32:].sum() - 1
+    assert area_error(gt, bigger) == pytest.approx(rel / 2)  # mean over the two matched squares
+
+
+# --- degenerate input ---------------------------------------------------------------------------------------
+
+
+def test_constant_inputs_give_numbers_or_documented_nan_without_warnings():
+    dark, bright = np.full(SHAPE, 0.2, np.float32), np.full(SHAPE, 0.7, np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values = patch_metrics(dark, bright, "all")
+        same = patch_metrics(dark, dark, "all")
+    assert math.isnan(values["pcc"])  # documented: Pearson of a constant is undefined
+    assert values["mse"] == pytest.approx(0.25)
+    assert values["jsd"] == pytest.approx(1.0)
+    assert values["iou"] == 1.0 and values["hausdorff"] == 0.0  # both masks empty: agreement
+    assert values["glcm_feature"] == 1.0  # skimage's convention for zero variance
+    assert math.isnan(values["centroid_distance"])
+    assert same["instance_f1"] == 1.0 and same["psnr"] == math.inf
+    assert volume_error(dark, dark) == 0.0
+    assert math.isnan(volume_error(dark, cube()))  # empty GT mask, non-empty prediction: undefined
+    assert math.isnan(hausdorff(dark, cube()))
+
+
+def test_nan_and_shape_errors(volume):
+    bad = volume.copy()
+    bad[0, 0, :3] = np.nan
+    with pytest.raises(DataError, match="3 NaN"):
+        patch_metrics(volume, bad)
+    with pytest.raises(DataError, match=r"shape \(8, 64, 64\)"):
+        patch_metrics(volume, volume[:8])
+    with pytest.raises(DataError, match="expected normalised values"):
+        iou(volume, volume * 3)
+
+
+# --- statistics ---------------------------------------------------------------------------------------------
+
+
+def test_improvement_and_best_baseline():
+    assert improvement_pct(0.9, 0.8, True) == pytest.approx(12.5)
+    assert improvement_pct(0.01, 0.02, False) == pytest.approx(100.0)  # (0.01/0.02)^-1 − 1
+    assert improvement_pct(0.02, 0.01, False) == pytest.approx(-50.0)
+    assert math.isnan(improvement_pct(0.5, 0.0, True)) and math.isnan(improvement_pct(float("nan"), 1, True))
+    values = {"DDPM": 0.9, "Unet": 0.8, "GAN": 0.85, "unet": float("nan")}
+    assert best_baseline(values, ["unet", "Unet", "GAN"], True) == "GAN"
+    assert best_baseline(values, ["unet", "Unet", "GAN"], False) == "Unet"
+    assert best_baseline(values, ["gan"], True) is None
+
+
+def test_wilcoxon_and_bootstrap():
+    a = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    b = a - np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    assert paired_wilcoxon(a, b) == pytest.approx(2 / 2**5)  # all 5 differences positive: exact two-sided p
+    assert paired_wilcoxon(a, a) == 1.0
+    assert math.isnan(paired_wilcoxon(a[:1], b[:1]))
+    assert paired_wilcoxon(np.append(a, np.nan), np.append(b, 0.0)) == pytest.approx(0.0625)
+    assert bootstrap_ci(mean_difference, [a, a - 0.5], vectorized=True) == (0.5, 0.5)
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(1.0, 1.0, 40), rng.normal(0.0, 1.0, 40)
+    lo, hi = bootstrap_ci(mean_difference, [x, y], vectorized=True, seed=3)
+    ref = bootstrap((x, y), lambda u, v, axis: np.mean(u - v, axis=axis), paired=True, method="percentile",
+                    rng=np.random.default_rng(3)).confidence_interval
+    assert lo < np.mean(x - y) < hi
+    assert lo == pytest.approx(ref.low, abs=0.05) and hi == pytest.approx(ref.high, abs=0.05)
+    assert bootstrap_ci(mean_difference, [x, y], vectorized=True, seed=3) == (lo, hi)  # seeded
+    loop = bootstrap_ci(lambda u, v: float(np.mean(u - v)), [x, y], seed=3)  # one call per resample
+    assert loop == pytest.approx((lo, hi), abs=1e-12)
+    assert all(math.isnan(v) for v in bootstrap_ci(mean_difference, [x[:1], y[:1]], vectorized=True))
+
+
+def test_summarize_tiny_table():
+    per = {
+        "DDPMavg": {"mse": np.array([0.01, 0.02, 0.03]), "pcc": np.array([0.9, 0.8, 0.7])},
+        "Unet": {"mse": np.array([0.02, 0.04, 0.06]), "pcc": np.array([0.8, 0.7, 0.6])},
+        "GAN": {"mse": np.array([0.03, 0.03, 0.03]), "pcc": np.array([0.85, 0.75, 0.65])},
+    }
+    pooled = {"DDPMavg": (0.8, 0.02), "Unet": (0.7, 0.04), "GAN": (0.75, 0.03)}
+    results = {m: MethodValues(per[m], {"pcc_pooled": pooled[m][0], "mse_pooled": pooled[m][1]}) for m in per}
+    rows = {(r.metric, r.statistic): r for r in summarize(results, ["pcc", "mse"], ["Unet", "GAN"], n_resamples=999)}
+    imp = rows[("pcc", IMPROVEMENT)]
+    assert imp.reference == "GAN"  # pooled 0.75 > 0.7
+    assert imp.values["DDPMavg"] == pytest.approx(100 * (0.8 / 0.75 - 1))
+    assert imp.values["Unet"] == pytest.approx(100 * (0.7 / 0.75 - 1))
+    assert imp.values["GAN"] == 0.0
+    mse_imp = rows[("mse", IMPROVEMENT)]
+    assert mse_imp.reference == "GAN" and mse_imp.values["DDPMavg"] == pytest.approx(50.0)  # 0.03/0.02 − 1
+    assert rows[("mse", "mean")].values["Unet"] == pytest.approx(0.04)
+    assert rows[("pcc", "wilcoxon_p")].values["DDPMavg"] == pytest.approx(2 / 2**3)  # 3 positive differences
+    assert rows[("pcc", "ci95_low")].values["DDPMavg"] == pytest.approx(0.05)
+    assert rows[("pcc", "ci95_high")].values["DDPMavg"] == pytest.approx(0.05)
+    assert math.isnan(rows[("pcc", "wilcoxon_p")].values["GAN"])
+
+
+# --- callback -----------------------------------------------------------------------------------------------
+
+
+class _Module:
+    """Stands in for a LightningModule: holds val_outputs and records log_dict calls."""
+
+    def __init__(self, outputs):
+        self.val_outputs = outputs
+        self.logged: dict[str, float] = {}
+
+    def log_dict(self, values, **kwargs):
+        self.logged.update(values)
+
+
+def test_metrics_callback_logs_and_clears():
+    gts = np.stack([blobs(7), blobs(8)])
+    preds = np.clip(gts + 0.05, 0, 1)
+    module = _Module({"ddpmavg": (gts, preds)})
+    MetricsCallback("fast").on_validation_epoch_end(None, module)
+    expected_mse = np.mean([np.mean((g.astype(np.float64) - p) ** 2) for g, p in zip(gts, preds, strict=True)])
+    assert module.logged["val/ddpmavg_mse"] == pytest.approx(expected_mse)
+    assert module.logged["val/ddpmavg_pcc_pooled"] == pytest.approx(
+        pearsonr(gts.ravel().astype(np.float64), preds.ravel().astype(np.float64)).statistic, abs=1e-9)
+    assert set(module.logged) == {"val/ddpmavg_pcc", "val/ddpmavg_mse", "val/ddpmavg_ms_ssim",
+                                  "val/ddpmavg_pcc_pooled", "val/ddpmavg_mse_pooled"}
+    assert module.val_outputs == {}
+    assert compute_stage_metrics({"x": (gts, gts)}, ["glcm_correlation"])["x_glcm_correlation"] == pytest.approx(1)
