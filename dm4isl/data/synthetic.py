@@ -1,0 +1,861 @@
+"""Embedded synthetic hiPSC-colony z-stacks: brightfield + one fluorescent organelle in raw grey levels, cached."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import cKDTree
+
+from dm4isl.errors import DataError
+from dm4isl.io.atomic import atomic_path
+
+ORGANELLES = ("dna", "mitochondria", "nuclear_envelope", "nucleoli", "actin", "microtubules")
+
+#: Bump whenever the generated images change: it is part of the cache key.
+GENERATOR_VERSION = 1
+UINT16_MAX = 65535
+#: Smallest volume the scene model supports, (Z, Y, X).
+MIN_SHAPE_ZYX = (4, 16, 16)
+
+# --- Scene geometry (pixels of ≈ 0.29 µm; the Allen FOVs after XY resampling, SPEC §1) -------------------------
+#: Mean distance between neighbouring cell centres in a hiPSC colony (≈ 9 µm).
+CELL_SPACING_PX = 30.0
+#: Random displacement of cell centres from a hexagonal lattice, as a fraction of the spacing.
+CELL_JITTER = 0.3
+#: Fraction of the FOV area covered by the colony; the rest is empty coverslip.
+COLONY_COVERAGE = 0.9
+#: Smoothing of the random field whose upper quantile defines the colony outline.
+COLONY_SMOOTH_PX = 24.0
+#: Tallest cell layer (≈ 13 µm); thinner volumes are filled by the layer entirely.
+CELL_HEIGHT_MAX_PX = 44.0
+#: Each cell's height as a fraction of the layer height.
+CELL_HEIGHT_RANGE = (0.88, 1.0)
+#: Nucleus XY semi-axes as a fraction of the radius of the circle inscribed in the cell (no nucleus crosses a cell).
+NUCLEUS_XY_FRACTION = (0.72, 0.9)
+#: Nucleus Z semi-axis as a fraction of the cell's height.
+NUCLEUS_Z_FRACTION = (0.36, 0.46)
+#: Nucleus centre height as a fraction of the cell's height (hiPSC nuclei sit slightly below the middle).
+NUCLEUS_Z_CENTRE = (0.44, 0.54)
+#: Half-width (Gaussian sigma) of a cell membrane and of the nuclear envelope.
+MEMBRANE_SIGMA_PX = 0.8
+ENVELOPE_SIGMA_PX = 0.8
+NUCLEOLI_PER_NUCLEUS = (2, 5)
+NUCLEOLUS_RADIUS_PX = (2.2, 4.2)
+#: Nucleoli lie within this normalised radius of their nucleus.
+NUCLEOLUS_MAX_R = 0.55
+#: Elongation of nucleoli along Z (the PSF is not involved: nucleoli are slightly taller than wide).
+NUCLEOLUS_Z_STRETCH = 1.3
+#: Nucleolus profile ``exp(-SHARPNESS · q · (1 + IRREGULARITY · texture))`` of the normalised radius² ``q``.
+NUCLEOLUS_SHARPNESS = 1.5
+NUCLEOLUS_IRREGULARITY = 0.3
+#: Half-size of the box a nucleolus is drawn in, in nucleolus radii.
+NUCLEOLUS_BOX_RADII = 2.5
+#: Correlation length of the chromatin / cortex texture.
+TEXTURE_SIGMA_PX = 1.3
+#: Gaussian profiles are drawn out to this many sigmas.
+GAUSS_TAIL_SIGMAS = 3.0
+
+# --- Ambiguous (planted) structures ------------------------------------------------------------------------------
+#: Margin added around a planted nucleus / cell so that the mask covers the blur of the change, (Z, Y, X) pixels.
+AMBIGUOUS_NUCLEUS_MARGIN_ZYX = (4.0, 3.0, 3.0)
+AMBIGUOUS_CELL_MARGIN_ZYX = (3, 2, 2)
+#: Kinds of planted structures: FL absent although BF shows it; FL present although BF does not show it.
+AMBIGUOUS_KINDS = ("unlabelled", "hidden")
+
+# --- Fluorescence ------------------------------------------------------------------------------------------------
+#: Anisotropic point-spread function (Gaussian sigma, (Z, Y, X) pixels): wider along the optical axis.
+FL_PSF_SIGMA_ZYX = (1.6, 0.8, 0.8)
+#: Camera offset + autofluorescence, as a fraction of the FL window above its low end.
+FL_BACKGROUND = 0.03
+#: Read noise (std) and shot-noise variance per unit signal, in FL-window units.
+FL_READ_NOISE = 0.005
+FL_SHOT_NOISE = 0.002
+#: Cell-to-cell variation of the expression level (multiplicative range).
+EXPRESSION_RANGE = (0.7, 1.15)
+
+# --- Brightfield -------------------------------------------------------------------------------------------------
+#: Mean illumination as a fraction into the BF window.
+BF_LEVEL = 0.45
+#: Peak-to-peak XY illumination gradient and corner vignetting (relative to the mean).
+BF_GRADIENT_MAX = 0.08
+BF_VIGNETTING = 0.05
+#: Relative refractive-index contrasts of the scene's parts (cytoplasm = 1).
+RI_CYTOPLASM = 1.0
+RI_MEMBRANE = 0.9
+RI_NUCLEUS = 0.3
+RI_ENVELOPE = 0.8
+RI_CHROMATIN = 0.15
+RI_NUCLEOLUS = 1.2
+#: Blur of the index map before imaging (Gaussian sigma (Z, Y, X)) and the wider blur seen far from focus.
+BF_BLUR_ZYX = (1.2, 1.0, 1.0)
+BF_DEFOCUS_BLUR_ZYX = (2.0, 2.6, 2.6)
+#: Contrast of the defocus (Laplacian) term, of the axial-derivative term and of the in-focus phase term.
+BF_DEFOCUS_GAIN = 0.8
+BF_FAR_DEFOCUS_GAIN = 2.0
+BF_AXIAL_GAIN = 0.15
+BF_INFOCUS_GAIN = 0.015
+#: Distance from focus (fraction of the layer height) over which the defocus contrast saturates.
+BF_DEFOCUS_SCALE = 0.3
+#: Focal plane offset from the layer centre (fraction of the layer height, uniform ±).
+BF_FOCUS_JITTER = 0.05
+#: Camera noise of BF relative to the mean level: shot noise (std at the mean level) and read noise.
+BF_SHOT_NOISE = 0.004
+BF_READ_NOISE = 0.002
+
+
+@dataclass(frozen=True)
+class _Style:
+    """How one organelle looks: its compartment, brightness and its own visibility in brightfield."""
+
+    compartment: str  # "nucleus" (planted structures = the nucleus) or "cell" (= the whole cell)
+    gain: float  # FL-window units per unit of rendered signal (after the PSF)
+    ri: float  # refractive contrast of the organelle's own structures in BF
+
+
+_STYLES: dict[str, _Style] = {
+    "dna": _Style("nucleus", gain=0.62, ri=0.0),
+    "nuclear_envelope": _Style("nucleus", gain=1.1, ri=0.0),
+    "nucleoli": _Style("nucleus", gain=1.0, ri=0.0),
+    "mitochondria": _Style("cell", gain=1.2, ri=0.6),
+    "actin": _Style("cell", gain=0.9, ri=0.15),
+    "microtubules": _Style("cell", gain=0.9, ri=0.08),
+}
+
+# Organelle-specific rendering constants (relative signal units before the gain).
+DNA_TEXTURE = 0.3
+DNA_PERIPHERY = 0.25
+DNA_NUCLEOLUS_EXCLUSION = 0.7
+ENVELOPE_NUCLEOPLASM = 0.06
+NUCLEOLI_NUCLEOPLASM = 0.15
+MITO_DIFFUSE = 0.15
+MITO_DENSITY = 0.03  # tubule starts per cytoplasm voxel
+MITO_STEPS = (8, 26)
+MITO_PERSISTENCE = 0.6
+MITO_WEIGHT = 0.45
+ACTIN_CORTEX = 0.55
+ACTIN_CORTEX_TEXTURE = 0.35
+ACTIN_BASAL_SHEET_PX = 1.5
+ACTIN_DIFFUSE = 0.08
+ACTIN_FIBRES_PER_CELL = (3, 7)
+#: Height of stress fibres as a fraction of the basal sheet.
+ACTIN_FIBRE_Z_RANGE = (0.2, 1.0)
+ACTIN_FIBRE_STEPS = 60
+ACTIN_FIBRE_PERSISTENCE = 0.97
+ACTIN_FIBRE_WEIGHT = 1.2
+MT_DIFFUSE = 0.3
+MT_FILAMENTS_PER_CELL = (25, 45)
+MT_STEPS = 90
+MT_PERSISTENCE = 0.95
+MT_WEIGHT = 1.5
+#: Filament-to-filament brightness variation (multiplicative range).
+MT_WEIGHT_RANGE = (0.6, 1.0)
+MT_CENTROSOME = 1.5
+MT_CENTROSOME_SIGMA_PX = 1.2
+MT_CENTROSOME_GAP_PX = 2.0
+MT_CENTROSOME_TRIES = 8
+#: Filaments start this far (pixels) from the centrosome, pointing away from it.
+MT_START_RADIUS_PX = (1.0, 3.0)
+#: Step of rasterised random walks (pixels): below 1 so that filaments have no gaps.
+WALK_STEP_PX = 0.7
+#: Random start points are jittered by up to this much (pixels) around voxel centres.
+SUBVOXEL_JITTER_PX = 0.4
+_EPS = 1e-6
+
+
+@dataclass
+class SyntheticFOV:
+    """One synthetic field of view: raw brightfield and fluorescence grey levels and the planted-ambiguity mask.
+
+    ``bf`` and ``fl``: ``(Z, Y, X)`` uint16 raw grey levels (normalise with the organelle's windows);
+    ``ambiguous``: ``(Z, Y, X)`` uint8, 1 where a planted structure is (FL and BF disagree); ``meta``: JSON-able dict.
+    """
+
+    bf: np.ndarray
+    fl: np.ndarray
+    ambiguous: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Cell:
+    """One cell: its label, nucleus ellipsoid (centre and semi-axes (Z, Y, X), XY angle) and the top of the cell."""
+
+    label: int
+    centre_zyx: np.ndarray
+    axes_zyx: np.ndarray
+    angle: float
+    z_top: float
+
+
+@dataclass
+class _Scene:
+    """The organelle-independent scene, all arrays ``(Z, Y, X)``."""
+
+    shape: tuple[int, int, int]
+    cell_id: np.ndarray  # int32, 0 outside cells
+    nucleus_id: np.ndarray  # int32, 0 outside nuclei
+    envelope: np.ndarray  # float32 in [0, 1], Gaussian profile around each nuclear surface
+    membrane: np.ndarray  # float32 in [0, 1]
+    nucleoli: np.ndarray  # float32 in [0, 1]
+    texture: np.ndarray  # float32, zero mean, unit std smooth noise
+    cells: list[_Cell]
+    layer_bottom: float
+    layer_height: float
+
+    @property
+    def cytoplasm_id(self) -> np.ndarray:
+        """Cell label where a voxel is cytoplasm (in a cell, outside its nucleus), else 0."""
+        return np.where(self.nucleus_id > 0, 0, self.cell_id)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scene
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma: float | Sequence[float]) -> np.ndarray:
+    """Gaussian-filtered white noise of ``shape`` rescaled to zero mean and unit std (float32)."""
+    field_ = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma, mode="wrap")
+    return (field_ - field_.mean()) / max(float(field_.std()), _EPS)
+
+
+def _cell_centres(rng: np.random.Generator, ny: int, nx: int) -> np.ndarray:
+    """Jittered hexagonal lattice of cell centres ``(N, 2)`` (y, x) covering the FOV plus one spacing of margin."""
+    row_step = CELL_SPACING_PX * np.sqrt(3.0) / 2.0
+    margin = CELL_SPACING_PX
+    ys = np.arange(-margin, ny + margin, row_step)
+    centres = []
+    for i, y in enumerate(ys):
+        offset = (CELL_SPACING_PX / 2.0) * (i % 2)
+        xs = np.arange(-margin + offset, nx + margin, CELL_SPACING_PX)
+        centres.append(np.stack([np.full_like(xs, y), xs], axis=1))
+    pts = np.concatenate(centres) + rng.uniform(-0.5, 0.5, size=(sum(len(c) for c in centres), 2)) * (
+        2.0 * CELL_JITTER * CELL_SPACING_PX
+    )
+    return pts
+
+
+def _ellipsoid_geometry(cell: _Cell, box: tuple[slice, slice, slice]) -> tuple[np.ndarray, np.ndarray]:
+    """Normalised radius ``r`` and approximate signed distance to the surface (pixels) of a nucleus in ``box``."""
+    zz, yy, xx = np.ogrid[box]
+    dz = zz - cell.centre_zyx[0]
+    dy = yy - cell.centre_zyx[1]
+    dx = xx - cell.centre_zyx[2]
+    cos, sin = np.cos(cell.angle), np.sin(cell.angle)
+    u = dx * cos + dy * sin
+    v = -dx * sin + dy * cos
+    r2 = (dz / cell.axes_zyx[0]) ** 2 + (v / cell.axes_zyx[1]) ** 2 + (u / cell.axes_zyx[2]) ** 2
+    r = np.sqrt(r2).astype(np.float32)
+    dist = np.sqrt(dz * dz + dy * dy + dx * dx).astype(np.float32)
+    signed = dist * (1.0 - 1.0 / np.maximum(r, _EPS))
+    return r, signed
+
+
+def _box(centre: np.ndarray, half: np.ndarray, shape: Sequence[int]) -> tuple[slice, slice, slice] | None:
+    """Slices of the box ``centre ± half`` clipped to ``shape``; None when it lies outside."""
+    lo = np.maximum(np.floor(centre - half).astype(int), 0)
+    hi = np.minimum(np.ceil(centre + half).astype(int) + 1, np.asarray(shape))
+    if np.any(hi <= lo):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))  # type: ignore[return-value]
+
+
+def _build_scene(rng: np.random.Generator, shape: tuple[int, int, int], colony_coverage: float) -> _Scene:
+    """Packed columnar cells (Voronoi in XY) with ellipsoidal nuclei, nucleoli and membranes."""
+    nz, ny, nx = shape
+    centres = _cell_centres(rng, ny, nx)
+    tree = cKDTree(centres)
+    gy, gx = np.mgrid[0:ny, 0:nx]
+    dists, nearest = tree.query(np.stack([gy.ravel(), gx.ravel()], axis=1).astype(np.float64), k=2)
+    owner = nearest[:, 0].reshape(ny, nx)
+    boundary_gap = ((dists[:, 1] - dists[:, 0]) / 2.0).reshape(ny, nx)  # distance to the Voronoi edge
+    membrane_2d = np.exp(-0.5 * (boundary_gap / MEMBRANE_SIGMA_PX) ** 2).astype(np.float32)
+
+    colony_field = ndimage.gaussian_filter(rng.standard_normal((ny, nx)), COLONY_SMOOTH_PX, mode="reflect")
+    colony_2d = colony_field >= np.quantile(colony_field, 1.0 - colony_coverage) if colony_coverage > 0 else None
+    seed_iy = np.clip(np.round(centres[:, 0]).astype(int), 0, ny - 1)
+    seed_ix = np.clip(np.round(centres[:, 1]).astype(int), 0, nx - 1)
+    # A cell belongs to the colony if its centre (clamped to the FOV) lies inside the colony outline.
+    alive = np.zeros(len(centres), bool) if colony_2d is None else colony_2d[seed_iy, seed_ix]
+    present = np.zeros(len(centres), bool)
+    present[np.unique(owner)] = True
+    alive &= present
+
+    layer_height = min(float(nz), CELL_HEIGHT_MAX_PX)
+    layer_bottom = (nz - layer_height) / 2.0
+    nn_dist = tree.query(centres, k=2)[0][:, 1]
+
+    labels_of = np.zeros(len(centres), np.int32)
+    cells: list[_Cell] = []
+    n_all = len(centres)
+    heights = rng.uniform(*CELL_HEIGHT_RANGE, size=n_all) * layer_height
+    xy_frac = rng.uniform(*NUCLEUS_XY_FRACTION, size=(n_all, 2))
+    z_frac = rng.uniform(*NUCLEUS_Z_FRACTION, size=n_all)
+    zc_frac = rng.uniform(*NUCLEUS_Z_CENTRE, size=n_all)
+    angles = rng.uniform(0.0, np.pi, size=n_all)
+    for i in np.flatnonzero(alive):
+        label = len(cells) + 1
+        labels_of[i] = label
+        inscribed = nn_dist[i] / 2.0
+        axes = np.array([z_frac[i] * heights[i], *(xy_frac[i] * inscribed)])
+        zc = layer_bottom + zc_frac[i] * heights[i]
+        axes[0] = min(axes[0], zc - layer_bottom, layer_bottom + heights[i] - zc)
+        cells.append(
+            _Cell(
+                label=label,
+                centre_zyx=np.array([zc, centres[i, 0], centres[i, 1]]),
+                axes_zyx=axes,
+                angle=float(angles[i]),
+                z_top=layer_bottom + float(heights[i]),
+            )
+        )
+    label_2d = labels_of[owner]
+    top_2d = np.zeros((ny, nx), np.float32)
+    for cell in cells:
+        top_2d[label_2d == cell.label] = cell.z_top
+    zcoord = np.arange(nz, dtype=np.float32)[:, None, None] + 0.5
+    in_layer = (zcoord >= layer_bottom) & (zcoord <= top_2d[None])
+    cell_id = np.where(in_layer & (label_2d[None] > 0), label_2d[None], 0).astype(np.int32)
+    membrane = np.where(cell_id > 0, membrane_2d[None], 0.0).astype(np.float32)
+
+    nucleus_id = np.zeros(shape, np.int32)
+    envelope = np.zeros(shape, np.float32)
+    nucleoli = np.zeros(shape, np.float32)
+    texture = _smooth_noise(rng, shape, TEXTURE_SIGMA_PX)
+    for cell in cells:
+        box = _box(cell.centre_zyx, cell.axes_zyx + GAUSS_TAIL_SIGMAS * ENVELOPE_SIGMA_PX + 1.0, shape)
+        if box is None:
+            continue
+        _, signed = _ellipsoid_geometry(cell, box)
+        own = cell_id[box] == cell.label
+        nucleus_id[box][own & (signed < 0)] = cell.label
+        shell = np.exp(-0.5 * (signed / ENVELOPE_SIGMA_PX) ** 2) * own
+        envelope[box] = np.maximum(envelope[box], shell)
+        _add_nucleoli(rng, cell, nucleoli, texture, nucleus_id)
+    return _Scene(
+        shape=shape,
+        cell_id=cell_id,
+        nucleus_id=nucleus_id,
+        envelope=envelope,
+        membrane=membrane,
+        nucleoli=nucleoli,
+        texture=texture,
+        cells=cells,
+        layer_bottom=layer_bottom,
+        layer_height=layer_height,
+    )
+
+
+def _add_nucleoli(
+    rng: np.random.Generator, cell: _Cell, nucleoli: np.ndarray, texture: np.ndarray, nucleus_id: np.ndarray
+) -> None:
+    """Draw a few irregular nucleoli inside the nucleus of ``cell`` into ``nucleoli`` (in place)."""
+    count = int(rng.integers(*NUCLEOLI_PER_NUCLEUS))
+    direction = rng.standard_normal((count, 3))
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    radial = NUCLEOLUS_MAX_R * np.cbrt(rng.uniform(0.0, 1.0, size=count))
+    radii = rng.uniform(*NUCLEOLUS_RADIUS_PX, size=count)
+    for k in range(count):
+        offset = direction[k] * radial[k] * cell.axes_zyx
+        centre = cell.centre_zyx + offset
+        axes = np.array([radii[k] * NUCLEOLUS_Z_STRETCH, radii[k], radii[k]])
+        box = _box(centre, NUCLEOLUS_BOX_RADII * axes, nucleoli.shape)
+        if box is None:
+            continue
+        zz, yy, xx = np.ogrid[box]
+        q = ((zz - centre[0]) / axes[0]) ** 2 + ((yy - centre[1]) / axes[1]) ** 2 + ((xx - centre[2]) / axes[2]) ** 2
+        blob = np.exp(-NUCLEOLUS_SHARPNESS * q * (1.0 + NUCLEOLUS_IRREGULARITY * texture[box])).astype(np.float32)
+        blob *= nucleus_id[box] == cell.label
+        nucleoli[box] = np.maximum(nucleoli[box], blob)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Filaments and tubules
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _random_walks(
+    rng: np.random.Generator,
+    starts: np.ndarray,
+    n_steps: int | np.ndarray,
+    persistence: float,
+    region_id: np.ndarray,
+    owner: np.ndarray,
+    weights: np.ndarray,
+    initial_dirs: np.ndarray | None = None,
+) -> np.ndarray:
+    """Rasterise persistent random walks into a ``(Z, Y, X)`` float32 volume.
+
+    ``starts``: ``(N, 3)`` (z, y, x) start points; walk ``k`` stops for good the first time it leaves the voxels
+    where ``region_id == owner[k]`` or after ``n_steps[k]`` steps. ``weights``: ``(N,)`` intensity per visited point.
+    """
+    shape = region_id.shape
+    n = len(starts)
+    out = np.zeros(region_id.size, np.float32)
+    if n == 0:
+        return out.reshape(shape)
+    steps = np.broadcast_to(np.asarray(n_steps), (n,))
+    t_max = int(steps.max())
+    direction = rng.standard_normal((n, 3)) if initial_dirs is None else np.array(initial_dirs, dtype=np.float64)
+    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+    pos = starts.astype(np.float64).copy()
+    alive = np.ones(n, bool)
+    upper = np.asarray(shape) - 1
+    flat_all, weight_all = [], []
+    kicks = rng.standard_normal((t_max, n, 3))
+    for t in range(t_max):
+        idx = np.round(pos).astype(int)
+        inside = np.all((idx >= 0) & (idx <= upper), axis=1)
+        idx = np.clip(idx, 0, upper)
+        flat = np.ravel_multi_index(idx.T, shape)
+        alive &= inside & (region_id.ravel()[flat] == owner) & (t < steps)
+        if not alive.any():
+            break
+        flat_all.append(flat[alive])
+        weight_all.append(weights[alive])
+        direction = persistence * direction + (1.0 - persistence) * kicks[t]
+        direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+        pos += WALK_STEP_PX * direction
+    if flat_all:
+        out += np.bincount(
+            np.concatenate(flat_all), weights=np.concatenate(weight_all), minlength=region_id.size
+        ).astype(np.float32)
+    return out.reshape(shape)
+
+
+def _random_voxels(rng: np.random.Generator, region: np.ndarray, count: int) -> np.ndarray:
+    """``count`` voxel coordinates ``(count, 3)`` drawn uniformly (with jitter) from the True voxels of ``region``."""
+    flat = np.flatnonzero(region)
+    if flat.size == 0 or count == 0:
+        return np.zeros((0, 3))
+    pick = flat[rng.integers(flat.size, size=count)]
+    jitter = rng.uniform(-SUBVOXEL_JITTER_PX, SUBVOXEL_JITTER_PX, size=(count, 3))
+    return np.stack(np.unravel_index(pick, region.shape), axis=1) + jitter
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Per-organelle fluorescence (relative signal before PSF and gain)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _fl_dna(scene: _Scene, rng: np.random.Generator) -> np.ndarray:
+    """DNA dye ``(Z, Y, X)``: filled nuclei with chromatin texture, a brighter periphery and nucleolar holes."""
+    inside = scene.nucleus_id > 0
+    chromatin = np.clip(1.0 + DNA_TEXTURE * scene.texture, 0.0, None)
+    signal = inside * chromatin * (1.0 - DNA_NUCLEOLUS_EXCLUSION * scene.nucleoli)
+    return (signal + DNA_PERIPHERY * scene.envelope * inside).astype(np.float32)
+
+
+def _fl_nuclear_envelope(scene: _Scene, rng: np.random.Generator) -> np.ndarray:
+    """Lamin B1 ``(Z, Y, X)``: a thin shell on each nuclear surface over a faint nucleoplasm."""
+    return (scene.envelope + ENVELOPE_NUCLEOPLASM * (scene.nucleus_id > 0)).astype(np.float32)
+
+
+def _fl_nucleoli(scene: _Scene, rng: np.random.Generator) -> np.ndarray:
+    """Fibrillarin ``(Z, Y, X)``: bright nucleoli over a dim nucleoplasm."""
+    return (scene.nucleoli + NUCLEOLI_NUCLEOPLASM * (scene.nucleus_id > 0)).astype(np.float32)
+
+
+def _fl_mitochondria(scene: _Scene, rng: np.random.Generator) -> np.ndarray:
+    """TOM20 ``(Z, Y, X)``: many short tortuous tubules filling the cytoplasm, over a diffuse cytoplasmic level."""
+    cyto = scene.cytoplasm_id
+    count = int(MITO_DENSITY * np.count_nonzero(cyto))
+    starts = _random_voxels(rng, cyto > 0, count)
+    owner = cyto[tuple(np.round(starts).astype(int).T)] if count else np.zeros(0, np.int32)
+    steps = rng.integers(*MITO_STEPS, size=len(starts))
+    tubules = _random_walks(rng, starts, steps, MITO_PERSISTENCE, cyto, owner, np.full(len(starts), MITO_WEIGHT))
+    return (tubules + MITO_DIFFUSE * (cyto > 0)).astype(np.float32)
+
+
+def _fl_actin(scene: _Scene, rng: np.random.Generator) -> np.ndarray:
+    """Beta-actin ``(Z, Y, X)``: patchy cortex at cell junctions and the basal sheet, basal stress fibres, diffuse."""
+    in_cell = scene.cell_id > 0
+    cortex = scene.membrane * np.clip(1.0 + ACTIN_CORTEX_TEXTURE * scene.texture, 0.0, None)
+    zcoord = np.arange(scene.shape[0], dtype=np.float32)[:, None, None] + 0.5
+    basal = in_cell & (zcoord < scene.layer_bottom + ACTIN_BASAL_SHEET_PX)
+    starts, owner, dirs = [], [], []
+    for cell in scene.cells:
+        count = int(rng.integers(*ACTIN_FIBRES_PER_CELL))
+        z = scene.layer_bottom + ACTIN_BASAL_SHEET_PX * rng.uniform(*ACTIN_FIBRE_Z_RANGE, size=count)
+        yx = cell.centre_zyx[1:] + rng.uniform(-1.0, 1.0, size=(count, 2)) * cell.axes_zyx[1:]
+        starts.append(np.column_stack([z, yx]))
+        owner.append(np.full(count, cell.label))
+        angle = rng.uniform(0.0, 2.0 * np.pi, size=count)
+        dirs.append(np.column_stack([np.zeros(count), np.sin(angle), np.cos(angle)]))
+    fibres = _random_walks(
+        rng,
+        np.concatenate(starts) if starts else np.zeros((0, 3)),
+        ACTIN_FIBRE_STEPS,
+        ACTIN_FIBRE_PERSISTENCE,
+        scene.cell_id,
+        np.concatenate(owner) if owner else np.zeros(0, np.int32),
+        np.full(sum(len(s) for s in starts), ACTIN_FIBRE_WEIGHT),
+        initial_dirs=np.concatenate(dirs) if dirs else None,
+    )
+    return (ACTIN_CORTEX * (cortex + basal) + fibres + ACTIN_DIFFUSE * in_cell).astype(np.float32)
+
+
+def _fl_microtubules(scene: _Scene, rng: np.random.Generator) -> np.ndarray:
+    """Alpha-tubulin ``(Z, Y, X)``: filaments radiating from a centrosome beside the nucleus, free tubulin."""
+    cyto = scene.cytoplasm_id
+    starts, owner, dirs = [], [], []
+    centrosomes = np.zeros(scene.shape, np.float32)
+    for cell in scene.cells:
+        # Centrosome: just outside the nucleus on a random side; the first of a few candidates in the cytoplasm.
+        direction = rng.standard_normal((MT_CENTROSOME_TRIES, 3))
+        direction /= np.linalg.norm(direction, axis=1, keepdims=True)
+        points = np.clip(
+            cell.centre_zyx + direction * (cell.axes_zyx + MT_CENTROSOME_GAP_PX), 0, np.asarray(scene.shape) - 1
+        )
+        valid = np.flatnonzero(cyto[tuple(np.round(points).astype(int).T)] == cell.label)
+        if valid.size == 0:
+            continue
+        point = points[valid[0]]
+        count = int(rng.integers(*MT_FILAMENTS_PER_CELL))
+        outward = rng.standard_normal((count, 3))
+        outward /= np.linalg.norm(outward, axis=1, keepdims=True)
+        starts.append(point + outward * rng.uniform(*MT_START_RADIUS_PX, size=(count, 1)))
+        dirs.append(outward)
+        owner.append(np.full(count, cell.label))
+        centrosomes[tuple(np.round(point).astype(int))] = MT_CENTROSOME
+    n = sum(len(s) for s in starts)
+    filaments = _random_walks(
+        rng,
+        np.concatenate(starts) if starts else np.zeros((0, 3)),
+        MT_STEPS,
+        MT_PERSISTENCE,
+        cyto,
+        np.concatenate(owner) if owner else np.zeros(0, np.int32),
+        rng.uniform(*MT_WEIGHT_RANGE, size=n) * MT_WEIGHT,
+        initial_dirs=np.concatenate(dirs) if dirs else None,
+    )
+    centrosomes = (
+        ndimage.gaussian_filter(centrosomes, MT_CENTROSOME_SIGMA_PX) * (2.0 * np.pi * MT_CENTROSOME_SIGMA_PX**2) ** 1.5
+    )
+    return (filaments + centrosomes + MT_DIFFUSE * (cyto > 0)).astype(np.float32)
+
+
+_RENDERERS: dict[str, Callable[[_Scene, np.random.Generator], np.ndarray]] = {
+    "dna": _fl_dna,
+    "nuclear_envelope": _fl_nuclear_envelope,
+    "nucleoli": _fl_nucleoli,
+    "mitochondria": _fl_mitochondria,
+    "actin": _fl_actin,
+    "microtubules": _fl_microtubules,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Planted ambiguities, imaging, public API
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _plant_ambiguities(
+    rng: np.random.Generator, scene: _Scene, style: _Style, fraction: float
+) -> tuple[dict[int, str], np.ndarray]:
+    """Choose ``≈ fraction`` of the cells (nucleus centre inside the FOV) and a kind for each; return the mask.
+
+    Returns ``({cell label: kind}, mask (Z, Y, X) bool)``; the mask covers the nucleus (nuclear organelles) or the
+    whole cell (cytoplasmic organelles) plus a margin for the blur of the change.
+    """
+    shape = np.asarray(scene.shape)
+    candidates = [c for c in scene.cells if np.all((c.centre_zyx >= 0) & (c.centre_zyx < shape))]
+    n_target = int(round(fraction * len(scene.cells)))
+    n = min(n_target, len(candidates))
+    mask = np.zeros(scene.shape, bool)
+    if n == 0:
+        return {}, mask
+    chosen = rng.choice(len(candidates), size=n, replace=False)
+    first_kind = int(rng.integers(len(AMBIGUOUS_KINDS)))
+    planted: dict[int, str] = {}
+    margin = np.asarray(AMBIGUOUS_NUCLEUS_MARGIN_ZYX)
+    whole_cells = np.zeros(len(scene.cells) + 1, bool)
+    for j, ci in enumerate(chosen):
+        cell = candidates[int(ci)]
+        planted[cell.label] = AMBIGUOUS_KINDS[(first_kind + j) % len(AMBIGUOUS_KINDS)]
+        if style.compartment == "nucleus":
+            grown = replace(cell, axes_zyx=cell.axes_zyx + margin)
+            box = _box(cell.centre_zyx, grown.axes_zyx + 1.0, scene.shape)
+            if box is not None:
+                r, _ = _ellipsoid_geometry(grown, box)
+                mask[box] |= r < 1.0
+        else:
+            whole_cells[cell.label] = True
+    if whole_cells.any():
+        size = tuple(2 * m + 1 for m in AMBIGUOUS_CELL_MARGIN_ZYX)
+        mask |= ndimage.maximum_filter(whole_cells[scene.cell_id], size=size, mode="constant")
+    return planted, mask
+
+
+def _laplacian_xy(volume: np.ndarray) -> np.ndarray:
+    """In-plane (Y, X) Laplacian of a ``(Z, Y, X)`` volume (reflecting borders)."""
+    kernel = np.array([1.0, -2.0, 1.0], np.float32)
+    return ndimage.correlate1d(volume, kernel, axis=1, mode="reflect") + ndimage.correlate1d(
+        volume, kernel, axis=2, mode="reflect"
+    )
+
+
+def _render_brightfield(
+    rng: np.random.Generator,
+    scene: _Scene,
+    refractive: np.ndarray,
+    bf_window: tuple[float, float],
+    noise: np.ndarray,
+) -> tuple[np.ndarray, float]:
+    """Brightfield z-stack of a weak phase object: defocus contrast that inverts through focus, illumination, noise.
+
+    ``refractive``: ``(Z, Y, X)`` relative index map; ``noise``: standard normal ``(Z, Y, X)``. Returns the uint16
+    ``(Z, Y, X)`` stack and the focal plane (z, fractional slices).
+    """
+    nz, ny, nx = scene.shape
+    near = ndimage.gaussian_filter(refractive, BF_BLUR_ZYX, mode="nearest")
+    far = ndimage.gaussian_filter(refractive, BF_DEFOCUS_BLUR_ZYX, mode="nearest")
+    focus = scene.layer_bottom + scene.layer_height * (0.5 + rng.uniform(-BF_FOCUS_JITTER, BF_FOCUS_JITTER))
+    z = np.arange(nz, dtype=np.float32)[:, None, None] + 0.5
+    defocus = np.tanh((z - focus) / (BF_DEFOCUS_SCALE * scene.layer_height)).astype(np.float32)
+    contrast = (
+        -BF_DEFOCUS_GAIN * defocus * _laplacian_xy(near)
+        - BF_FAR_DEFOCUS_GAIN * defocus * np.abs(defocus) * _laplacian_xy(far)
+        + BF_AXIAL_GAIN * np.gradient(near, axis=0)
+        + BF_INFOCUS_GAIN * (near - far)
+    )
+    gy = np.linspace(-0.5, 0.5, ny, dtype=np.float32)[:, None]
+    gx = np.linspace(-0.5, 0.5, nx, dtype=np.float32)[None, :]
+    tilt = rng.uniform(-1.0, 1.0, size=2)
+    tilt *= BF_GRADIENT_MAX / max(float(np.abs(tilt).sum()), 1e-6)
+    illumination = (1.0 + tilt[0] * gy + tilt[1] * gx) * (1.0 - BF_VIGNETTING * 2.0 * (gy * gy + gx * gx))
+    lo, hi = bf_window
+    level = lo + BF_LEVEL * (hi - lo)
+    relative = illumination[None] * (1.0 + contrast)
+    std = np.sqrt(BF_READ_NOISE**2 + BF_SHOT_NOISE**2 * np.clip(relative, 0.0, None))
+    raw = level * (relative + std * noise)
+    return np.clip(np.round(raw), 0, UINT16_MAX).astype(np.uint16), float(focus)
+
+
+def _to_raw(level: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Window-unit intensities → uint16 raw grey levels (``lo + level · (hi − lo)``, rounded and clipped)."""
+    lo, hi = window
+    return np.clip(np.round(lo + level * (hi - lo)), 0, UINT16_MAX).astype(np.uint16)
+
+
+def _check_args(
+    organelle: str, shape_zyx: Sequence[int], bf_window: Sequence[float], fl_window: Sequence[float], fraction: float
+) -> tuple[int, int, int]:
+    if organelle not in ORGANELLES:
+        raise ValueError(f"unknown organelle {organelle!r}; expected one of {ORGANELLES}")
+    shape = tuple(int(s) for s in shape_zyx)
+    if len(shape) != 3 or any(s < m for s, m in zip(shape, MIN_SHAPE_ZYX, strict=True)):
+        raise ValueError(f"shape_zyx must be 3 sizes (Z, Y, X) of at least {MIN_SHAPE_ZYX}, got {tuple(shape_zyx)}")
+    for name, window in (("bf_window", bf_window), ("fl_window", fl_window)):
+        lo, hi = (float(w) for w in window)
+        if not 0 <= lo < hi <= UINT16_MAX:
+            raise ValueError(f"{name} must be (lo, hi) with 0 <= lo < hi <= {UINT16_MAX}, got {tuple(window)}")
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"ambiguous_fraction must lie in [0, 1], got {fraction}")
+    return shape  # type: ignore[return-value]
+
+
+def generate_fov(
+    organelle: str,
+    shape_zyx: Sequence[int] = (32, 128, 128),
+    seed: int = 0,
+    *,
+    bf_window: tuple[float, float],
+    fl_window: tuple[float, float],
+    ambiguous_fraction: float = 0.15,
+    colony_coverage: float = COLONY_COVERAGE,
+) -> SyntheticFOV:
+    """Generate one synthetic FOV of a hiPSC colony: brightfield, one organelle's fluorescence, planted ambiguities.
+
+    The scene (cells, nuclei, nucleoli, membranes) depends only on ``seed`` and ``shape_zyx``, so different
+    organelles with the same seed show the same cells; the planted structures, the expression levels and the
+    camera noise come from their own random streams, so ``ambiguous_fraction`` changes nothing outside the mask.
+
+    Args:
+        organelle: one of :data:`ORGANELLES`.
+        shape_zyx: ``(Z, Y, X)`` size, from one patch (16, 64, 64) to FOV-sized volumes.
+        seed: any non-negative integer; the same seed gives byte-identical arrays.
+        bf_window, fl_window: the organelle's normalisation windows (raw grey levels, SPEC §1); BF lies mostly
+            inside ``bf_window``, the FL background sits just above the low end of ``fl_window``.
+        ambiguous_fraction: fraction of the cells made ambiguous (half unlabelled in FL, half invisible in BF).
+        colony_coverage: fraction of the FOV area covered by cells (0: an empty coverslip).
+
+    Returns:
+        :class:`SyntheticFOV` with ``(Z, Y, X)`` uint16 ``bf`` and ``fl`` and uint8 ``ambiguous``.
+    """
+    shape = _check_args(organelle, shape_zyx, bf_window, fl_window, ambiguous_fraction)
+    if not 0.0 <= colony_coverage <= 1.0:
+        raise ValueError(f"colony_coverage must lie in [0, 1], got {colony_coverage}")
+    style = _STYLES[organelle]
+    rng_scene, rng_structure, rng_expression, rng_ambiguity, rng_optics, rng_fl_noise, rng_bf_noise = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(7)
+    )
+    scene = _build_scene(rng_scene, shape, float(colony_coverage))
+    structure = _RENDERERS[organelle](scene, rng_structure)
+    n_labels = len(scene.cells) + 1
+    expression = np.concatenate([[0.0], rng_expression.uniform(*EXPRESSION_RANGE, size=n_labels - 1)])
+    planted, mask = _plant_ambiguities(rng_ambiguity, scene, style, float(ambiguous_fraction))
+
+    nucleus_visible = np.ones(n_labels, np.float32)
+    cell_visible = np.ones(n_labels, np.float32)
+    for label, kind in planted.items():
+        if kind == "unlabelled":
+            expression[label] = 0.0
+        elif style.compartment == "nucleus":
+            nucleus_visible[label] = 0.0
+        else:
+            cell_visible[label] = 0.0
+            nucleus_visible[label] = 0.0
+    in_nucleus = (scene.nucleus_id > 0).astype(np.float32)
+    nuclear_ri = (
+        RI_NUCLEUS * in_nucleus
+        + RI_ENVELOPE * scene.envelope
+        + RI_CHROMATIN * scene.texture * in_nucleus
+        + RI_NUCLEOLUS * scene.nucleoli
+    )
+    cell_ri = RI_CYTOPLASM * (scene.cell_id > 0) + RI_MEMBRANE * scene.membrane + style.ri * structure
+    refractive = (cell_visible[scene.cell_id] * cell_ri + nucleus_visible[scene.cell_id] * nuclear_ri).astype(
+        np.float32
+    )
+    bf, focus = _render_brightfield(
+        rng_optics, scene, refractive, bf_window, rng_bf_noise.standard_normal(shape, dtype=np.float32)
+    )
+
+    emitted = structure * expression.astype(np.float32)[scene.cell_id]
+    level = FL_BACKGROUND + style.gain * ndimage.gaussian_filter(emitted, FL_PSF_SIGMA_ZYX, mode="constant")
+    std = np.sqrt(FL_READ_NOISE**2 + FL_SHOT_NOISE * np.clip(level, 0.0, None))
+    fl = _to_raw(level + std * rng_fl_noise.standard_normal(shape, dtype=np.float32), fl_window)
+
+    kinds = list(planted.values())
+    meta: dict[str, Any] = {
+        "organelle": organelle,
+        "seed": int(seed),
+        "shape_zyx": list(shape),
+        "bf_window": [float(w) for w in bf_window],
+        "fl_window": [float(w) for w in fl_window],
+        "ambiguous_fraction": float(ambiguous_fraction),
+        "colony_coverage": float(colony_coverage),
+        "n_cells": len(scene.cells),
+        "n_ambiguous": len(planted),
+        "n_unlabelled": kinds.count("unlabelled"),
+        "n_hidden": kinds.count("hidden"),
+        "ambiguous_cells": {str(k): v for k, v in planted.items()},
+        "focal_plane_z": focus,
+        "generator_version": GENERATOR_VERSION,
+    }
+    return SyntheticFOV(bf=bf, fl=fl, ambiguous=mask.astype(np.uint8), meta=meta)
+
+
+def dataset_key(
+    organelle: str,
+    shape_zyx: Sequence[int],
+    seed: int,
+    bf_window: Sequence[float],
+    fl_window: Sequence[float],
+    ambiguous_fraction: float,
+) -> str:
+    """Cache folder name ``<organelle>-<hash>`` of a synthetic dataset's parameters and the generator version.
+
+    The number of FOVs is not part of the key: FOV ``k`` depends only on ``(seed, k)``, so a larger request reuses
+    the FOVs already generated.
+    """
+    params = {
+        "organelle": organelle,
+        "shape_zyx": [int(s) for s in shape_zyx],
+        "seed": int(seed),
+        "bf_window": [float(w) for w in bf_window],
+        "fl_window": [float(w) for w in fl_window],
+        "ambiguous_fraction": float(ambiguous_fraction),
+        "generator_version": GENERATOR_VERSION,
+    }
+    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+    return f"{organelle}-{digest}"
+
+
+def fov_seed(seed: int, k: int) -> int:
+    """Seed of FOV ``k`` of a dataset with ``seed``: 32 bits drawn from ``SeedSequence([seed, k])``."""
+    return int(np.random.SeedSequence([int(seed), int(k)]).generate_state(1)[0])
+
+
+def save_fov(path: str | os.PathLike, fov: SyntheticFOV) -> Path:
+    """Write ``fov`` atomically as an ``.npz`` with arrays ``bf``, ``fl``, ``ambiguous`` and JSON ``meta``.
+
+    Uncompressed: camera noise barely compresses and zlib would take longer than generating the FOV.
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, bf=fov.bf, fl=fov.fl, ambiguous=fov.ambiguous, meta=np.array(json.dumps(fov.meta, sort_keys=True)))
+    return Path(path)
+
+
+def synthetic_dataset(
+    organelle: str,
+    n_fovs: int,
+    shape_zyx: Sequence[int],
+    seed: int,
+    *,
+    bf_window: tuple[float, float],
+    fl_window: tuple[float, float],
+    ambiguous_fraction: float,
+    cache_dir: str | os.PathLike,
+) -> list[Path]:
+    """Generate (or reuse from the cache) ``n_fovs`` FOVs and return their ``.npz`` paths in order.
+
+    FOV ``k`` is ``cache_dir/<organelle>-<hash>/fov_<k>.npz`` (see :func:`dataset_key`), generated with seed
+    :func:`fov_seed` ``(seed, k)`` and written atomically, so an interrupted run leaves no partial file and
+    concurrent processes can share the cache. Existing files are reused without regeneration.
+    """
+    _check_args(organelle, shape_zyx, bf_window, fl_window, ambiguous_fraction)
+    if int(n_fovs) < 1:
+        raise ValueError(f"n_fovs must be at least 1, got {n_fovs}")
+    folder = Path(cache_dir) / dataset_key(organelle, shape_zyx, seed, bf_window, fl_window, ambiguous_fraction)
+    paths = []
+    for k in range(int(n_fovs)):
+        path = folder / f"fov_{k}.npz"
+        if not path.is_file():
+            fov = generate_fov(
+                organelle,
+                shape_zyx,
+                fov_seed(seed, k),
+                bf_window=bf_window,
+                fl_window=fl_window,
+                ambiguous_fraction=ambiguous_fraction,
+            )
+            save_fov(path, fov)
+        paths.append(path)
+    return paths
+
+
+def load_fov(path: str | os.PathLike) -> SyntheticFOV:
+    """Read a FOV written by :func:`save_fov`; :class:`DataError` naming the file if it is missing or corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: synthetic FOV file not found (expected an .npz written by synthetic_dataset)")
+    expected = {"bf": np.uint16, "fl": np.uint16, "ambiguous": np.uint8}
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            missing = sorted((set(expected) | {"meta"}) - set(data.files))
+            if missing:
+                raise DataError(f"{path}: synthetic FOV lacks arrays {missing}; found {sorted(data.files)}")
+            arrays = {name: data[name] for name in expected}
+            meta = json.loads(str(data["meta"]))
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise DataError(f"{path}: unreadable or truncated synthetic FOV ({type(err).__name__}: {err})") from err
+    shapes = {name: a.shape for name, a in arrays.items()}
+    for name, dtype in expected.items():
+        a = arrays[name]
+        if a.ndim != 3 or a.shape != arrays["bf"].shape:
+            raise DataError(f"{path}: expected three (Z, Y, X) arrays of one shape, found shapes {shapes}")
+        if a.dtype != dtype:
+            raise DataError(f"{path}: array {name!r} has dtype {a.dtype}, expected {np.dtype(dtype)}")
+    return SyntheticFOV(bf=arrays["bf"], fl=arrays["fl"], ambiguous=arrays["ambiguous"], meta=meta)
