@@ -49,7 +49,7 @@ def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
     ckpt = Path(cfg.ckpt_path)
     model = load_model(ckpt, _device(cfg.device))
     stored = dict(model.hparams.get("organelle") or {})
-    organelle = OmegaConf.to_container(cfg.organelle, resolve=True) if cfg.organelle is not None else stored
+    organelle = OmegaConf.to_container(cfg.organelle, resolve=True) if cfg.get("organelle") else stored
     if not organelle:
         raise CheckpointError(f"{ckpt}: stores no organelle; give organelle=<name>")
     if str(cfg.input) == "test":

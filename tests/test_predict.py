@@ -1,0 +1,176 @@
+"""dm4isl-predict end to end on a tiny trained checkpoint: products, skip on rerun, restart after a crash, checks."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+import dm4isl
+from dm4isl.errors import CheckpointError, DataError
+from dm4isl.predict import predict_command
+from dm4isl.prediction import runner
+from dm4isl.prediction.checkpoint import load_model, read_checkpoint
+from dm4isl.train import train
+
+TINY = [
+    "experiment=demo",
+    "data.n_fovs=8",
+    "data.fov_shape=[16,96,96]",
+    "data.n_val_patches=2",
+    "data.n_test_patches=4",
+    "data.eval_patch_size=[16,32,32]",
+    "data.samples_per_epoch=8",
+    "trainer.max_epochs=1",
+    "trainer.max_time=null",
+    "test=false",
+    "logger=csv",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Train the tiny diffusion net for a few steps; returns its checkpoint and a patch folder of test patches."""
+    from conftest import CONF_DIR
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import open_dict
+
+    root = tmp_path_factory.mktemp("tiny")
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        cfg = compose("train", overrides=TINY)
+    with open_dict(cfg):
+        cfg.paths.root_dir = str(root)
+        cfg.paths.data_dir = str(root / "data")
+        cfg.paths.log_dir = str(root / "outputs")
+        cfg.paths.output_dir = str(root / "run")
+    GlobalHydra.instance().clear()
+    train(cfg)
+    ckpt = root / "run" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    # a patch folder in the reference layout from the cached test patches (uint8 = value/255)
+    ts = np.load(next((root / "data" / "cache" / "eval_sets").glob("*-test-*.npz")))
+    folder = root / "patches"
+    for sub in ("BF", "GT"):
+        (folder / sub).mkdir(parents=True)
+    for i in range(len(ts["names"])):
+        tifffile.imwrite(folder / "BF" / f"{i}.tiff", np.round(ts["bf"][i] * 255).astype(np.uint8))
+        tifffile.imwrite(folder / "GT" / f"{i}.tiff", np.round(ts["fl"][i] * 255).astype(np.uint8))
+    return {"ckpt": ckpt, "patches": folder, "root": root}
+
+
+def _predict_cfg(compose_cfg, run: dict, out: Path, extra: list[str] | None = None):
+    cfg = compose_cfg(
+        "predict",
+        [
+            f"ckpt_path={run['ckpt']}",
+            f"input={run['patches']}",
+            f"output_dir={out}",
+            "sampler=ddim",
+            "sampler.num_steps=5",
+            "n_seeds=2",
+            "batch_size=4",
+            "device=cpu",
+            *(extra or []),
+        ],
+    )
+    return cfg
+
+
+def test_checkpoint_is_self_describing_and_weights_only(tiny_run: dict) -> None:
+    ckpt = read_checkpoint(tiny_run["ckpt"])  # torch.load(weights_only=True) inside
+    hp = ckpt["hyper_parameters"]
+    assert hp["organelle"]["name"] == "nuclear_envelope" and hp["organelle"]["fl_window"] == [390, 1500]
+    assert hp["patch_size"] == [16, 32, 32] and hp["array_axes"] == "ZYX"
+    assert ckpt["dm4isl"]["model_class"] == "dm4isl.models.ddpm.DDPMModule"
+    model = load_model(tiny_run["ckpt"])
+    assert not model.training and model.fl_mean is not None
+
+
+def test_predict_folder_products_skip_and_csv(compose_cfg, tiny_run: dict, tmp_path: Path) -> None:
+    out = tmp_path / "pred"
+    rows = predict_command(_predict_cfg(compose_cfg, tiny_run, out))
+    assert len(rows) == 4
+    for product in ("DDPM", "DDPMavg", "std_intra", "std_inter", "error_mask", "GT", "BF"):
+        files = sorted((out / product).glob("*.tiff"))
+        assert [f.name for f in files] == ["0.tiff", "1.tiff", "2.tiff", "3.tiff"], product
+        arr = tifffile.imread(files[0])
+        assert arr.shape == (16, 32, 32)
+        assert arr.dtype == (np.uint8 if product == "error_mask" else np.float32)
+    pred = tifffile.imread(out / "DDPMavg" / "0.tiff")
+    assert 0.0 <= pred.min() and pred.max() <= 1.0
+    assert float(tifffile.imread(out / "std_inter" / "0.tiff").mean()) > 0.0
+    with open(out / "predictions.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert [r["name"] for r in table] == ["0", "1", "2", "3"]
+    assert table[0]["sampler"] == "ddim" and table[0]["steps"] == "5" and table[0]["seeds"] == "0;1"
+    assert table[0]["uncertainty_source"] == "inter" and float(table[0]["threshold"]) == 0.1
+    assert table[0]["flagged"] in ("0", "1") and 0.0 <= float(table[0]["mask_fraction"]) <= 1.0
+    # a rerun with the same settings skips every input and rewrites nothing
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.tiff")}
+    predict_command(_predict_cfg(compose_cfg, tiny_run, out))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.tiff")} == mtimes
+    # other sampler settings are not skipped
+    rows = predict_command(_predict_cfg(compose_cfg, tiny_run, out, ["sampler.num_steps=4", "n_seeds=1"]))
+    assert all(r["steps"] == "4" for r in rows)
+
+
+def test_crash_mid_run_then_restart_completes(compose_cfg, tiny_run: dict, tmp_path: Path, monkeypatch) -> None:
+    out = tmp_path / "pred"
+    real = runner.write_tiff
+    calls = {"n": 0}
+
+    def dying_write(path, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 9:  # dies inside the second batch
+            raise OSError(28, "No space left on device")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "write_tiff", dying_write)
+    with pytest.raises(OSError, match="No space left"):
+        predict_command(_predict_cfg(compose_cfg, tiny_run, out, ["n_seeds=1", "batch_size=1"]))
+    monkeypatch.setattr(runner, "write_tiff", real)
+    assert not list(out.rglob("*.part")), "no partial file may be left behind"
+    with open(out / "predictions.csv", newline="") as fh:
+        done = [r["name"] for r in csv.DictReader(fh)]
+    assert done == ["0"]
+    for f in out.rglob("*.tiff"):
+        tifffile.imread(f)  # every file on disk is complete
+    rows = predict_command(_predict_cfg(compose_cfg, tiny_run, out, ["n_seeds=1", "batch_size=1"]))
+    assert [r["name"] for r in rows] == ["0", "1", "2", "3"]
+    assert len(list((out / "DDPMavg").glob("*.tiff"))) == 4
+
+
+def test_mismatched_checkpoint_and_input(compose_cfg, tiny_run: dict, tmp_path: Path) -> None:
+    cfg = _predict_cfg(compose_cfg, tiny_run, tmp_path / "a", ["organelle=nucleoli"])
+    with pytest.raises(CheckpointError, match=r"last\.ckpt: trained on organelle 'nuclear_envelope'"):
+        predict_command(cfg)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    tifffile.imwrite(odd / "v.tiff", np.zeros((12, 32, 32), np.uint8))
+    cfg = _predict_cfg(compose_cfg, tiny_run, tmp_path / "b", [f"input={odd}"])
+    with pytest.raises(CheckpointError, match=r"Z = 12 slices; the checkpoint was trained on Z = 16"):
+        predict_command(cfg)
+    with pytest.raises(CheckpointError, match=r"nope\.ckpt: checkpoint not found"):
+        predict_command(compose_cfg("predict", [f"ckpt_path={tmp_path / 'nope.ckpt'}", f"input={odd}"]))
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(tiny_run["ckpt"].read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"broken\.ckpt: not a readable checkpoint"):
+        load_model(broken)
+    with pytest.raises(DataError, match=r"missing: input not found"):
+        predict_command(_predict_cfg(compose_cfg, tiny_run, tmp_path / "c", [f"input={tmp_path / 'missing'}"]))
+
+
+def test_python_api(tiny_run: dict) -> None:
+    bf = tifffile.imread(tiny_run["patches"] / "BF" / "0.tiff")
+    out = dm4isl.predict(bf, tiny_run["ckpt"], sampler={"method": "ddim", "num_steps": 6}, n_seeds=2, device="cpu")
+    assert set(out) == {"DDPM", "DDPMavg", "std_intra", "std_inter"}
+    assert out["DDPMavg"].shape == (16, 32, 32) and out["DDPMavg"].dtype == np.float32
+    again = dm4isl.predict(bf, tiny_run["ckpt"], sampler={"method": "ddim", "num_steps": 6}, n_seeds=2, device="cpu")
+    np.testing.assert_array_equal(out["DDPMavg"], again["DDPMavg"])  # seeded: reproducible
+    assert torch.get_default_dtype() == torch.float32
