@@ -1,0 +1,123 @@
+"""3-D U-Net regression baseline (fnet-style) as a LightningModule, plus the baselines' shared evaluation code."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dm4isl.errors import CheckpointError
+from dm4isl.models.ddpm import ARRAY_AXES, TENSOR_AXES, patch_metrics
+from dm4isl.models.inference import predict_volume
+from dm4isl.models.nets.unet3d import build_unet3d, downsampling_factor
+
+#: Reconstruction losses of the U-Net baseline (fnet: MSE).
+LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
+#: Output range of every prediction handed to metrics and writers (per-voxel clip, batch-independent).
+OUTPUT_RANGE = (0.0, 1.0)
+
+
+def check_axes(array_axes: str, tensor_axes: str) -> None:
+    """Raise :class:`CheckpointError` unless the stored axis conventions are the project's ``ZYX``/``BCZYX``."""
+    if (array_axes, tensor_axes) != (ARRAY_AXES, TENSOR_AXES):
+        raise CheckpointError(f"axes {array_axes}/{tensor_axes}; expected {ARRAY_AXES}/{TENSOR_AXES}")
+
+
+class BaselineModule(L.LightningModule):
+    """Deterministic brightfield → fluorescence network ``self.net`` with the baselines' prediction and evaluation.
+
+    Subclasses build ``self.net`` (``(B, 1, Z, Y, X)`` → ``(B, 1, Z, Y, X)``) and set :attr:`output_name`, the
+    output folder name of their predictions. Volumes larger than the training patch are predicted with
+    Gaussian-weighted sliding windows of the training patch size. Validation logs ``val/{pcc,mse,ms_ssim}``,
+    test logs ``test/…`` and returns the arrays for the prediction writer. There are no uncertainty outputs.
+    """
+
+    #: Output folder name of this model's predictions (recognised by the evaluation as a baseline).
+    output_name = "baseline"
+
+    def __init__(self, net_config: Mapping[str, Any], patch_size: Sequence[int] | None) -> None:
+        super().__init__()
+        self._factor = downsampling_factor(net_config)
+        self._roi = [int(s) for s in patch_size] if patch_size is not None else None
+
+    def forward(self, bf: torch.Tensor) -> torch.Tensor:
+        """Raw network output for brightfield ``bf`` ``(B, 1, Z, Y, X)``; Z, Y, X multiples of the downsampling."""
+        return self.net(bf)
+
+    def predict_fluorescence(self, bf: torch.Tensor) -> torch.Tensor:
+        """Fluorescence ``(B, 1, Z, Y, X)`` in [0, 1] for brightfield ``bf`` ``(B, 1, Z, Y, X)`` of any size.
+
+        Inputs up to the training patch size (multiples of the downsampling factor) take one network call; larger
+        ones are tiled by Gaussian-weighted sliding windows of the training patch size.
+        """
+        roi = self._roi or list(bf.shape[2:])
+        pred = predict_volume(
+            self.net, bf.float(), roi, self._factor,
+            overlap=self.hparams.sw_overlap, sw_batch_size=self.hparams.sw_batch_size,
+        )
+        return pred.clamp(*OUTPUT_RANGE)
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._log_metrics("val", batch["fl"], self.predict_fluorescence(batch["bf"]))
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Predict a test batch; returns ``(B, Z, Y, X)`` float32 arrays ``BF``, ``GT`` and :attr:`output_name`."""
+        bf, gt = batch["bf"], batch["fl"]
+        pred = self.predict_fluorescence(bf)
+        self._log_metrics("test", gt, pred)
+        arrays = {"BF": bf, "GT": gt, self.output_name: pred}
+        return {"name": list(batch["name"]), **{k: v[:, 0].float().cpu().numpy() for k, v in arrays.items()}}
+
+    def _log_metrics(self, stage: str, gt: torch.Tensor, pred: torch.Tensor) -> None:
+        """Log the mean over the batch's patches of PCC, MSE and MS-SSIM (NaN MS-SSIM of small patches skipped)."""
+        gt_np, pred_np = gt[:, 0].float().cpu().numpy(), pred[:, 0].float().cpu().numpy()
+        rows = [patch_metrics(g, p) for g, p in zip(gt_np, pred_np, strict=True)]
+        for key in rows[0]:
+            values = [r[key] for r in rows if not math.isnan(r[key])]
+            if values:
+                self.log(f"{stage}/{key}", float(np.mean(values)), batch_size=len(values), sync_dist=True,
+                         prog_bar=(stage == "val" and key == "pcc"))
+
+
+class UNetModule(BaselineModule):
+    """3-D U-Net trained by voxel-wise regression (fnet recipe: MSE, Adam lr 1e-3, betas (0.5, 0.999)).
+
+    Batches are dicts with ``bf`` and ``fl`` ``(B, 1, Z, Y, X)`` float32 in [0, 1]. ``net`` is a ``unet3d`` config
+    (:mod:`dm4isl.models.nets.unet3d`); ``organelle`` and ``patch_size`` ``(Z, Y, X)`` are stored in the checkpoint.
+    """
+
+    output_name = "Unet"
+
+    def __init__(
+        self,
+        net: dict[str, Any],
+        organelle: dict[str, Any] | None = None,
+        patch_size: list[int] | None = None,
+        loss: str = "mse",
+        lr: float = 1e-3,
+        betas: list[float] | tuple[float, float] = (0.5, 0.999),
+        sw_overlap: float = 0.25,
+        sw_batch_size: int = 4,
+        array_axes: str = ARRAY_AXES,
+        tensor_axes: str = TENSOR_AXES,
+    ) -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"loss {loss!r}; expected one of {sorted(LOSSES)}")
+        check_axes(array_axes, tensor_axes)
+        super().__init__(net, patch_size)
+        self.save_hyperparameters()
+        self.net = build_unet3d(net, in_channels=1, out_channels=1)
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        pred = self.net(batch["bf"])
+        loss = LOSSES[self.hparams.loss](pred.float(), batch["fl"].float())
+        self.log("train/loss", loss, prog_bar=True, batch_size=pred.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr, betas=tuple(self.hparams.betas))
