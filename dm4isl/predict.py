@@ -38,10 +38,15 @@ def _device(name: str) -> torch.device:
 
 
 def _check(model: Any, organelle: dict[str, Any], shape: tuple[int, ...], source: str) -> None:
-    """Compare the checkpoint's stored organelle, axes and patch size with the input (diffusion models)."""
+    """Compare the checkpoint's stored organelle and axes with the input, and (diffusion) the patch shape.
+
+    Baselines predict any shape by Gaussian sliding windows, so only their organelle and axes are checked.
+    """
     from dm4isl.models.ddpm import check_compatible
 
-    check_compatible(dict(model.hparams), organelle=organelle, patch_shape=shape, source=source)
+    check_compatible(
+        dict(model.hparams), organelle=organelle, patch_shape=shape if is_diffusion(model) else None, source=source
+    )
 
 
 def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
@@ -60,9 +65,8 @@ def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
     else:
         inputs = collect_inputs(cfg.input, organelle.get("bf_window"), organelle.get("fl_window"), cfg.bf_dir,
                                 cfg.gt_dir)
-    if is_diffusion(model):
-        for shape in {inp.bf.shape for inp in inputs}:
-            _check(model, organelle, shape, str(ckpt))
+    for shape in {inp.bf.shape for inp in inputs}:
+        _check(model, organelle, shape, str(ckpt))
     settings = SamplerSettings.from_dict(OmegaConf.to_container(cfg.sampler, resolve=True)) if cfg.get("sampler") \
         else None
     unc = UncertaintySettings(**OmegaConf.to_container(cfg.uncertainty, resolve=True))
@@ -94,8 +98,7 @@ def predict_array(
     bf = np.asarray(bf)
     window = organelle.get("bf_window") if bf.dtype != np.uint8 and bf.dtype.kind != "f" else None
     unit = to_unit(bf, "<array>", window)
-    if is_diffusion(model):
-        _check(model, organelle, unit.shape, str(checkpoint))
+    _check(model, organelle, unit.shape, str(checkpoint))
     settings = SamplerSettings.from_dict(sampler) if isinstance(sampler, dict) else sampler
     out = predict_arrays(model, torch.from_numpy(unit)[None, None], [patch_id], settings, n_seeds)
     return {k: v[0, 0].float().cpu().numpy() for k, v in out.items()}

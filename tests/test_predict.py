@@ -174,3 +174,20 @@ def test_python_api(tiny_run: dict) -> None:
     again = dm4isl.predict(bf, tiny_run["ckpt"], sampler={"method": "ddim", "num_steps": 6}, n_seeds=2, device="cpu")
     np.testing.assert_array_equal(out["DDPMavg"], again["DDPMavg"])  # seeded: reproducible
     assert torch.get_default_dtype() == torch.float32
+
+
+def test_predict_with_unet_checkpoint(compose_cfg, tiny_run: dict, tmp_path: Path) -> None:
+    """Baselines share the predict path; they have no uncertainty products (absent, not faked)."""
+    cfg = compose_cfg(
+        "train",
+        ["model=unet", "model.net.base_channels=4", *[o for o in TINY if not o.startswith("experiment")],
+         "data.patch_size=[16,32,32]"],
+    )
+    train(cfg)
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    out = tmp_path / "pred"
+    cfg = compose_cfg("predict", [f"ckpt_path={ckpt}", f"input={tiny_run['patches']}", f"output_dir={out}"])
+    rows = predict_command(cfg)
+    assert len(rows) == 4 and rows[0]["model"] == "UNetModule" and rows[0]["products"] == "Unet"
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["BF", "GT", "Unet"]
+    assert tifffile.imread(out / "Unet" / "0.tiff").shape == (16, 32, 32)

@@ -38,10 +38,8 @@ def model_class(ckpt: dict[str, Any], path: str | os.PathLike = "<checkpoint>") 
     """The LightningModule class that wrote ``ckpt`` (from its provenance block, else from its hyperparameters)."""
     name = (ckpt.get(PROVENANCE_KEY) or {}).get("model_class")
     if name is None:
-        hp = ckpt["hyper_parameters"]
-        if "schedule" in hp and "net" in hp:
-            name = "dm4isl.models.ddpm.DDPMModule"
-        else:
+        name = _class_from_hparams(ckpt["hyper_parameters"])
+        if name is None:
             raise CheckpointError(f"{path}: cannot tell which model wrote this checkpoint (no provenance block)")
     if not name.startswith(ALLOWED_PREFIX):
         raise CheckpointError(f"{path}: model class {name!r} is not a dm4isl model (expected {ALLOWED_PREFIX}*)")
@@ -51,6 +49,17 @@ def model_class(ckpt: dict[str, Any], path: str | os.PathLike = "<checkpoint>") 
     except (ImportError, AttributeError) as err:
         raise CheckpointError(f"{path}: model class {name!r} not found in this version of dm4isl") from err
     return cls
+
+
+def _class_from_hparams(hp: dict[str, Any]) -> str | None:
+    """Recognise a model by its hyperparameters (checkpoints written without the provenance callback)."""
+    if "schedule" in hp and "net" in hp:
+        return "dm4isl.models.ddpm.DDPMModule"
+    if "generator" in hp and "discriminator" in hp:
+        return "dm4isl.models.gan.GANModule"
+    if (hp.get("net") or {}).get("name") == "unet3d":
+        return "dm4isl.models.unet.UNetModule"
+    return None
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L.LightningModule:

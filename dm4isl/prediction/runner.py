@@ -152,7 +152,7 @@ def predict_arrays(
     """
     bf = bf.to(model.device).float()
     if not is_diffusion(model):
-        return {model.output_name: model.predict_volume(bf).float().clamp(0.0, 1.0)}
+        return {model.output_name: model.predict_fluorescence(bf).float()}
     settings = settings or model.test_settings
     target_mean = model.fl_mean
     if settings.mean_correction and target_mean is None:
