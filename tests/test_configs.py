@@ -33,7 +33,18 @@ def test_organelle_values(compose_cfg, organelle: str) -> None:
 
 @pytest.mark.parametrize(
     "group",
-    ["data", "organelle", "trainer", "logger", "callbacks", "debug", "experiment", "model", "sampler", "hparams_search"],
+    [
+        "data",
+        "organelle",
+        "trainer",
+        "logger",
+        "callbacks",
+        "debug",
+        "experiment",
+        "model",
+        "sampler",
+        "hparams_search",
+    ],
 )
 def test_every_option_composes(compose_cfg, group: str, tmp_path: Path) -> None:
     overrides_for = {"data": {"patch_folder": [f"data.root={tmp_path}"]}}

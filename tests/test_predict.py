@@ -35,10 +35,11 @@ TINY = [
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Train the tiny diffusion net for a few steps; returns its checkpoint and a patch folder of test patches."""
-    from conftest import CONF_DIR
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
+
+    from conftest import CONF_DIR
 
     root = tmp_path_factory.mktemp("tiny")
     GlobalHydra.instance().clear()
