@@ -9,10 +9,10 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import CONF_DIR
 from hydra.utils import instantiate
 from torch.utils.data import DataLoader
 
+from conftest import CONF_DIR
 from dm4isl.models.gan import GANModule
 from dm4isl.models.inference import predict_volume, sliding_window_predict
 from dm4isl.models.nets.patchgan import build_patchgan, patchgan_output_shape
