@@ -1,0 +1,250 @@
+"""Conditional 3-D DDPM for in-silico labelling (LightningModule): brightfield in, fluorescence + uncertainty out."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+
+from dm4isl.errors import CheckpointError
+from dm4isl.metrics.basic import MS_SSIM_KERNEL_SIZE, ms_ssim, mse, pcc
+from dm4isl.models.nets import build_net, downsampling_factor
+from dm4isl.sampling import NoiseSchedule, Prediction, SamplerSettings, TargetRange, sample
+
+#: Axis conventions stored in every checkpoint.
+ARRAY_AXES = "ZYX"
+TENSOR_AXES = "BCZYX"
+#: Losses on the predicted noise.
+LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
+#: Brightfield conditioning as fed to the network: as normalised (reference) or z-scored per patch (as fnet does).
+COND_NORMS = ("none", "zscore")
+#: Guards the per-patch z-score of a constant brightfield patch.
+ZSCORE_EPS = 1e-6
+#: MONAI's 2-D MS-SSIM (5 scales, kernel 4) needs Y and X of at least kernel · 2^(scales−1) voxels.
+MS_SSIM_SCALES = 5
+MS_SSIM_MIN_SIZE = MS_SSIM_KERNEL_SIZE * 2 ** (MS_SSIM_SCALES - 1)
+#: Organelle keys a checkpoint must agree on with its input, and the relative tolerance for voxel sizes.
+COMPATIBLE_KEYS = ("bf_window", "fl_window", "voxel_size")
+VOXEL_SIZE_RTOL = 1e-3
+#: Running sums over training batches: voxel count, Σbf, Σfl, Σbf², Σbf·fl (float64).
+_N, _SUM_BF, _SUM_FL, _SUM_BF2, _SUM_BFFL = range(5)
+#: Prediction outputs compared against the ground truth in validation/test, with their metric-key prefixes.
+EVALUATED = ("ddpm", "ddpmavg")
+
+
+def patch_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """PCC, MSE and MS-SSIM of one ``(Z, Y, X)`` patch; MS-SSIM is NaN below ``MS_SSIM_MIN_SIZE`` in Y or X."""
+    small = min(gt.shape[-2:]) < MS_SSIM_MIN_SIZE
+    return {"pcc": pcc(gt, pred), "mse": mse(gt, pred), "ms_ssim": math.nan if small else ms_ssim(gt, pred)}
+
+
+def check_compatible(
+    hparams: Mapping[str, Any],
+    organelle: Mapping[str, Any] | None = None,
+    patch_shape: Sequence[int] | None = None,
+    source: str = "<checkpoint>",
+) -> None:
+    """Raise :class:`CheckpointError` when a checkpoint's stored settings do not fit the input.
+
+    Compares the organelle's normalisation windows and voxel size with ``organelle``, and the input patch
+    shape ``(Z, Y, X)`` with the training patch size: Z must match (the network saw that depth), Y and X must be
+    multiples of the network's downsampling factor. ``source`` names the checkpoint in the message.
+    """
+    if hparams.get("array_axes", ARRAY_AXES) != ARRAY_AXES or hparams.get("tensor_axes", TENSOR_AXES) != TENSOR_AXES:
+        raise CheckpointError(
+            f"{source}: axes {hparams.get('array_axes')}/{hparams.get('tensor_axes')}; expected "
+            f"{ARRAY_AXES}/{TENSOR_AXES} (import reference checkpoints with the converter)"
+        )
+    stored = hparams.get("organelle") or {}
+    if organelle is not None:
+        if stored.get("name") not in (None, organelle.get("name")):
+            raise CheckpointError(
+                f"{source}: trained on organelle {stored.get('name')!r}; the input is {organelle.get('name')!r}"
+            )
+        for key in COMPATIBLE_KEYS:
+            if key not in stored or key not in organelle:
+                continue
+            a, b = np.asarray(stored[key], dtype=float), np.asarray(organelle[key], dtype=float)
+            if a.shape != b.shape or not np.allclose(a, b, rtol=VOXEL_SIZE_RTOL, atol=0.0):
+                raise CheckpointError(
+                    f"{source}: organelle {key} is {b.tolist()} for the input; the checkpoint was trained with "
+                    f"{a.tolist()}"
+                )
+    if patch_shape is not None:
+        trained = hparams.get("patch_size")
+        factor = downsampling_factor(hparams["net"])
+        if trained is not None and int(patch_shape[0]) != int(trained[0]):
+            raise CheckpointError(
+                f"{source}: input patches have Z = {patch_shape[0]} slices; the checkpoint was trained on "
+                f"Z = {trained[0]} (patch size {list(trained)} (Z, Y, X))"
+            )
+        if any(int(s) % factor for s in patch_shape):
+            raise CheckpointError(
+                f"{source}: input patch shape {list(patch_shape)} (Z, Y, X) is not a multiple of the network's "
+                f"downsampling factor {factor} in every axis"
+            )
+
+
+class DDPMModule(L.LightningModule):
+    """Conditional DDPM around MONAI ``DiffusionModelUNet`` (SPEC §2–3); batches are dicts of ``(B, 1, Z, Y, X)``.
+
+    The network sees ``[brightfield, x_t]`` on the channel axis (``cond_first=True``, the reference order) and
+    predicts the noise ε; ``cond_norm="zscore"`` standardises each brightfield patch first (low-contrast
+    brightfield, e.g. std ≈ 0.03 after the fixed window, is otherwise drowned by the unit-variance x_t).
+    Fluorescence targets are mapped from [0, 1] to ``target_range`` for training and back
+    for output. Running sums of the training data give the training-set fluorescence mean (for the sampler's
+    ε̂ mean correction) and a voxel-wise linear brightfield → fluorescence baseline; both travel in the
+    checkpoint. Validation samples the first ``val_num_patches`` validation patches with ``val_sampler`` and
+    logs ``val/{ddpm,ddpmavg}_{pcc,mse,ms_ssim}``; test uses ``test_sampler`` and returns the arrays for the
+    prediction writer.
+    """
+
+    def __init__(
+        self,
+        net: dict[str, Any],
+        organelle: dict[str, Any] | None = None,
+        patch_size: list[int] | None = None,
+        schedule: dict[str, Any] | None = None,
+        loss: str = "l1",
+        lr: float = 2.5e-5,
+        target_range: list[float] | tuple[float, float] = (-1.0, 1.0),
+        cond_first: bool = True,
+        cond_norm: str = "none",
+        val_sampler: dict[str, Any] | None = None,
+        val_num_patches: int = 8,
+        test_sampler: dict[str, Any] | None = None,
+        array_axes: str = ARRAY_AXES,
+        tensor_axes: str = TENSOR_AXES,
+    ) -> None:
+        super().__init__()
+        if loss not in LOSSES:
+            raise ValueError(f"loss {loss!r}; expected one of {sorted(LOSSES)}")
+        if cond_norm not in COND_NORMS:
+            raise ValueError(f"cond_norm {cond_norm!r}; expected one of {COND_NORMS}")
+        if (array_axes, tensor_axes) != (ARRAY_AXES, TENSOR_AXES):
+            raise CheckpointError(f"axes {array_axes}/{tensor_axes}; expected {ARRAY_AXES}/{TENSOR_AXES}")
+        self.save_hyperparameters()
+        self.net = build_net(net, in_channels=2, out_channels=1)
+        self.schedule = NoiseSchedule(**(schedule or {}))
+        self.target = TargetRange(*target_range)
+        self.val_settings = SamplerSettings.from_dict(val_sampler)
+        self.test_settings = SamplerSettings.from_dict(test_sampler)
+        self.register_buffer("data_stats", torch.zeros(5, dtype=torch.float64))
+        self.register_buffer("_pending_stats", torch.zeros(5, dtype=torch.float64), persistent=False)
+        self._val_seen = 0
+
+    # --- network -----------------------------------------------------------------------------------------------
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, bf: torch.Tensor) -> torch.Tensor:
+        """Predicted noise for ``x_t`` and brightfield ``bf`` ``(B, 1, Z, Y, X)`` at timesteps ``t`` ``(B,)``."""
+        if self.hparams.cond_norm == "zscore":
+            dims = tuple(range(1, bf.ndim))
+            bf = (bf - bf.mean(dim=dims, keepdim=True)) / (bf.std(dim=dims, keepdim=True) + ZSCORE_EPS)
+        parts = (bf, x_t) if self.hparams.cond_first else (x_t, bf)
+        return self.net(torch.cat(parts, dim=1), timesteps=t)
+
+    # --- training ----------------------------------------------------------------------------------------------
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        bf, fl = batch["bf"], batch["fl"]
+        self._accumulate(bf, fl)
+        x0 = self.target.to_model(fl.float())
+        noise = torch.randn_like(x0)
+        t = torch.randint(0, self.schedule.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        eps = self.eps(self.schedule.add_noise(x0, noise, t), t, bf)
+        loss = LOSSES[self.hparams.loss](eps.float(), noise)
+        self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
+
+    # --- training-data statistics (fluorescence mean, linear baseline) -------------------------------------------
+    def _accumulate(self, bf: torch.Tensor, fl: torch.Tensor) -> None:
+        bf64, fl64 = bf.detach().double(), fl.detach().double()
+        count = torch.tensor(float(bf64.numel()), dtype=torch.float64, device=bf64.device)
+        self._pending_stats += torch.stack([count, bf64.sum(), fl64.sum(), (bf64 * bf64).sum(), (bf64 * fl64).sum()])
+
+    def _merge_stats(self) -> None:
+        """Add this epoch's sums of every process to the stored statistics (collective: all ranks call it)."""
+        pending = self._pending_stats
+        if self._trainer is not None and self._trainer.world_size > 1:
+            pending = self.trainer.strategy.reduce(pending, reduce_op="sum")
+        self.data_stats += pending
+        self._pending_stats.zero_()
+
+    def on_train_epoch_end(self) -> None:
+        self._merge_stats()
+
+    @property
+    def fl_mean(self) -> float | None:
+        """Training-set fluorescence mean (data units), or ``None`` before any training batch."""
+        n = float(self.data_stats[_N])
+        return float(self.data_stats[_SUM_FL]) / n if n > 0 else None
+
+    def linear_baseline(self, bf: torch.Tensor) -> torch.Tensor:
+        """Voxel-wise least-squares fit fl ≈ a·bf + b on the training data, applied to ``bf``, clipped to [0, 1]."""
+        s = self.data_stats.tolist()
+        n = s[_N]
+        if n == 0:
+            raise ValueError("no training statistics yet: the linear baseline needs at least one training batch")
+        var_bf = s[_SUM_BF2] / n - (s[_SUM_BF] / n) ** 2
+        cov = s[_SUM_BFFL] / n - s[_SUM_BF] * s[_SUM_FL] / n**2
+        slope = cov / var_bf if var_bf > 0 else 0.0
+        intercept = s[_SUM_FL] / n - slope * s[_SUM_BF] / n
+        return (slope * bf.float() + intercept).clamp(0.0, 1.0)
+
+    # --- sampling --------------------------------------------------------------------------------------------------
+    def predict_fluorescence(
+        self, bf: torch.Tensor, patch_ids: torch.Tensor | Sequence[int], settings: SamplerSettings | None = None
+    ) -> Prediction:
+        """Sample the fluorescence of brightfield ``bf`` ``(B, 1, Z, Y, X)`` in [0, 1]; see :func:`sample`."""
+        settings = settings or self.test_settings
+        target_mean = self.fl_mean
+        if settings.mean_correction and target_mean is None:
+            rank_zero_warn("ε̂ mean correction skipped: no training statistics in this model yet")
+            settings = SamplerSettings.from_dict({**settings.to_dict(), "mean_correction": False})
+        return sample(self.eps, bf.float(), patch_ids, self.schedule, settings, self.target, target_mean)
+
+    def on_validation_epoch_start(self) -> None:
+        self._merge_stats()
+        self._val_seen = 0
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        take = min(batch["bf"].shape[0], self.hparams.val_num_patches - self._val_seen)
+        if take <= 0:
+            return
+        self._val_seen += take
+        pred = self.predict_fluorescence(batch["bf"][:take], batch["index"][:take], self.val_settings)
+        gt = batch["fl"][:take]
+        self._log_metrics("val", gt, {name: getattr(pred, name) for name in EVALUATED})
+
+    def on_test_epoch_start(self) -> None:
+        self._merge_stats()
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Predict a test batch; returns ``(B, Z, Y, X)`` float32 arrays by output folder name, plus ``name``."""
+        bf, gt = batch["bf"], batch["fl"]
+        pred = self.predict_fluorescence(bf, batch["index"], self.test_settings)
+        outputs = {"ddpm": pred.ddpm, "ddpmavg": pred.ddpmavg, "linear": self.linear_baseline(bf)}
+        self._log_metrics("test", gt, outputs)
+        arrays = {
+            "BF": bf, "GT": gt, "DDPM": pred.ddpm, "DDPMavg": pred.ddpmavg, "std_intra": pred.std_intra,
+            "linear": outputs["linear"],
+        }
+        return {"name": list(batch["name"]), **{k: v[:, 0].float().cpu().numpy() for k, v in arrays.items()}}
+
+    def _log_metrics(self, stage: str, gt: torch.Tensor, preds: Mapping[str, torch.Tensor]) -> None:
+        gt_np = gt[:, 0].float().cpu().numpy()
+        for name, pred in preds.items():
+            pred_np = pred[:, 0].float().cpu().numpy()
+            rows = [patch_metrics(g, p) for g, p in zip(gt_np, pred_np, strict=True)]
+            for key in rows[0]:
+                values = [r[key] for r in rows if not math.isnan(r[key])]
+                if values:
+                    self.log(f"{stage}/{name}_{key}", float(np.mean(values)), batch_size=len(values),
+                             sync_dist=True, prog_bar=(stage == "val" and name == "ddpmavg" and key == "pcc"))

@@ -1,0 +1,171 @@
+"""One API for every reverse process: settings in, final sample + DDPMavg + intra-process std (data units) out."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from dm4isl.sampling.noise import NOISE_MODES, patch_generators
+from dm4isl.sampling.reverse import METHODS, EpsFn, reverse_process
+from dm4isl.sampling.schedule import NoiseSchedule
+
+#: How predictions are brought to [0, 1]: per-voxel clipping (batch-independent default) or min–max over the
+#: whole batch (the reference's behaviour, kept for faithful reproduction only).
+OUTPUT_MODES = ("clip", "batch_minmax")
+
+
+@dataclass(frozen=True)
+class TargetRange:
+    """Affine map between data units (fluorescence in [0, 1]) and model space ``[low, high]``.
+
+    ``(0, 1)`` is the reference (data used as is); ``(-1, 1)`` centres the targets like the noise.
+    """
+
+    low: float = 0.0
+    high: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.high > self.low:
+            raise ValueError(f"target range [{self.low}, {self.high}]; expected low < high")
+
+    @property
+    def scale(self) -> float:
+        """Model-space units per data unit."""
+        return self.high - self.low
+
+    def to_model(self, x: torch.Tensor | float) -> torch.Tensor | float:
+        """Data units → model space."""
+        return self.low + self.scale * x
+
+    def to_data(self, y: torch.Tensor | float) -> torch.Tensor | float:
+        """Model space → data units."""
+        return (y - self.low) / self.scale
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Reverse-process settings (plain values, one Hydra ``sampler`` config).
+
+    ``method`` "ddpm" (ancestral, all T steps) or "ddim" (``num_steps`` respaced steps, noise weight ``eta``);
+    ``window`` [t_low, t_high) of the timesteps whose x̂0 is averaged; ``clip_x0`` model-space clip of x̂0
+    (``None``: none); ``mean_correction`` the ε̂ mean fix; ``noise`` "per_patch" or "shared"; ``output`` "clip"
+    or "batch_minmax".
+    """
+
+    method: str = "ddpm"
+    num_steps: int | None = None
+    eta: float = 0.0
+    window: tuple[int, int] = (300, 800)
+    clip_x0: tuple[float, float] | None = (-1.0, 1.0)
+    mean_correction: bool = True
+    noise: str = "per_patch"
+    seed: int = 0
+    output: str = "clip"
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"sampler method {self.method!r}; expected one of {METHODS}")
+        if self.noise not in NOISE_MODES:
+            raise ValueError(f"sampler noise {self.noise!r}; expected one of {NOISE_MODES}")
+        if self.output not in OUTPUT_MODES:
+            raise ValueError(f"sampler output {self.output!r}; expected one of {OUTPUT_MODES}")
+        if not 0 <= self.window[0] < self.window[1]:
+            raise ValueError(f"averaging window {list(self.window)}; expected 0 ≤ t_low < t_high")
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any] | None) -> SamplerSettings:
+        """Build from a plain or OmegaConf mapping; lists become tuples, a ``_target_`` key is ignored."""
+        values = {k: v for k, v in dict(config or {}).items() if k != "_target_"}
+        for key in ("window", "clip_x0"):
+            if values.get(key) is not None:
+                values[key] = tuple(values[key])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-container form (for hyperparameters and logs)."""
+        out = asdict(self)
+        out["window"] = list(self.window)
+        out["clip_x0"] = None if self.clip_x0 is None else list(self.clip_x0)
+        return out
+
+
+@dataclass
+class Prediction:
+    """Sampler output for a batch, in data units; tensors ``(B, C, Z, Y, X)`` float32.
+
+    ``ddpm`` final sample and ``ddpmavg`` window mean of x̂0, both brought to [0, 1] per ``output``;
+    ``std_intra`` std of x̂0 over the window (data units, unclipped); ``timesteps`` visited; ``n_calls`` network
+    calls made (each on the whole batch).
+    """
+
+    ddpm: torch.Tensor
+    ddpmavg: torch.Tensor
+    std_intra: torch.Tensor
+    timesteps: torch.Tensor
+    window_timesteps: torch.Tensor
+    n_calls: int
+
+
+def to_unit_range(x: torch.Tensor, mode: str = "clip") -> torch.Tensor:
+    """Bring a data-unit batch ``(B, C, Z, Y, X)`` to [0, 1]: per-voxel clip, or min–max over the whole batch."""
+    if mode == "clip":
+        return x.clamp(0.0, 1.0)
+    if mode == "batch_minmax":
+        lo, hi = x.min(), x.max()
+        return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
+    raise ValueError(f"output mode {mode!r}; expected one of {OUTPUT_MODES}")
+
+
+@torch.no_grad()
+def sample(
+    eps_fn: EpsFn,
+    cond: torch.Tensor,
+    patch_ids: Sequence[int] | torch.Tensor,
+    schedule: NoiseSchedule,
+    settings: SamplerSettings,
+    target: TargetRange = TargetRange(),
+    target_mean: float | None = None,
+    out_channels: int = 1,
+    seeds: Sequence[int] | None = None,
+) -> Prediction:
+    """Predict fluorescence for the brightfield batch ``cond`` ``(B, Cc, Z, Y, X)`` (data units in [0, 1]).
+
+    ``patch_ids`` ``(B,)`` seed each patch's noise with ``settings.seed``. ``target_mean`` is the training-set
+    fluorescence mean in data units; it is required when ``settings.mean_correction`` is on. ``seeds`` ``(B,)``
+    gives each row its own seed instead of ``settings.seed`` (seed ensembles: row noise from (seed, patch id)).
+    """
+    if settings.mean_correction and target_mean is None:
+        raise ValueError("mean_correction is on but no training-set target mean was given; expected a float")
+    if seeds is None:
+        generators = patch_generators(settings.seed, patch_ids, cond.device, settings.noise)
+    else:
+        ids = patch_ids.tolist() if isinstance(patch_ids, torch.Tensor) else list(patch_ids)
+        if len(seeds) != len(ids):
+            raise ValueError(f"{len(seeds)} seeds for {len(ids)} patches; expected one seed per row")
+        generators = [
+            patch_generators(int(s), [int(i)], cond.device, settings.noise)[0] for s, i in zip(seeds, ids, strict=True)
+        ]
+    result = reverse_process(
+        eps_fn,
+        cond,
+        schedule,
+        generators,
+        out_channels=out_channels,
+        method=settings.method,
+        num_steps=settings.num_steps,
+        eta=settings.eta,
+        window=settings.window,
+        clip_x0=settings.clip_x0,
+        target_mean=float(target.to_model(target_mean)) if settings.mean_correction else None,
+    )
+    return Prediction(
+        ddpm=to_unit_range(target.to_data(result.sample), settings.output),
+        ddpmavg=to_unit_range(target.to_data(result.x0_mean), settings.output),
+        std_intra=result.x0_std / target.scale,
+        timesteps=result.timesteps,
+        window_timesteps=result.window_timesteps,
+        n_calls=result.n_calls,
+    )

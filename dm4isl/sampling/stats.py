@@ -1,0 +1,46 @@
+"""Running mean and standard deviation (Welford) of a stream of same-shape tensors, nothing of the stream stored."""
+
+from __future__ import annotations
+
+import torch
+
+
+class RunningStats:
+    """Per-element running mean and population standard deviation (ddof 0, as ``numpy.std``).
+
+    ``update`` takes tensors of one fixed shape (e.g. x̂0 ``(B, C, Z, Y, X)``); memory is two tensors of that shape.
+    Accumulates in float64 for exactness over long chains.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._mean: torch.Tensor | None = None
+        self._m2: torch.Tensor | None = None
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add one tensor to the statistics."""
+        x = x.detach().to(torch.float64)
+        self.count += 1
+        if self._mean is None:
+            self._mean = x.clone()
+            self._m2 = torch.zeros_like(x)
+            return
+        delta = x - self._mean
+        self._mean += delta / self.count
+        self._m2 += delta * (x - self._mean)
+
+    def _check(self) -> None:
+        if self.count == 0:
+            raise ValueError("running statistics hold no values yet; expected at least one update")
+
+    @property
+    def mean(self) -> torch.Tensor:
+        """Element-wise mean (float32) of everything passed to :meth:`update`."""
+        self._check()
+        return self._mean.to(torch.float32)
+
+    @property
+    def std(self) -> torch.Tensor:
+        """Element-wise population standard deviation (float32)."""
+        self._check()
+        return (self._m2 / self.count).clamp_min(0.0).sqrt().to(torch.float32)

@@ -1,0 +1,222 @@
+"""The conditional DDPM LightningModule: network size, training/validation/test steps, checkpoints, writer, demo."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import pytest
+import tifffile
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from dm4isl.callbacks.prediction_writer import FOLDERS, PredictionWriter
+from dm4isl.errors import CheckpointError
+from dm4isl.models.ddpm import DDPMModule, check_compatible
+from dm4isl.models.nets import build_net, count_parameters
+
+NET_DIR = Path(__file__).resolve().parents[1] / "dm4isl" / "conf" / "model" / "net"
+#: Parameters of the paper's network (SPEC §2: ≈ 192.8 M).
+PAPER_PARAMETERS = 192_765_569
+MICRO_NET = {"name": "diffusion_unet", "channels": [8, 8], "attention_levels": [False, False], "num_res_blocks": 1,
+             "num_head_channels": 8, "norm_num_groups": 8}
+ORGANELLE = {"name": "nuclear_envelope", "bf_window": [12000, 55000], "fl_window": [390, 1500],
+             "voxel_size": [0.29, 0.29, 0.29]}
+PATCH = (4, 16, 16)
+#: Cheap sampler: 4 DDIM steps, all of them inside the averaging window.
+CHEAP_SAMPLER = {"method": "ddim", "num_steps": 4, "window": [0, 1000], "mean_correction": True}
+
+
+def _net(name: str) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(NET_DIR / f"{name}.yaml"))
+
+
+def _loader(n: int, seed: int = 0, batch_size: int = 2) -> DataLoader:
+    """Random batches in the datamodule's format: fl = 0.5·bf + 0.1 (a known linear relation)."""
+    gen = torch.Generator().manual_seed(seed)
+    items = []
+    for i in range(n):
+        bf = torch.rand(1, *PATCH, generator=gen)
+        items.append({"bf": bf, "fl": 0.5 * bf + 0.1, "mask": torch.zeros(1, *PATCH), "index": i, "name": f"p{i}"})
+    return DataLoader(items, batch_size=batch_size)
+
+
+def _module(**kwargs) -> DDPMModule:
+    defaults = {"net": MICRO_NET, "organelle": ORGANELLE, "patch_size": list(PATCH), "lr": 1e-3,
+                "val_sampler": CHEAP_SAMPLER, "test_sampler": CHEAP_SAMPLER, "val_num_patches": 3}
+    return DDPMModule(**{**defaults, **kwargs})
+
+
+def _trainer(tmp_path: Path, **kwargs) -> L.Trainer:
+    return L.Trainer(default_root_dir=tmp_path, accelerator="cpu", logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, num_sanity_val_steps=0, **kwargs)
+
+
+def test_paper_net_parameter_count_on_meta_device() -> None:
+    with torch.device("meta"):
+        net = build_net(_net("paper"))
+    assert count_parameters(net) == PAPER_PARAMETERS
+
+
+def test_tiny_net_shapes() -> None:
+    net = build_net(_net("tiny"))
+    out = net(torch.rand(2, 2, 16, 32, 32), timesteps=torch.tensor([0, 999]))
+    assert out.shape == (2, 1, 16, 32, 32)
+    with pytest.raises(ValueError, match="unknown keys"):
+        build_net({**_net("tiny"), "widht": 3})
+
+
+def test_fit_validate_test_and_checkpoint_roundtrip(tmp_path: Path) -> None:
+    model = _module()
+    writer = PredictionWriter(str(tmp_path / "pred"), voxel_size=ORGANELLE["voxel_size"], print_table=False)
+    trainer = _trainer(tmp_path, max_epochs=2, callbacks=[writer])
+    trainer.fit(model, train_dataloaders=_loader(6), val_dataloaders=_loader(4, seed=1))
+    for key in ("train/loss", "val/ddpm_pcc", "val/ddpm_mse", "val/ddpmavg_pcc", "val/ddpmavg_mse"):
+        assert key in trainer.callback_metrics, key
+    assert "val/ddpmavg_ms_ssim" not in trainer.callback_metrics  # 16×16 is below MS-SSIM's 64-px minimum
+    # Running sums: 2 epochs × 6 patches; fl = 0.5·bf + 0.1 gives an exact linear baseline and mean.
+    assert float(model.data_stats[0]) == 2 * 6 * np.prod(PATCH)
+    bf = torch.rand(1, 1, *PATCH)
+    torch.testing.assert_close(model.linear_baseline(bf), 0.5 * bf + 0.1, rtol=0, atol=1e-6)
+    assert 0.3 < model.fl_mean < 0.4
+
+    ckpt = tmp_path / "model.ckpt"
+    trainer.save_checkpoint(ckpt)
+    raw = torch.load(ckpt, weights_only=True, map_location="cpu")
+    hp = raw["hyper_parameters"]
+    assert hp["organelle"] == ORGANELLE and hp["patch_size"] == list(PATCH)
+    assert hp["array_axes"] == "ZYX" and hp["tensor_axes"] == "BCZYX" and hp["net"] == MICRO_NET
+    assert hp["target_range"] == (-1.0, 1.0) and hp["loss"] == "l1" and hp["cond_first"] is True
+    loaded = DDPMModule.load_from_checkpoint(ckpt, weights_only=True, map_location="cpu")
+    assert torch.equal(loaded.data_stats, model.data_stats)
+    x, t = torch.rand(1, 1, *PATCH), torch.tensor([500])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eps(x, t, bf), model.eps(x, t, bf))
+
+    trainer.test(model, dataloaders=_loader(3, seed=2))
+    for folder in FOLDERS:
+        files = sorted(p.name for p in (tmp_path / "pred" / folder).iterdir())
+        assert files == ["p0.tiff", "p1.tiff", "p2.tiff"], folder
+    ddpmavg = tifffile.imread(tmp_path / "pred" / "DDPMavg" / "p1.tiff")
+    assert ddpmavg.dtype == np.float32 and ddpmavg.shape == PATCH and 0 <= ddpmavg.min() <= ddpmavg.max() <= 1
+    with open(tmp_path / "pred" / "metrics.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 3 * 3 and {r["method"] for r in rows} == {"DDPM", "DDPMavg", "linear"}
+    linear = [float(r["pcc"]) for r in rows if r["method"] == "linear"]
+    assert min(linear) > 0.999  # the linear baseline is exact on this data
+    assert (tmp_path / "pred" / "preview.png").stat().st_size > 0
+
+
+def test_validation_is_batch_independent_and_limited(tmp_path: Path) -> None:
+    model = _module(val_num_patches=3)
+    model.data_stats += torch.tensor([1.0, 0.5, 0.3, 0.3, 0.2], dtype=torch.float64)
+    bf = torch.rand(4, 1, *PATCH)
+    with torch.no_grad():
+        whole = model.predict_fluorescence(bf, torch.arange(4))
+        part = model.predict_fluorescence(bf[2:], torch.arange(2, 4))
+    torch.testing.assert_close(whole.ddpmavg[2:], part.ddpmavg, rtol=1e-5, atol=1e-6)
+    trainer = _trainer(tmp_path)
+    metrics = trainer.validate(model, dataloaders=_loader(6, batch_size=2), verbose=False)[0]
+    assert model._val_seen == 3 and "val/ddpmavg_pcc" in metrics
+
+
+@pytest.mark.parametrize("loss", ["l1", "l2"])
+def test_loss_switch_and_target_range(loss: str) -> None:
+    model = _module(loss=loss, target_range=[0.0, 1.0], cond_first=False)
+    assert model.target.low == 0.0 and model.hparams.loss == loss
+    with pytest.raises(ValueError, match="loss"):
+        _module(loss="huber")
+
+
+def test_zscore_conditioning_ignores_brightfield_offset_and_gain() -> None:
+    model, plain = _module(cond_norm="zscore"), _module()
+    torch.manual_seed(0)
+    for p in [*model.parameters(), *plain.parameters()]:  # MONAI zero-initialises the output convolution
+        torch.nn.init.normal_(p, std=0.2)
+    bf, x, t = torch.rand(2, 1, *PATCH), torch.randn(2, 1, *PATCH), torch.tensor([10, 900])
+    with torch.no_grad():
+        torch.testing.assert_close(model.eps(x, t, bf), model.eps(x, t, 0.03 * bf + 0.4), rtol=1e-4, atol=1e-4)
+        assert float((plain.eps(x, t, bf) - plain.eps(x, t, 0.03 * bf + 0.4)).abs().max()) > 1e-2
+    with pytest.raises(ValueError, match="cond_norm"):
+        _module(cond_norm="minmax")
+
+
+def test_check_compatible() -> None:
+    hp = dict(_module().hparams)
+    check_compatible(hp, organelle=ORGANELLE, patch_shape=(4, 32, 48), source="m.ckpt")
+    other = {**ORGANELLE, "fl_window": [385, 800]}
+    message = r"m\.ckpt: organelle fl_window is \[385\.0, 800\.0\].*\[390\.0, 1500\.0\]"
+    with pytest.raises(CheckpointError, match=message):
+        check_compatible(hp, organelle=other, source="m.ckpt")
+    with pytest.raises(CheckpointError, match="trained on organelle 'nuclear_envelope'; the input is 'dna'"):
+        check_compatible(hp, organelle={**ORGANELLE, "name": "dna"}, source="m.ckpt")
+    with pytest.raises(CheckpointError, match="Z = 8 slices; the checkpoint was trained on Z = 4"):
+        check_compatible(hp, patch_shape=(8, 16, 16), source="m.ckpt")
+    with pytest.raises(CheckpointError, match="not a multiple of the network's downsampling factor 2"):
+        check_compatible(hp, patch_shape=(4, 15, 16), source="m.ckpt")
+    with pytest.raises(CheckpointError, match="axes"):
+        check_compatible({**hp, "tensor_axes": "BCYXZ"}, source="m.ckpt")
+
+
+#: Overrides making the demo's samplers cost a handful of network calls.
+CHEAP_OVERRIDES = [
+    "sampler.num_steps=3",
+    "sampler.window=[0,1000]",
+    "model.val_sampler.num_steps=3",
+    "model.val_sampler.window=[0,1000]",
+    "data.samples_per_epoch=8",
+    "data.n_val_patches=2",
+    "data.n_test_patches=2",
+    "data.eval_batch_size=2",
+]
+
+
+def _assert_demo_outputs(out: Path, printed: str) -> None:
+    pred = out / "predictions"
+    names = sorted(p.name for p in (pred / "GT").iterdir())
+    assert len(names) == 2
+    for folder in FOLDERS:
+        assert sorted(p.name for p in (pred / folder).iterdir()) == names, folder
+        assert tifffile.imread(pred / folder / names[0]).shape == (16, 64, 64)
+    with open(pred / "metrics_summary.csv") as fh:
+        summary = list(csv.DictReader(fh))
+    assert [r["method"] for r in summary] == ["DDPM", "DDPMavg", "linear"]
+    assert all(np.isfinite(float(r["ms_ssim"])) for r in summary)  # 64×64 test patches allow MS-SSIM
+    assert (pred / "preview.png").stat().st_size > 0
+    assert "DDPMavg" in printed and "ms_ssim" in printed
+
+
+def test_demo_fast_dev_run(compose_cfg, capsys: pytest.CaptureFixture) -> None:
+    from dm4isl.train import train
+
+    cfg = compose_cfg("train", ["experiment=demo", "debug=fast_dev_run", *CHEAP_OVERRIDES])
+    metrics = train(cfg)
+    for key in ("val/ddpmavg_pcc", "test/ddpm_pcc", "test/ddpmavg_pcc", "test/linear_pcc", "test/ddpmavg_ms_ssim"):
+        assert np.isfinite(metrics[key]), key
+    _assert_demo_outputs(Path(cfg.paths.output_dir), capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_demo_shortened_selects_checkpoint_and_writes_outputs(compose_cfg, capsys: pytest.CaptureFixture) -> None:
+    from dm4isl.train import train
+
+    cfg = compose_cfg("train", ["experiment=demo", "trainer.max_steps=4", "trainer.check_val_every_n_epoch=1",
+                                *CHEAP_OVERRIDES])
+    train(cfg)
+    out = Path(cfg.paths.output_dir)
+    assert list((out / "checkpoints").glob("epoch*.ckpt")), "no checkpoint selected on val/ddpmavg_pcc"
+    _assert_demo_outputs(out, capsys.readouterr().out)
+
+
+@pytest.mark.slow
+def test_paper_net_fast_dev_run(compose_cfg) -> None:
+    from dm4isl.train import train
+
+    cfg = compose_cfg("train", ["experiment=demo", "model/net=paper", "debug=fast_dev_run", "data.batch_size=1",
+                                "data.patch_size=[16,32,32]", "data.eval_patch_size=[16,32,32]", *CHEAP_OVERRIDES,
+                                "sampler.num_steps=2", "model.val_sampler.num_steps=2", "data.eval_batch_size=1"])
+    metrics = train(cfg)
+    assert np.isfinite(metrics["test/ddpmavg_pcc"])
