@@ -63,8 +63,9 @@ class MetricsCallback(pl.Callback):
     Contract with the LightningModule: during a validation (test) epoch it fills ``pl_module.val_outputs``
     (``pl_module.test_outputs``), a dict ``{method: (gts, preds)}`` of numpy ``(N, Z, Y, X)`` float stacks in
     [0, 1] — e.g. ``{"ddpm": …, "ddpmavg": …}``. At epoch end this callback logs
-    ``"<stage>/<method>_<metric>"`` (see :func:`compute_stage_metrics`) with ``pl_module.log`` and empties the
-    dict. A module without the attribute, or with an empty dict, is left alone.
+    ``"<stage>/<prefix><method>_<metric>"`` (see :func:`compute_stage_metrics`) with ``pl_module.log`` and empties
+    the dict. Modules fill the dict with :func:`collect_outputs`. A module without the attribute, or with an
+    empty dict, is left alone.
     """
 
     def __init__(
@@ -72,8 +73,10 @@ class MetricsCallback(pl.Callback):
         metrics: str | Iterable[str] = "fast",
         voxel_size: Sequence[float] = DEFAULT_VOXEL_SIZE_UM,
         n_threads: int = DEFAULT_TORCH_THREADS,
+        prefix: str = "",
     ) -> None:
         super().__init__()
+        self.prefix = prefix
         self.metrics = resolve_metric_names(metrics if isinstance(metrics, str) else list(metrics))
         self.voxel_size = tuple(float(v) for v in voxel_size)
         self.n_threads = n_threads
@@ -84,7 +87,7 @@ class MetricsCallback(pl.Callback):
             return {}
         with torch_threads(self.n_threads):
             values = compute_stage_metrics(outputs, self.metrics, self.voxel_size)
-        logged = {f"{stage}/{key}": value for key, value in values.items()}
+        logged = {f"{stage}/{self.prefix}{key}": value for key, value in values.items()}
         pl_module.log_dict(logged, sync_dist=True)
         outputs.clear()
         return logged
@@ -96,3 +99,21 @@ class MetricsCallback(pl.Callback):
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Log the metrics of ``pl_module.test_outputs``."""
         self._log_stage(pl_module, "test")
+
+
+def collect_outputs(
+    pl_module: pl.LightningModule, stage: str, gt: np.ndarray, preds: Mapping[str, np.ndarray]
+) -> None:
+    """Append a batch to ``pl_module.<stage>_outputs`` for :class:`MetricsCallback`.
+
+    ``gt`` and every ``preds[method]`` are ``(B, Z, Y, X)`` arrays in [0, 1]; the dict maps each method to a pair
+    of growing lists of ``(Z, Y, X)`` patches (stacked by the callback).
+    """
+    store = getattr(pl_module, OUTPUT_ATTRS[stage], None)
+    if store is None:
+        store = {}
+        setattr(pl_module, OUTPUT_ATTRS[stage], store)
+    for method, pred in preds.items():
+        gts, ps = store.setdefault(method, ([], []))
+        gts.extend(np.asarray(gt, dtype=np.float32))
+        ps.extend(np.asarray(pred, dtype=np.float32))

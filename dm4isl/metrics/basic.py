@@ -11,6 +11,9 @@ from monai.metrics import MultiScaleSSIMMetric
 #: MS-SSIM settings of the reference: MONAI 2-D MS-SSIM, Z slices as channels, data range 1, kernel size 4.
 MS_SSIM_KERNEL_SIZE = 4
 MS_SSIM_DATA_RANGE = 1.0
+MS_SSIM_SCALES = 5
+#: MONAI's MS-SSIM needs Y and X of at least kernel · 2^(scales − 1) = 64 voxels.
+MS_SSIM_MIN_SIZE = MS_SSIM_KERNEL_SIZE * 2 ** (MS_SSIM_SCALES - 1)
 
 
 def _check_pair(gt: np.ndarray, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -55,13 +58,15 @@ def ms_ssim_batch(gts: np.ndarray | torch.Tensor, preds: np.ndarray | torch.Tens
     """MS-SSIM per patch for a stack of patches ``(N, Z, Y, X)``; returns ``(N,)``.
 
     Definition (reference): MONAI ``MultiScaleSSIMMetric(spatial_dims=2, data_range=1, kernel_size=4)`` with the
-    Z slices as channels, default 5 scale weights. Higher is better; unitless. Needs Y and X large enough for
-    5 scales with kernel 4 (≥ 48 px, i.e. 64×64 patches work).
+    Z slices as channels, default 5 scale weights. Higher is better; unitless. Undefined (NaN, documented) when Y
+    or X is below ``MS_SSIM_MIN_SIZE`` = 64 px (5 scales of kernel 4); 64×64 patches work.
     """
     g = torch.as_tensor(np.asarray(gts, dtype=np.float32))
     p = torch.as_tensor(np.asarray(preds, dtype=np.float32))
     if g.shape != p.shape or g.ndim != 4:
         raise ValueError(f"expected two (N, Z, Y, X) stacks of equal shape, got {tuple(g.shape)} and {tuple(p.shape)}")
+    if min(g.shape[-2:]) < MS_SSIM_MIN_SIZE:
+        return np.full(g.shape[0], np.nan)
     metric = MultiScaleSSIMMetric(spatial_dims=2, data_range=MS_SSIM_DATA_RANGE, kernel_size=MS_SSIM_KERNEL_SIZE)
     return metric(p, g).reshape(-1).double().numpy()
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dm4isl.callbacks.metrics import collect_outputs
 from dm4isl.errors import CheckpointError
 from dm4isl.models.ddpm import ARRAY_AXES, TENSOR_AXES, patch_metrics
 from dm4isl.models.inference import predict_volume
@@ -74,8 +75,12 @@ class BaselineModule(L.LightningModule):
         return {"name": list(batch["name"]), **{k: v[:, 0].float().cpu().numpy() for k, v in arrays.items()}}
 
     def _log_metrics(self, stage: str, gt: torch.Tensor, pred: torch.Tensor) -> None:
-        """Log the mean over the batch's patches of PCC, MSE and MS-SSIM (NaN MS-SSIM of small patches skipped)."""
+        """Log the mean over the batch's patches of PCC, MSE and MS-SSIM (NaN MS-SSIM of small patches skipped).
+
+        The arrays are also handed to :class:`~dm4isl.callbacks.metrics.MetricsCallback` (wider metric sets).
+        """
         gt_np, pred_np = gt[:, 0].float().cpu().numpy(), pred[:, 0].float().cpu().numpy()
+        collect_outputs(self, stage, gt_np, {self.output_name: pred_np})
         rows = [patch_metrics(g, p) for g, p in zip(gt_np, pred_np, strict=True)]
         for key in rows[0]:
             values = [r[key] for r in rows if not math.isnan(r[key])]
