@@ -220,3 +220,18 @@ def test_paper_net_fast_dev_run(compose_cfg) -> None:
                                 "sampler.num_steps=2", "model.val_sampler.num_steps=2", "data.eval_batch_size=1"])
     metrics = train(cfg)
     assert np.isfinite(metrics["test/ddpmavg_pcc"])
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "sample", "v_prediction"])
+def test_prediction_types_convert_to_exact_noise(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A network that outputs its training target exactly yields ε̂ = the true noise, whatever it predicts."""
+    module = _module(prediction_type=kind)
+    gen = torch.Generator().manual_seed(3)
+    x0 = torch.rand(3, 1, *PATCH, generator=gen) * 2 - 1
+    noise = torch.randn(3, 1, *PATCH, generator=gen)
+    t = torch.tensor([5, 400, 990])
+    x_t = module.schedule.add_noise(x0, noise, t)
+    monkeypatch.setattr(module, "net_output", lambda *_: module.training_target(x0, noise, t))
+    torch.testing.assert_close(module.eps(x_t, t, torch.zeros_like(x0)), noise, rtol=1e-3, atol=2e-3)
+    with pytest.raises(ValueError, match="prediction_type 'x'"):
+        _module(prediction_type="x")

@@ -24,6 +24,8 @@ TENSOR_AXES = "BCZYX"
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
 #: Brightfield conditioning as fed to the network: as normalised (reference) or z-scored per patch (as fnet does).
 COND_NORMS = ("none", "zscore")
+#: What the network predicts: the noise ε (the reference), the clean image x0 ("sample") or v (Salimans & Ho 2022).
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 #: Guards the per-patch z-score of a constant brightfield patch.
 ZSCORE_EPS = 1e-6
 #: MONAI's 2-D MS-SSIM (5 scales, kernel 4) needs Y and X of at least kernel · 2^(scales−1) voxels.
@@ -116,6 +118,7 @@ class DDPMModule(L.LightningModule):
         target_range: list[float] | tuple[float, float] = (-1.0, 1.0),
         cond_first: bool = True,
         cond_norm: str = "none",
+        prediction_type: str = "epsilon",
         val_sampler: dict[str, Any] | None = None,
         val_num_patches: int = 8,
         test_sampler: dict[str, Any] | None = None,
@@ -125,6 +128,8 @@ class DDPMModule(L.LightningModule):
         super().__init__()
         if loss not in LOSSES:
             raise ValueError(f"loss {loss!r}; expected one of {sorted(LOSSES)}")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
         if cond_norm not in COND_NORMS:
             raise ValueError(f"cond_norm {cond_norm!r}; expected one of {COND_NORMS}")
         if (array_axes, tensor_axes) != (ARRAY_AXES, TENSOR_AXES):
@@ -140,13 +145,43 @@ class DDPMModule(L.LightningModule):
         self._val_seen = 0
 
     # --- network -----------------------------------------------------------------------------------------------
-    def eps(self, x_t: torch.Tensor, t: torch.Tensor, bf: torch.Tensor) -> torch.Tensor:
-        """Predicted noise for ``x_t`` and brightfield ``bf`` ``(B, 1, Z, Y, X)`` at timesteps ``t`` ``(B,)``."""
+    def net_output(self, x_t: torch.Tensor, t: torch.Tensor, bf: torch.Tensor) -> torch.Tensor:
+        """Raw network output (ε, x0 or v: ``prediction_type``); ``x_t``, ``bf`` are (B, 1, Z, Y, X), ``t`` (B,)."""
         if self.hparams.cond_norm == "zscore":
             dims = tuple(range(1, bf.ndim))
             bf = (bf - bf.mean(dim=dims, keepdim=True)) / (bf.std(dim=dims, keepdim=True) + ZSCORE_EPS)
         parts = (bf, x_t) if self.hparams.cond_first else (x_t, bf)
         return self.net(torch.cat(parts, dim=1), timesteps=t)
+
+    def _abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """ᾱ_t as a float32 ``(B, 1, 1, 1, 1)`` tensor (schedule arithmetic in float32 whatever the net's precision)."""
+        abar = self.schedule.alphas_cumprod.to(like.device)[t.long()].to(torch.float32)
+        return abar.view(-1, *([1] * (like.ndim - 1)))
+
+    def eps(self, x_t: torch.Tensor, t: torch.Tensor, bf: torch.Tensor) -> torch.Tensor:
+        """Predicted noise ε̂ for ``x_t`` and brightfield ``bf`` ``(B, 1, Z, Y, X)`` at timesteps ``t`` ``(B,)``.
+
+        Networks trained to predict x0 (``sample``) or v are converted to the equivalent ε̂, so every sampler
+        recovers exactly the network's x̂0 from it.
+        """
+        out = self.net_output(x_t, t, bf).float()
+        kind = self.hparams.prediction_type
+        if kind == "epsilon":
+            return out
+        abar = self._abar(t, x_t)
+        if kind == "sample":
+            return (x_t.float() - abar.sqrt() * out) / (1.0 - abar).sqrt()
+        return abar.sqrt() * out + (1.0 - abar).sqrt() * x_t.float()
+
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """What the network learns to output: ε (reference), x0 (``sample``) or v = √ᾱ ε − √(1−ᾱ) x0."""
+        kind = self.hparams.prediction_type
+        if kind == "epsilon":
+            return noise
+        if kind == "sample":
+            return x0
+        abar = self._abar(t, x0)
+        return abar.sqrt() * noise - (1.0 - abar).sqrt() * x0
 
     # --- training ----------------------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
@@ -155,8 +190,8 @@ class DDPMModule(L.LightningModule):
         x0 = self.target.to_model(fl.float())
         noise = torch.randn_like(x0)
         t = torch.randint(0, self.schedule.num_train_timesteps, (x0.shape[0],), device=x0.device)
-        eps = self.eps(self.schedule.add_noise(x0, noise, t), t, bf)
-        loss = LOSSES[self.hparams.loss](eps.float(), noise)
+        out = self.net_output(self.schedule.add_noise(x0, noise, t), t, bf)
+        loss = LOSSES[self.hparams.loss](out.float(), self.training_target(x0, noise, t))
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         return loss
 
