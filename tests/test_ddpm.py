@@ -13,11 +13,13 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from dm4isl.callbacks.prediction_writer import FOLDERS, PredictionWriter
+from dm4isl.callbacks.prediction_writer import PredictionWriter
 from dm4isl.errors import CheckpointError
 from dm4isl.models.ddpm import DDPMModule, check_compatible
 from dm4isl.models.nets import build_net, count_parameters
 
+#: Folders the DDPM test step writes (prediction writer).
+FOLDERS = ("BF", "GT", "DDPM", "DDPMavg", "std_intra", "linear")
 NET_DIR = Path(__file__).resolve().parents[1] / "dm4isl" / "conf" / "model" / "net"
 #: Parameters of the paper's network (SPEC §2: ≈ 192.8 M).
 PAPER_PARAMETERS = 192_765_569

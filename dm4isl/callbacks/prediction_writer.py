@@ -17,12 +17,23 @@ from dm4isl.models.ddpm import patch_metrics
 
 log = logging.getLogger(__name__)
 
-#: Output folders written per patch, in this order; each holds ``<name>.tiff`` for every test patch.
-FOLDERS = ("BF", "GT", "DDPM", "DDPMavg", "std_intra", "linear")
-#: Predictions compared with GT in the metrics table (folder names).
-COMPARED = ("DDPM", "DDPMavg", "linear")
-#: Panels of the preview figure (mid-Z slice of each).
-PREVIEW = ("BF", "GT", "DDPM", "DDPMavg", "std_intra")
+#: Folders that are inputs, not predictions.
+INPUTS = ("BF", "GT")
+#: Folder-name prefix of uncertainty maps (written, shown, but not scored against GT).
+UNCERTAINTY_PREFIX = "std_"
+#: Preferred order of the preview panels (mid-Z slice of each); baselines' folders are placed before the std maps.
+PREVIEW_ORDER = ("BF", "GT", "Unet", "GAN", "DDPM", "DDPMavg", "std_intra", "std_inter")
+
+
+def compared(folders: Sequence[str]) -> list[str]:
+    """Folders scored against GT: every output except the inputs and the uncertainty maps."""
+    return [f for f in folders if f not in INPUTS and not f.startswith(UNCERTAINTY_PREFIX)]
+
+
+def preview_panels(folders: Sequence[str]) -> list[str]:
+    """Panels of the preview figure: the known folders in :data:`PREVIEW_ORDER`, then any other prediction."""
+    known = [f for f in PREVIEW_ORDER if f in folders]
+    return known + [f for f in compared(folders) if f not in known and f != "linear"]
 METRIC_KEYS = ("pcc", "mse", "ms_ssim")
 #: Preview panel size in inches.
 PANEL_INCHES = 2.2
@@ -53,9 +64,10 @@ def format_table(summary: Sequence[Mapping[str, Any]]) -> str:
 class PredictionWriter(L.Callback):
     """Collect ``test_step`` outputs (``(B, Z, Y, X)`` arrays by folder name + ``name``) and write them.
 
-    Files: ``<output_dir>/<folder>/<name>.tiff`` (float32 OME-TIFF with voxel size) for every folder in
-    :data:`FOLDERS`; ``metrics.csv`` (one row per patch and method), ``metrics_summary.csv`` and the printed
-    table; ``preview.png`` (mid-Z slices of the first ``preview_patches`` patches).
+    Files: ``<output_dir>/<folder>/<name>.tiff`` (float32 OME-TIFF with voxel size) for every output of
+    ``test_step`` (every key but ``name``); ``metrics.csv`` (one row per patch and method),
+    ``metrics_summary.csv`` and the printed table; ``preview.png`` (mid-Z slices of the first
+    ``preview_patches`` patches).
     """
 
     def __init__(
@@ -87,15 +99,16 @@ class PredictionWriter(L.Callback):
     ) -> None:
         if not outputs:
             return
+        folders = [k for k in outputs if k != "name"]
         for b, name in enumerate(outputs["name"]):
-            arrays = {folder: np.asarray(outputs[folder][b], dtype=np.float32) for folder in FOLDERS}
+            arrays = {folder: np.asarray(outputs[folder][b], dtype=np.float32) for folder in folders}
             for folder, array in arrays.items():
                 write_tiff(self.output_dir / folder / f"{name}.tiff", array, self.voxel_size,
                            metadata={"patch": name, "output": folder})
-            for method in COMPARED:
+            for method in compared(folders):
                 self._rows.append({"patch": name, "method": method, **patch_metrics(arrays["GT"], arrays[method])})
             if len(self._preview) < self.preview_patches:
-                self._preview.append({k: arrays[k] for k in PREVIEW} | {"name": name})
+                self._preview.append({k: arrays[k] for k in preview_panels(folders)} | {"name": name})
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         rows = self._gather(self._rows)
@@ -127,14 +140,15 @@ class PredictionWriter(L.Callback):
         import matplotlib.pyplot as plt
 
         n = len(self._preview)
-        fig, axes = plt.subplots(n, len(PREVIEW), figsize=(PANEL_INCHES * len(PREVIEW), PANEL_INCHES * n),
+        panels = [k for k in self._preview[0] if k != "name"]
+        fig, axes = plt.subplots(n, len(panels), figsize=(PANEL_INCHES * len(panels), PANEL_INCHES * n),
                                  squeeze=False)
         for i, item in enumerate(self._preview):
             mid = item["BF"].shape[0] // 2
-            for j, key in enumerate(PREVIEW):
+            for j, key in enumerate(panels):
                 ax = axes[i, j]
-                vmax = None if key == "std_intra" else 1.0
-                ax.imshow(item[key][mid], cmap="magma" if key == "std_intra" else "gray", vmin=0.0, vmax=vmax)
+                is_std = key.startswith(UNCERTAINTY_PREFIX)
+                ax.imshow(item[key][mid], cmap="magma" if is_std else "gray", vmin=0.0, vmax=None if is_std else 1.0)
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if i == 0:
