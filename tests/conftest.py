@@ -11,6 +11,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "dm4isl" / "conf"
 NUCENV_DIR = REPO_ROOT.parent / "shared" / "data" / "nucenv_reference"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+#: Golden values of ../shared/data/nucenv_reference/README.md: pooled PCC, pooled MSE, mean MS-SSIM vs GT.
+GOLDEN = {
+    "DDPM": (0.8426, 0.0081, 0.8722),
+    "DDPMavg": (0.8728, 0.0062, 0.8911),
+    "FL_pred": (0.8400, 0.0092, 0.8666),
+    "FLavg_pred": (0.8704, 0.0067, 0.8879),
+    "Unet": (0.8516, 0.0087, 0.8587),
+    "GAN": (0.8663, 0.0079, 0.8709),
+}
+#: The README's tolerance for a correct metrics module.
+GOLDEN_TOL = 5e-4
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -13,6 +13,7 @@ from scipy.stats import bootstrap, entropy, pearsonr
 from skimage.feature import graycomatrix, graycoprops, hog
 from skimage.metrics import hausdorff_distance
 
+from conftest import GOLDEN, GOLDEN_TOL
 from dm4isl.callbacks.metrics import MetricsCallback, compute_stage_metrics
 from dm4isl.errors import DataError
 from dm4isl.evaluation.inputs import load_inputs
@@ -39,16 +40,6 @@ from dm4isl.metrics.texture import perceptual_distance as perceptual
 PIXEL_UM = 0.29
 SHAPE = (16, 64, 64)
 
-#: README table of the reference folder: pooled PCC, pooled MSE, mean MS-SSIM.
-GOLDEN = {
-    "DDPM": (0.8426, 0.0081, 0.8722),
-    "DDPMavg": (0.8728, 0.0062, 0.8911),
-    "FL_pred": (0.8400, 0.0092, 0.8666),
-    "FLavg_pred": (0.8704, 0.0067, 0.8879),
-    "Unet": (0.8516, 0.0087, 0.8587),
-    "GAN": (0.8663, 0.0079, 0.8709),
-}
-GOLDEN_TOL = 5e-4
 
 
 def blobs(seed: int, shape: tuple[int, int, int] = SHAPE, n: int = 10) -> np.ndarray:

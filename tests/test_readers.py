@@ -8,21 +8,11 @@ import numpy as np
 import pytest
 import tifffile
 
+from conftest import GOLDEN, GOLDEN_TOL
 from dm4isl.data.readers import list_tiffs, read_patch_folder, read_volume, to_unit
 from dm4isl.errors import DataError
 from dm4isl.io import write_tiff
 from dm4isl.metrics import ms_ssim_batch, pooled_mse, pooled_pcc
-
-# Golden values of ../shared/data/nucenv_reference/README.md: pooled PCC, MSE, mean MS-SSIM vs GT.
-GOLDEN = {
-    "DDPM": (0.8426, 0.0081, 0.8722),
-    "DDPMavg": (0.8728, 0.0062, 0.8911),
-    "FL_pred": (0.8400, 0.0092, 0.8666),
-    "FLavg_pred": (0.8704, 0.0067, 0.8879),
-    "Unet": (0.8516, 0.0087, 0.8587),
-    "GAN": (0.8663, 0.0079, 0.8709),
-}
-TOL = 5e-4
 
 
 def test_reference_patch_folder(nucenv_dir: Path) -> None:
@@ -44,9 +34,9 @@ def test_golden_pooled_metrics(nucenv_dir: Path, method: str) -> None:
     gts = np.stack([to_unit(read_volume(p), p) for p in list_tiffs(nucenv_dir / "GT")])
     preds = np.stack([to_unit(read_volume(p), p) for p in list_tiffs(nucenv_dir / method)])
     pcc_g, mse_g, msssim_g = GOLDEN[method]
-    assert pooled_pcc(gts, preds) == pytest.approx(pcc_g, abs=TOL)
-    assert pooled_mse(gts, preds) == pytest.approx(mse_g, abs=TOL)
-    assert float(ms_ssim_batch(gts, preds).mean()) == pytest.approx(msssim_g, abs=TOL)
+    assert pooled_pcc(gts, preds) == pytest.approx(pcc_g, abs=GOLDEN_TOL)
+    assert pooled_mse(gts, preds) == pytest.approx(mse_g, abs=GOLDEN_TOL)
+    assert float(ms_ssim_batch(gts, preds).mean()) == pytest.approx(msssim_g, abs=GOLDEN_TOL)
 
 
 def _folder(root: Path, n: int = 3, shape=(16, 32, 32), dtype=np.uint8) -> Path:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dm4isl.data.readers import TIFF_SUFFIXES, list_tiffs, read_volume, to_unit
+from dm4isl.data.readers import list_tiffs, read_volume, tiff_stem, to_unit
 from dm4isl.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -22,15 +22,6 @@ DEFAULT_EXCLUDE = ("BF", "FLavg_std*", "std_*", "error_mask*", "uncertainty*")
 DEFAULT_BASELINES = ("Unet", "UNet", "unet", "U-Net", "GAN", "gan")
 #: At most this many problems are listed in one validation error.
 MAX_LISTED_PROBLEMS = 20
-
-
-def patch_stem(path: Path) -> str:
-    """Patch name of a TIFF file: its name without the TIFF suffix (``0.ome.tiff`` and ``0.tif`` → ``0``)."""
-    name = path.name
-    for suffix in sorted(TIFF_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 @dataclass
@@ -74,7 +65,7 @@ def _index_folder(folder: Path, problems: list[str]) -> dict[str, Path]:
     """Patch name → TIFF path for ``folder``; two files with one patch name are a problem."""
     index: dict[str, Path] = {}
     for path in list_tiffs(folder):
-        stem = patch_stem(path)
+        stem = tiff_stem(path)
         if stem in index:
             problems.append(f"{path}: patch name {stem!r} also used by {index[stem]}; expected one file per patch")
         index[stem] = path
