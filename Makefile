@@ -19,6 +19,9 @@ install: $(VENV)/.installed-$(EXTRAS)
 
 demo: install
 	$(VENV)/bin/dm4isl-train experiment=demo
+	@run=$$(ls -td outputs/demo/runs/*/ | head -1); \
+	$(VENV)/bin/dm4isl-evaluate input_dir=$${run}predictions output_dir=$${run}evaluation "baselines=[linear]" && \
+	echo "demo outputs: $${run}predictions (TIFFs, metrics, preview.png) and $${run}evaluation/report.html"
 
 test: install
 	$(PY) -m pytest --durations=25 $(PYTEST_ARGS)

@@ -282,6 +282,7 @@ def test_improvement_and_best_baseline():
     assert improvement_pct(0.01, 0.02, False) == pytest.approx(100.0)  # (0.01/0.02)^-1 − 1
     assert improvement_pct(0.02, 0.01, False) == pytest.approx(-50.0)
     assert math.isnan(improvement_pct(0.5, 0.0, True)) and math.isnan(improvement_pct(float("nan"), 1, True))
+    assert math.isnan(improvement_pct(0.84, -0.02, True))  # opposite signs: no meaningful ratio
     values = {"DDPM": 0.9, "Unet": 0.8, "GAN": 0.85, "unet": float("nan")}
     assert best_baseline(values, ["unet", "Unet", "GAN"], True) == "GAN"
     assert best_baseline(values, ["unet", "Unet", "GAN"], False) == "Unet"

@@ -192,3 +192,25 @@ def test_predict_with_unet_checkpoint(compose_cfg, tiny_run: dict, tmp_path: Pat
     assert len(rows) == 4 and rows[0]["model"] == "UNetModule" and rows[0]["products"] == "Unet"
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["BF", "GT", "Unet"]
     assert tifffile.imread(out / "Unet" / "0.tiff").shape == (16, 32, 32)
+
+
+def test_calibrate_on_validation_and_score_on_test(tiny_run: dict) -> None:
+    from dm4isl.data.patches import PatchSet
+    from dm4isl.sampling import SamplerSettings
+    from dm4isl.uncertainty.report import calibrate_and_score
+
+    model = load_model(tiny_run["ckpt"])
+    ts = np.load(next((tiny_run["root"] / "data" / "cache" / "eval_sets").glob("*-test-*.npz")))
+    mask = np.zeros_like(ts["mask"])
+    mask[:2, :, :8, :8] = 1  # a planted region, so the planted AUROC is defined
+    patches = PatchSet(ts["bf"], ts["fl"], mask, [str(n) for n in ts["names"]], list(ts["sources"]), ts["corners"])
+    settings = SamplerSettings(method="ddim", num_steps=5, mean_correction=False)
+    organelle = dict(model.hparams["organelle"])
+    result = calibrate_and_score(model, patches, patches, settings, 2, organelle, tau=0.05)
+    for source in ("intra", "inter"):
+        entry = result["maps"][source]
+        assert entry["calibrated_threshold"] > 0 and 0.0 <= entry["validation_f1"] <= 1.0
+        report = entry["test_calibrated"]
+        assert 0.0 <= report["auroc_error"] <= 1.0 and 0.0 <= report["auroc_planted"] <= 1.0
+        assert report["n_patches"] == 4
+    assert result["maps"]["inter"]["published_threshold"] == 0.1

@@ -26,9 +26,10 @@ IMPROVEMENT, WILCOXON_P, CI_LOW, CI_HIGH = "improvement_pct", "wilcoxon_p", "ci9
 def improvement_pct(model: float, baseline: float, higher_is_better: bool) -> float:
     """Improvement of ``model`` over ``baseline`` in percent: ``100 · ((model / baseline)^sign − 1)`` (SPEC §5),
     sign = +1 when higher is better and −1 when lower is better. Positive means better than the baseline.
-    NaN (documented) when a value is NaN or the ratio's denominator is 0."""
+    NaN (documented) when a value is NaN, or when the two values are not both positive: a ratio of values of
+    opposite sign (e.g. a PCC of −0.02) has no meaning as an improvement."""
     num, den = (model, baseline) if higher_is_better else (baseline, model)
-    if np.isnan(num) or not np.isfinite(den) or den == 0:
+    if np.isnan(num) or not np.isfinite(den) or den <= 0 or num < 0:
         return float("nan")
     return PERCENT * (num / den - 1.0)
 
