@@ -194,10 +194,14 @@ def _assert_demo_outputs(out: Path, printed: str) -> None:
 def test_demo_fast_dev_run(compose_cfg, capsys: pytest.CaptureFixture) -> None:
     from dm4isl.train import train
 
-    cfg = compose_cfg("train", ["experiment=demo", "debug=fast_dev_run", *CHEAP_OVERRIDES])
+    cfg = compose_cfg("train", ["experiment=demo", "debug=fast_dev_run", "metrics=paper", *CHEAP_OVERRIDES])
     metrics = train(cfg)
     for key in ("val/ddpmavg_pcc", "test/ddpm_pcc", "test/ddpmavg_pcc", "test/linear_pcc", "test/ddpmavg_ms_ssim"):
         assert np.isfinite(metrics[key]), key
+    # the metrics callback adds the chosen set (here the paper's 14) for every output, at validation and test
+    for key in ("val/metrics/ddpmavg_mi", "test/metrics/ddpmavg_iou", "test/metrics/linear_hausdorff",
+                "test/metrics/ddpm_perceptual_distance"):
+        assert key in metrics, key
     _assert_demo_outputs(Path(cfg.paths.output_dir), capsys.readouterr().out)
 
 

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
+from dm4isl.callbacks.metrics import collect_outputs
 from dm4isl.errors import CheckpointError
 from dm4isl.metrics.basic import ms_ssim, mse, pcc
 from dm4isl.models.nets import build_net, downsampling_factor
@@ -270,9 +271,11 @@ class DDPMModule(L.LightningModule):
         return {"name": list(batch["name"]), **{k: v[:, 0].float().cpu().numpy() for k, v in arrays.items()}}
 
     def _log_metrics(self, stage: str, gt: torch.Tensor, preds: Mapping[str, torch.Tensor]) -> None:
+        """Log PCC/MSE/MS-SSIM per output; the arrays also go to the metrics callback (wider metric sets)."""
         gt_np = gt[:, 0].float().cpu().numpy()
-        for name, pred in preds.items():
-            pred_np = pred[:, 0].float().cpu().numpy()
+        preds_np = {name: pred[:, 0].float().cpu().numpy() for name, pred in preds.items()}
+        collect_outputs(self, stage, gt_np, preds_np)
+        for name, pred_np in preds_np.items():
             rows = [patch_metrics(g, p) for g, p in zip(gt_np, pred_np, strict=True)]
             for key in rows[0]:
                 values = [r[key] for r in rows if not math.isnan(r[key])]
