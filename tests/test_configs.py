@@ -18,7 +18,7 @@ def _options(group: str) -> list[str]:
 
 
 def test_all_six_organelles_present() -> None:
-    assert _options("organelle") == ORGANELLES
+    assert _options("organelle") == sorted([*ORGANELLES, "custom"])
 
 
 @pytest.mark.parametrize("organelle", ORGANELLES)
@@ -49,8 +49,7 @@ def test_organelle_values(compose_cfg, organelle: str) -> None:
 def test_every_option_composes(compose_cfg, group: str, tmp_path: Path) -> None:
     overrides_for = {"data": {"patch_folder": [f"data.root={tmp_path}"]}}
     for option in _options(group):
-        key = f"+{group}" if group in ("hparams_search",) else group
-        cfg = compose_cfg("train", [f"{key}={option}", *overrides_for.get(group, {}).get(option, [])])
+        cfg = compose_cfg("train", [f"{group}={option}", *overrides_for.get(group, {}).get(option, [])])
         OmegaConf.resolve(cfg)  # every interpolation resolves
         assert cfg.monitor.startswith("val/")
 

@@ -77,9 +77,16 @@ def read_split(path: str | os.PathLike) -> dict[str, list[str]]:
 
 
 def load_or_make_split(
-    ids: Sequence[str], fractions: Mapping[str, float], seed: int, path: str | os.PathLike | None
+    ids: Sequence[str],
+    fractions: Mapping[str, float],
+    seed: int,
+    path: str | os.PathLike | None,
+    groups: Sequence[str] | None = None,
 ) -> dict[str, list[str]]:
-    """Reuse the split saved at ``path`` (it must cover exactly ``ids``); else draw it and save it there."""
+    """Reuse the split saved at ``path`` (it must cover exactly ``ids``); else draw it and save it there.
+
+    With ``groups`` (one per id, e.g. the well of each FOV) whole groups are split (:func:`split_groups`).
+    """
     if path is not None and Path(path).is_file():
         split = read_split(path)
         if sorted(sum(split.values(), [])) == sorted(ids):
@@ -89,7 +96,23 @@ def load_or_make_split(
             f"{path}: saved split lists {len(sum(split.values(), []))} FOVs that differ from the {len(ids)} FOVs "
             "of the dataset; point split_file elsewhere or delete it to draw a new split"
         )
-    split = split_ids(ids, fractions, seed)
+    split = split_ids(ids, fractions, seed) if groups is None else split_groups(ids, groups, fractions, seed)
     if path is not None:
         write_split(path, split)
     return split
+
+
+def split_groups(
+    ids: Sequence[str], groups: Sequence[str], fractions: Mapping[str, float], seed: int
+) -> dict[str, list[str]]:
+    """Partition FOV ids so that all FOVs of one group (e.g. one well) land in the same split.
+
+    The groups are drawn without replacement by :func:`split_ids` (so ``fractions`` are shares of groups, not of
+    FOVs); each FOV then follows its group.
+    """
+    ids, groups = list(ids), [str(g) for g in groups]
+    if len(ids) != len(groups):
+        raise ValueError(f"need one group per FOV id, got {len(ids)} ids and {len(groups)} groups")
+    group_split = split_ids(sorted(set(groups)), fractions, seed)
+    where = {g: name for name, members in group_split.items() for g in members}
+    return {name: sorted(i for i, g in zip(ids, groups, strict=True) if where[g] == name) for name in SPLITS}

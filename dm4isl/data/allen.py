@@ -1,0 +1,389 @@
+"""Manifest-driven multi-channel FOVs (Allen ``metadata.csv`` or a plain CSV): parsing, channel reading, resampling."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tifffile
+import torch
+import torch.nn.functional as F
+
+from dm4isl.errors import DataError
+from dm4isl.io.atomic import atomic_path
+
+log = logging.getLogger(__name__)
+
+#: Column names of the Allen Cell ``metadata.csv`` (SPEC §1); each can be renamed in the config.
+ALLEN_COLUMNS = {
+    "path": "SourceReadPath",
+    "bf_channel": "ChannelNumberBrightfield",
+    "structure_channel": "ChannelNumberStruct",
+    "dna_channel": "ChannelNumber405",
+    "gene": "Gene",
+    "fov_id": "FOVId",
+    "well_id": "WellId",
+}
+#: Column names of a plain manifest: one row per FOV with its file, brightfield and fluorescence channel.
+PLAIN_COLUMNS = {"path": "path", "bf_channel": "bf_channel", "fl_channel": "fl_channel", "fov_id": "fov_id",
+                 "well_id": "well_id", "fl_path": "fl_path"}
+MANIFEST_STYLES = ("allen", "plain")
+#: ``organelle.fl_channel`` values: which Allen column holds the fluorescence channel of the organelle.
+FL_CHANNEL_COLUMNS = {"structure": "structure_channel", "dna": "dna_channel"}
+#: Axes a multi-channel FOV may have besides Z, C, Y, X — each must have length 1 (e.g. T in TCZYX).
+SINGLETON_AXES = "TSIQ"
+RESAMPLE_METHODS = ("nearest", "linear")
+#: Bump when the layout of the prepared-FOV cache changes.
+FOV_CACHE_VERSION = 1
+#: Voxels per FOV used for percentile windows of float data (a fixed-stride subsample; integer data use all voxels).
+PERCENTILE_MAX_VOXELS = 1 << 20
+#: Largest unsigned-integer item size (bytes) whose percentiles come from an exact full histogram.
+MAX_HISTOGRAM_BYTES = 2
+
+
+@dataclass(frozen=True)
+class FovRecord:
+    """One field of view of a manifest: its file(s), the 0-based channel indices used, and its grouping keys.
+
+    ``fl_path`` is the fluorescence file when it is not ``path`` (plain manifests with separate BF and FL files).
+    """
+
+    fov_id: str
+    path: Path
+    bf_channel: int
+    fl_channel: int
+    well_id: str | None = None
+    gene: str | None = None
+    fl_path: Path | None = None
+
+
+@dataclass(frozen=True)
+class ResampleSettings:
+    """XY resampling of a ``(Z, Y, X)`` FOV: a target ``(Y, X)`` size or a factor (one of them), and the method.
+
+    ``nearest``: nearest neighbour with half-pixel centres (source index ``floor((i + 0.5) * in / out)``), the
+    same as ``skimage.transform.resize(order=0, anti_aliasing=False)`` and torch ``nearest-exact``; it keeps the
+    raw dtype, as the reference's 624 × 924 → 244 × 366 resize did (SPEC §1). ``linear``: bilinear per Z slice
+    (torch ``interpolate``, ``align_corners=False``, no antialiasing), float32 output.
+    """
+
+    size: tuple[int, int] | None = None
+    factor: tuple[float, float] | None = None
+    method: str = "nearest"
+
+    @classmethod
+    def from_config(
+        cls, size: Sequence[int] | None, factor: float | Sequence[float] | None, method: str = "nearest"
+    ) -> ResampleSettings:
+        """Validate config values; ``factor`` may be one number (same in Y and X) or ``[fy, fx]``."""
+        if method not in RESAMPLE_METHODS:
+            raise ValueError(f"xy_method must be one of {RESAMPLE_METHODS}, got {method!r}")
+        if size is not None and factor is not None:
+            raise ValueError(f"give either xy_size or xy_factor, not both (got {list(size)} and {factor})")
+        sz = tuple(int(s) for s in size) if size is not None else None
+        if sz is not None and (len(sz) != 2 or min(sz) < 1):
+            raise ValueError(f"xy_size must be [Y, X] with positive sizes, got {list(size)}")
+        fac = None
+        if factor is not None:
+            fac = (float(factor),) * 2 if np.isscalar(factor) else tuple(float(f) for f in factor)
+            if len(fac) != 2 or min(fac) <= 0:
+                raise ValueError(f"xy_factor must be a positive number or [fy, fx], got {factor}")
+        return cls(sz, fac, method)  # type: ignore[arg-type]
+
+    def out_shape(self, yx: Sequence[int]) -> tuple[int, int]:
+        """Output ``(Y, X)`` for an input of size ``yx``."""
+        if self.size is not None:
+            return self.size
+        if self.factor is not None:
+            return tuple(max(1, round(n * f)) for n, f in zip(yx, self.factor, strict=True))  # type: ignore[return-value]
+        return int(yx[0]), int(yx[1])
+
+
+def resample_xy(volume: np.ndarray, settings: ResampleSettings) -> np.ndarray:
+    """Resize a ``(Z, Y, X)`` volume in Y and X only (Z untouched), as :class:`ResampleSettings` describes."""
+    out_y, out_x = settings.out_shape(volume.shape[1:])
+    if (out_y, out_x) == volume.shape[1:]:
+        return volume
+    if settings.method == "nearest":
+        iy = np.minimum(((np.arange(out_y) + 0.5) * volume.shape[1] / out_y).astype(np.int64), volume.shape[1] - 1)
+        ix = np.minimum(((np.arange(out_x) + 0.5) * volume.shape[2] / out_x).astype(np.int64), volume.shape[2] - 1)
+        return np.ascontiguousarray(volume[:, iy][:, :, ix])
+    t = torch.from_numpy(np.asarray(volume, dtype=np.float32))[:, None]
+    out = F.interpolate(t, size=(out_y, out_x), mode="bilinear", align_corners=False, antialias=False)
+    return out[:, 0].numpy()
+
+
+def read_channels(
+    path: str | os.PathLike, channels: Sequence[int], axes: str | None = None
+) -> list[np.ndarray]:
+    """Read the given 0-based channels of a multi-channel 3-D (OME-)TIFF, each as a ``(Z, Y, X)`` array.
+
+    The axes come from the file's metadata (``series.axes``: OME, ImageJ or tifffile-shaped, e.g. ``ZCYX``,
+    ``CZYX``, ``TCZYX`` with T = 1) unless ``axes`` overrides them (for TIFFs written without axes metadata). Raw
+    uint16, float16 and float32 keep their dtype. Errors name the file: missing or unreadable file, no Z axis
+    (a 2-D image), axes other than Z/C/Y/X longer than 1, a channel index out of range, NaN/inf voxels.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found (expected a multi-channel 3-D TIFF listed in the manifest)")
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            found = axes.upper() if axes else series.axes.upper()
+            if len(found) != len(series.shape):
+                raise DataError(f"{path}: axes override {axes!r} has {len(found)} letters; the image is "
+                                f"{len(series.shape)}-D with shape {series.shape}")
+            shape = dict(zip(found, series.shape, strict=True))
+            _check_axes(path, found, shape, axes)
+            n_channels = shape.get("C", 1)
+            for c in channels:
+                if not 0 <= int(c) < n_channels:
+                    raise DataError(f"{path}: channel index {c} out of range; the file has {n_channels} channels "
+                                    f"(0..{n_channels - 1}, axes {found}, shape {series.shape})")
+            data, read_axes, selected = _read_series(tif, series, found, channels)
+    except DataError:
+        raise
+    except Exception as err:  # tifffile raises many types for corrupt files; re-raise with the file named
+        raise DataError(f"{path}: unreadable or truncated TIFF ({type(err).__name__}: {err})") from err
+    if data.dtype.kind not in "uif":
+        raise DataError(f"{path}: unsupported dtype {data.dtype}; expected an unsigned/signed integer or float image")
+    squeeze = tuple(i for i, a in enumerate(read_axes) if a in SINGLETON_AXES)
+    data = data.squeeze(axis=squeeze) if squeeze else data
+    kept = "".join(a for a in read_axes if a not in SINGLETON_AXES)
+    if "C" not in kept:
+        data, kept = data[None], "C" + kept
+    data = np.moveaxis(data, [kept.index(a) for a in "CZYX"], range(4))
+    out = []
+    for k, c in enumerate(channels):
+        vol = np.ascontiguousarray(data[k if selected else int(c)])
+        if vol.dtype.kind == "f" and not np.isfinite(vol).all():
+            n_bad = int((~np.isfinite(vol)).sum())
+            raise DataError(f"{path}: channel {c} contains {n_bad} NaN/inf voxels; expected finite intensities")
+        out.append(vol)
+    return out
+
+
+def _read_series(
+    tif: tifffile.TiffFile, series: tifffile.TiffPageSeries, axes: str, channels: Sequence[int]
+) -> tuple[np.ndarray, str, bool]:
+    """Decode a series, only the pages of ``channels`` when every page is one YX plane (OME/ImageJ FOVs).
+
+    Returns ``(array, its axes, selected)``: when ``selected`` the C axis comes first and holds just the wanted
+    channels in the given order; otherwise it is the whole series with ``axes``.
+    """
+    if "C" not in axes or axes[-2:] != "YX" or len(series.pages) != int(np.prod(series.shape[:-2])):
+        return series.asarray(), axes, False
+    lead = axes[:-2]
+    grid = np.indices(series.shape[:-2]).reshape(len(lead), -1)
+    pages = []
+    for c in channels:
+        idx = np.flatnonzero(grid[lead.index("C")] == int(c))  # raveled page order of the (non-YX) axes
+        pages.extend(idx.tolist())
+    data = tif.asarray(key=pages, series=series).reshape(
+        len(channels), *(n for a, n in zip(lead, series.shape, strict=False) if a != "C"), *series.shape[-2:]
+    )
+    return data, "C" + "".join(a for a in axes if a != "C"), True
+
+
+def _check_axes(path: Path, found: str, shape: Mapping[str, int], override: str | None) -> None:
+    """Raise :class:`DataError` unless ``found`` describes a 3-D (optionally multi-channel) stack."""
+    hint = "" if override else " (set the datamodule's axes, e.g. axes=ZCYX, if the file lacks axes metadata)"
+    if not {"Y", "X"} <= set(found) or "Z" not in found:
+        raise DataError(f"{path}: axes {found} with shape {tuple(shape.values())}; expected a 3-D stack with Z, Y, X "
+                        f"(and C) axes, e.g. ZCYX, CZYX or TCZYX{hint}")
+    extra = {a: n for a, n in shape.items() if a not in "ZCYX"}
+    if any(a not in SINGLETON_AXES for a in extra) or any(n != 1 for n in extra.values()):
+        raise DataError(f"{path}: axes {found} with shape {tuple(shape.values())}; expected only Z, C, Y, X besides "
+                        f"axes of length 1 ({', '.join(SINGLETON_AXES)}), found {extra}{hint}")
+
+
+def _int_channel(value: str, manifest: Path, row: int, column: str, base: int) -> int:
+    """A manifest channel number → 0-based index; errors name the manifest, the row and the column."""
+    try:
+        as_float = float(value)
+    except (TypeError, ValueError):
+        as_float = float("nan")
+    if not np.isfinite(as_float) or as_float != int(as_float):
+        raise DataError(f"{manifest}: row {row}, column {column}: channel number {value!r} is not an integer")
+    number = int(as_float)
+    if number - base < 0:
+        raise DataError(f"{manifest}: row {row}, column {column}: channel number {number} is below channel_base {base}")
+    return number - base
+
+
+def _resolve(value: str, root: Path) -> Path:
+    """A manifest path: absolute as is, relative to ``root`` otherwise."""
+    path = Path(str(value).strip())
+    return path if path.is_absolute() else root / path
+
+
+def read_manifest(
+    manifest: str | os.PathLike,
+    organelle: Mapping[str, Any],
+    style: str = "allen",
+    columns: Mapping[str, str] | None = None,
+    data_root: str | os.PathLike | None = None,
+    channel_base: int = 0,
+) -> list[FovRecord]:
+    """The FOVs of a manifest CSV for one organelle, one record per FOV id (rows repeated per cell are merged).
+
+    ``style="allen"``: the Allen ``metadata.csv`` (:data:`ALLEN_COLUMNS`): rows are kept whose gene column equals
+    ``organelle["allen_gene"]`` (all rows when it is null), the fluorescence channel is the structure channel or,
+    for ``organelle["fl_channel"] == "dna"``, the DNA dye channel. ``style="plain"``: :data:`PLAIN_COLUMNS`, every
+    row is used. ``columns`` renames columns. Channel numbers minus ``channel_base`` are 0-based indices into the
+    file's C axis. Relative paths resolve against ``data_root`` (default: the manifest's folder).
+    """
+    manifest = Path(manifest)
+    if style not in MANIFEST_STYLES:
+        raise ValueError(f"manifest style must be one of {MANIFEST_STYLES}, got {style!r}")
+    if not manifest.is_file():
+        raise DataError(f"{manifest}: manifest not found (expected a CSV with one row per FOV or per cell)")
+    cols = {**(ALLEN_COLUMNS if style == "allen" else PLAIN_COLUMNS), **dict(columns or {})}
+    if style == "allen":
+        fl_kind = organelle.get("fl_channel", "structure")
+        if fl_kind not in FL_CHANNEL_COLUMNS:
+            raise DataError(f"organelle {organelle.get('name')!r}: fl_channel {fl_kind!r}; expected one of "
+                            f"{sorted(FL_CHANNEL_COLUMNS)}")
+        cols["fl_channel"] = cols[FL_CHANNEL_COLUMNS[fl_kind]]
+    root = Path(data_root) if data_root else manifest.parent
+    gene = organelle.get("allen_gene") if style == "allen" else None
+    try:
+        with open(manifest, newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            required = ["path", "bf_channel", "fl_channel", "fov_id"] + (["gene"] if gene else [])
+            missing = [cols[k] for k in required if cols[k] not in header]
+            if missing:
+                raise DataError(f"{manifest}: missing column(s) {missing}; found {header}")
+            records: dict[str, FovRecord] = {}
+            genes_seen: set[str] = set()
+            for row_no, row in enumerate(reader, start=2):
+                row_gene = row.get(cols.get("gene", ""), None)
+                if row_gene:
+                    genes_seen.add(row_gene)
+                if gene and row_gene != gene:
+                    continue
+                fov_id = str(row[cols["fov_id"]]).strip()
+                if not fov_id:
+                    raise DataError(f"{manifest}: row {row_no}: empty FOV id in column {cols['fov_id']}")
+                fl_file = str(row.get(cols.get("fl_path", "")) or "").strip()
+                rec = FovRecord(
+                    fov_id=fov_id,
+                    path=_resolve(row[cols["path"]], root),
+                    bf_channel=_int_channel(row[cols["bf_channel"]], manifest, row_no, cols["bf_channel"],
+                                            channel_base),
+                    fl_channel=_int_channel(row[cols["fl_channel"]], manifest, row_no, cols["fl_channel"],
+                                            channel_base),
+                    well_id=(row.get(cols.get("well_id", "")) or None),
+                    gene=row_gene or None,
+                    fl_path=_resolve(fl_file, root) if fl_file else None,
+                )
+                old = records.get(fov_id)
+                if old is not None and (old.path, old.bf_channel, old.fl_channel) != (
+                    rec.path, rec.bf_channel, rec.fl_channel
+                ):
+                    raise DataError(f"{manifest}: row {row_no}: FOV {fov_id!r} is listed again with another file or "
+                                    f"channels ({rec.path}, {rec.bf_channel}, {rec.fl_channel}); first seen as "
+                                    f"({old.path}, {old.bf_channel}, {old.fl_channel})")
+                records[fov_id] = rec
+    except OSError as err:
+        raise DataError(f"{manifest}: cannot read manifest ({err})") from err
+    if not records:
+        what = f"with {cols.get('gene')} == {gene!r}" if gene else "at all"
+        raise DataError(f"{manifest}: no FOV {what} for organelle {organelle.get('name')!r}; genes present: "
+                        f"{sorted(genes_seen)[:20]}")
+    return [records[k] for k in sorted(records)]
+
+
+def _cache_tag(record: FovRecord, resample: ResampleSettings, axes: str | None) -> str:
+    """Key of a prepared FOV: its file(s) (path, size, mtime), channels, resampling and axes."""
+    files = []
+    for path in (record.path, record.fl_path):
+        if path is None:
+            continue
+        try:
+            stat = path.stat()
+        except OSError:
+            raise DataError(f"{path}: file not found (FOV {record.fov_id} of the manifest)") from None
+        files.append([str(path.resolve()), stat.st_size, stat.st_mtime_ns])
+    key = {
+        "files": files,
+        "channels": [record.bf_channel, record.fl_channel], "resample": asdict(resample), "axes": axes,
+        "version": FOV_CACHE_VERSION,
+    }
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prepare_fov(
+    record: FovRecord,
+    resample: ResampleSettings,
+    axes: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Brightfield and fluorescence ``(Z, Y, X)`` of one FOV in raw units, XY-resampled; cached as ``.npz``.
+
+    With ``cache_dir`` the result is stored (atomically) under ``cache_dir/fovs/<fov_id>-<tag>.npz`` and reused
+    while the source file, channels and resampling are unchanged. Constant channels are rejected as unusable.
+    """
+    path = None
+    if cache_dir is not None:
+        safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in record.fov_id)
+        path = Path(cache_dir) / "fovs" / f"{safe}-{_cache_tag(record, resample, axes)}.npz"
+        if path.is_file():
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    return z["bf"], z["fl"]
+            except (OSError, KeyError, ValueError) as err:
+                raise DataError(f"{path}: corrupt prepared FOV ({err}); delete it to rebuild") from err
+    if record.fl_path is None:
+        bf, fl = read_channels(record.path, [record.bf_channel, record.fl_channel], axes)
+    else:
+        (bf,), (fl,) = read_channels(record.path, [record.bf_channel], axes), read_channels(
+            record.fl_path, [record.fl_channel], axes
+        )
+        if bf.shape != fl.shape:
+            raise DataError(f"{record.fl_path}: fluorescence shape {fl.shape} (Z, Y, X) differs from its brightfield "
+                            f"{record.path} of shape {bf.shape}")
+    for name, vol, ch in (("brightfield", bf, record.bf_channel), ("fluorescence", fl, record.fl_channel)):
+        if float(vol.min()) == float(vol.max()):
+            raise DataError(f"{record.path}: {name} channel {ch} is constant ({float(vol.min())}); unusable FOV "
+                            f"{record.fov_id} (expected an image with contrast)")
+    bf, fl = resample_xy(bf, resample), resample_xy(fl, resample)
+    if path is not None:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, bf=bf, fl=fl)
+    return bf, fl
+
+
+def percentile_window(volumes: Sequence[np.ndarray], percentiles: Sequence[float]) -> tuple[float, float]:
+    """``(lo, hi)`` = the given percentiles (in %) of all voxels of ``volumes`` (each ``(Z, Y, X)``).
+
+    uint8/uint16 data: exact (inverted-CDF percentile) from a histogram of every voxel. Other data: from a
+    fixed-stride subsample of at most :data:`PERCENTILE_MAX_VOXELS` voxels per volume.
+    Raises :class:`DataError` when ``hi <= lo`` (no contrast).
+    """
+    p_lo, p_hi = (float(p) for p in percentiles)
+    if not 0 <= p_lo < p_hi <= 100:
+        raise ValueError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {list(percentiles)}")
+    if not volumes:
+        raise DataError("no training FOVs to compute percentile normalisation windows from")
+    if all(v.dtype.kind == "u" and v.dtype.itemsize <= MAX_HISTOGRAM_BYTES for v in volumes):
+        counts = sum(np.bincount(v.ravel(), minlength=1 << (8 * v.dtype.itemsize)) for v in volumes)
+        cdf = np.cumsum(counts) / counts.sum()
+        lo, hi = (float(np.searchsorted(cdf, p / 100.0)) for p in (p_lo, p_hi))
+    else:
+        sample = np.concatenate([v.ravel()[:: max(1, v.size // PERCENTILE_MAX_VOXELS)] for v in volumes])
+        lo, hi = (float(x) for x in np.percentile(sample.astype(np.float64), [p_lo, p_hi]))
+    if not hi > lo:
+        raise DataError(f"training FOVs give an empty normalisation window [{lo}, {hi}] at percentiles "
+                        f"{[p_lo, p_hi]}; expected hi > lo (are the images constant?)")
+    return lo, hi
