@@ -131,7 +131,9 @@ class PredictionWriter(L.Callback):
             return rows
         parts: list[Any] = [None] * dist.get_world_size()
         dist.all_gather_object(parts, rows)
-        return [r for part in parts for r in part]
+        # DDP pads the last batches with repeated patches: keep each (patch, method) once
+        unique = {(r["patch"], r["method"]): r for part in parts for r in part}
+        return list(unique.values())
 
     def _write_preview(self, path: Path) -> None:
         import matplotlib

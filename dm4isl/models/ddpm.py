@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,12 +11,15 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
-from dm4isl.callbacks.metrics import collect_outputs
+from dm4isl.callbacks.metrics import collect_outputs, collect_scores, log_scores
 from dm4isl.errors import CheckpointError
 from dm4isl.metrics.basic import ms_ssim, mse, pcc
 from dm4isl.models.nets import build_net, downsampling_factor
 from dm4isl.sampling import NoiseSchedule, Prediction, SamplerSettings, TargetRange, sample
+from dm4isl.utils.resume import training_noise
 
+#: Checkpoint key of the training-data sums not yet merged into ``data_stats`` (mid-epoch checkpoints).
+PENDING_STATS_KEY = "ddpm_pending_stats"
 #: Axis conventions stored in every checkpoint.
 ARRAY_AXES = "ZYX"
 TENSOR_AXES = "BCZYX"
@@ -51,7 +53,8 @@ def check_compatible(
 ) -> None:
     """Raise :class:`CheckpointError` when a checkpoint's stored settings do not fit the input.
 
-    Compares the organelle's normalisation windows and voxel size with ``organelle``, and the input patch
+    Compares the organelle's normalisation windows and voxel size with ``organelle`` (a window left null, as with
+    ``organelle=custom``, defers to the checkpoint's fitted one), and the input patch
     shape ``(Z, Y, X)`` with the training patch size: Z must match (the network saw that depth), Y and X must be
     multiples of the network's downsampling factor. ``source`` names the checkpoint in the message.
     """
@@ -67,8 +70,8 @@ def check_compatible(
                 f"{source}: trained on organelle {stored.get('name')!r}; the input is {organelle.get('name')!r}"
             )
         for key in COMPATIBLE_KEYS:
-            if key not in stored or key not in organelle:
-                continue
+            if stored.get(key) is None or organelle.get(key) is None:
+                continue  # a window fitted on the training data (organelle=custom) is the checkpoint's
             a, b = np.asarray(stored[key], dtype=float), np.asarray(organelle[key], dtype=float)
             if a.shape != b.shape or not np.allclose(a, b, rtol=VOXEL_SIZE_RTOL, atol=0.0):
                 raise CheckpointError(
@@ -185,8 +188,7 @@ class DDPMModule(L.LightningModule):
         bf, fl = batch["bf"], batch["fl"]
         self._accumulate(bf, fl)
         x0 = self.target.to_model(fl.float())
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, self.schedule.num_train_timesteps, (x0.shape[0],), device=x0.device)
+        noise, t = training_noise(batch["index"], x0, self.schedule.num_train_timesteps)
         out = self.net_output(self.schedule.add_noise(x0, noise, t), t, bf)
         loss = LOSSES[self.hparams.loss](out.float(), self.training_target(x0, noise, t))
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
@@ -211,6 +213,14 @@ class DDPMModule(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         self._merge_stats()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep this epoch's not yet merged sums: a run resumed mid-epoch then counts every batch exactly once."""
+        checkpoint[PENDING_STATS_KEY] = self._pending_stats.detach().cpu().clone()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if PENDING_STATS_KEY in checkpoint:
+            self._pending_stats.copy_(checkpoint[PENDING_STATS_KEY])
 
     @property
     def fl_mean(self) -> float | None:
@@ -247,13 +257,17 @@ class DDPMModule(L.LightningModule):
         self._val_seen = 0
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        take = min(batch["bf"].shape[0], self.hparams.val_num_patches - self._val_seen)
-        if take <= 0:
+        """Sample the batch's patches with id < ``val_num_patches`` (the same patches on any number of ranks)."""
+        keep = torch.as_tensor(batch["index"]) < self.hparams.val_num_patches
+        if not bool(keep.any()):
             return
-        self._val_seen += take
-        pred = self.predict_fluorescence(batch["bf"][:take], batch["index"][:take], self.val_settings)
-        gt = batch["fl"][:take]
-        self._log_metrics("val", gt, {name: getattr(pred, name) for name in EVALUATED})
+        self._val_seen += int(keep.sum())
+        ids = torch.as_tensor(batch["index"])[keep]
+        pred = self.predict_fluorescence(batch["bf"][keep], ids, self.val_settings)
+        self._log_metrics("val", batch["fl"][keep], {name: getattr(pred, name) for name in EVALUATED}, ids)
+
+    def on_validation_epoch_end(self) -> None:
+        log_scores(self, "val", prog_bar="ddpmavg_pcc")
 
     def on_test_epoch_start(self) -> None:
         self._merge_stats()
@@ -263,22 +277,27 @@ class DDPMModule(L.LightningModule):
         bf, gt = batch["bf"], batch["fl"]
         pred = self.predict_fluorescence(bf, batch["index"], self.test_settings)
         outputs = {"ddpm": pred.ddpm, "ddpmavg": pred.ddpmavg, "linear": self.linear_baseline(bf)}
-        self._log_metrics("test", gt, outputs)
+        self._log_metrics("test", gt, outputs, batch["index"])
         arrays = {
             "BF": bf, "GT": gt, "DDPM": pred.ddpm, "DDPMavg": pred.ddpmavg, "std_intra": pred.std_intra,
             "linear": outputs["linear"],
         }
         return {"name": list(batch["name"]), **{k: v[:, 0].float().cpu().numpy() for k, v in arrays.items()}}
 
-    def _log_metrics(self, stage: str, gt: torch.Tensor, preds: Mapping[str, torch.Tensor]) -> None:
-        """Log PCC/MSE/MS-SSIM per output; the arrays also go to the metrics callback (wider metric sets)."""
+    def on_test_epoch_end(self) -> None:
+        log_scores(self, "test")
+
+    def _log_metrics(
+        self, stage: str, gt: torch.Tensor, preds: Mapping[str, torch.Tensor], ids: torch.Tensor | Sequence[int]
+    ) -> None:
+        """Record PCC/MSE/MS-SSIM of every patch and output by patch id (logged at epoch end, see :func:`log_scores`).
+
+        The arrays also go to the metrics callback (wider metric sets).
+        """
+        ids = [int(i) for i in torch.as_tensor(ids).tolist()]
         gt_np = gt[:, 0].float().cpu().numpy()
         preds_np = {name: pred[:, 0].float().cpu().numpy() for name, pred in preds.items()}
-        collect_outputs(self, stage, gt_np, preds_np)
+        collect_outputs(self, stage, gt_np, preds_np, ids)
         for name, pred_np in preds_np.items():
             rows = [patch_metrics(g, p) for g, p in zip(gt_np, pred_np, strict=True)]
-            for key in rows[0]:
-                values = [r[key] for r in rows if not math.isnan(r[key])]
-                if values:
-                    self.log(f"{stage}/{name}_{key}", float(np.mean(values)), batch_size=len(values),
-                             sync_dist=True, prog_bar=(stage == "val" and name == "ddpmavg" and key == "pcc"))
+            collect_scores(self, stage, ids, {f"{name}_{key}": [r[key] for r in rows] for key in rows[0]})

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dm4isl.callbacks.metrics import collect_outputs
+from dm4isl.callbacks.metrics import collect_outputs, collect_scores, log_scores
 from dm4isl.errors import CheckpointError
 from dm4isl.models.ddpm import ARRAY_AXES, TENSOR_AXES, patch_metrics
 from dm4isl.models.inference import predict_volume
@@ -64,29 +62,34 @@ class BaselineModule(L.LightningModule):
         return pred.clamp(*OUTPUT_RANGE)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        self._log_metrics("val", batch["fl"], self.predict_fluorescence(batch["bf"]))
+        self._log_metrics("val", batch["fl"], self.predict_fluorescence(batch["bf"]), batch["index"])
+
+    def on_validation_epoch_end(self) -> None:
+        log_scores(self, "val", prog_bar="pcc")
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
         """Predict a test batch; returns ``(B, Z, Y, X)`` float32 arrays ``BF``, ``GT`` and :attr:`output_name`."""
         bf, gt = batch["bf"], batch["fl"]
         pred = self.predict_fluorescence(bf)
-        self._log_metrics("test", gt, pred)
+        self._log_metrics("test", gt, pred, batch["index"])
         arrays = {"BF": bf, "GT": gt, self.output_name: pred}
         return {"name": list(batch["name"]), **{k: v[:, 0].float().cpu().numpy() for k, v in arrays.items()}}
 
-    def _log_metrics(self, stage: str, gt: torch.Tensor, pred: torch.Tensor) -> None:
-        """Log the mean over the batch's patches of PCC, MSE and MS-SSIM (NaN MS-SSIM of small patches skipped).
+    def on_test_epoch_end(self) -> None:
+        log_scores(self, "test")
 
-        The arrays are also handed to :class:`~dm4isl.callbacks.metrics.MetricsCallback` (wider metric sets).
+    def _log_metrics(self, stage: str, gt: torch.Tensor, pred: torch.Tensor, ids: torch.Tensor | Sequence[int]) -> None:
+        """Record PCC, MSE and MS-SSIM of every patch by patch id; their means are logged at epoch end.
+
+        NaN MS-SSIM of small patches is left out of the mean; under DDP each patch counts once
+        (:func:`~dm4isl.callbacks.metrics.log_scores`). The arrays also go to
+        :class:`~dm4isl.callbacks.metrics.MetricsCallback` (wider metric sets).
         """
+        ids = [int(i) for i in torch.as_tensor(ids).tolist()]
         gt_np, pred_np = gt[:, 0].float().cpu().numpy(), pred[:, 0].float().cpu().numpy()
-        collect_outputs(self, stage, gt_np, {self.output_name: pred_np})
+        collect_outputs(self, stage, gt_np, {self.output_name: pred_np}, ids)
         rows = [patch_metrics(g, p) for g, p in zip(gt_np, pred_np, strict=True)]
-        for key in rows[0]:
-            values = [r[key] for r in rows if not math.isnan(r[key])]
-            if values:
-                self.log(f"{stage}/{key}", float(np.mean(values)), batch_size=len(values), sync_dist=True,
-                         prog_bar=(stage == "val" and key == "pcc"))
+        collect_scores(self, stage, ids, {key: [r[key] for r in rows] for key in rows[0]})
 
 
 class UNetModule(BaselineModule):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -10,6 +11,17 @@ import torch
 from dm4isl.sampling.reverse import EpsFn
 from dm4isl.sampling.sampler import SamplerSettings, TargetRange, sample
 from dm4isl.sampling.schedule import NoiseSchedule
+
+log = logging.getLogger(__name__)
+#: Text of the RuntimeError that PyTorch raises when an allocation fails (CUDA, MPS and CPU allocators).
+OOM_MESSAGE = "out of memory"
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocator failure (``torch.cuda.OutOfMemoryError`` or a RuntimeError saying so)."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and OOM_MESSAGE in str(error).lower()
+    )
 
 
 @dataclass
@@ -68,7 +80,8 @@ def sample_ensemble(
 
     The B·K rows run through the reverse process together, in chunks of at most ``max_batch`` rows (memory
     budget; ``None``: all at once). Each row's noise depends only on (seed, patch id), so the result equals K
-    separate runs and does not depend on ``max_batch``.
+    separate runs and does not depend on ``max_batch``. When a chunk runs out of memory, the chunk size is halved
+    (a warning is logged) and the chunk retried; an out-of-memory error with chunks of one row is raised.
     """
     target = target or TargetRange()
     ids = [int(i) for i in (patch_ids.tolist() if isinstance(patch_ids, torch.Tensor) else patch_ids)]
@@ -82,14 +95,28 @@ def sample_ensemble(
     step = max_batch or len(rows_ids)
     parts = []
     n_calls = 0
-    for start in range(0, len(rows_ids), step):
+    start = 0
+    while start < len(rows_ids):
         stop = start + step
-        pred = sample(
-            eps_fn, rows_cond[start:stop], rows_ids[start:stop], schedule, settings, target, target_mean,
-            seeds=rows_seeds[start:stop],
-        )
+        try:
+            pred = sample(
+                eps_fn, rows_cond[start:stop], rows_ids[start:stop], schedule, settings, target, target_mean,
+                seeds=rows_seeds[start:stop],
+            )
+        except RuntimeError as error:  # torch.cuda.OutOfMemoryError is a RuntimeError
+            if not is_out_of_memory(error) or step == 1:
+                raise
+            pred = None
+        if pred is None:  # outside the except block, so the failed chunk's tensors can be freed
+            tried = len(rows_ids[start:stop])
+            step = max(1, tried // 2)
+            log.warning("out of memory sampling %d rows at once; retrying in chunks of %d rows", tried, step)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
         parts.append(pred)
         n_calls += pred.n_calls
+        start = stop
 
     def gather(name: str) -> torch.Tensor:
         stacked = torch.cat([getattr(p, name) for p in parts], dim=0)
