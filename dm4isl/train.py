@@ -3,41 +3,70 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import hydra
 import lightning as L
 from omegaconf import DictConfig
 
-from dm4isl.utils.instantiate import build_model, build_trainer, instantiate_group
+from dm4isl.data.datamodule import ZStackDataModule
+from dm4isl.utils.instantiate import (
+    build_loggers,
+    build_model,
+    build_trainer,
+    finish_loggers,
+    instantiate_group,
+    log_config,
+)
+from dm4isl.utils.resume import resolve_ckpt_path, resume_checkpoint, share_last_checkpoint
 
 log = logging.getLogger(__name__)
+
+#: Lightning warns that a mid-epoch resume replays the epoch's first batches unless the loader is stateful; the
+#: datamodule saves its position in the checkpoint and starts the resumed epoch there (docs/training.md).
+MID_EPOCH_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit a model on ``cfg.data`` and test its best validation checkpoint; returns the logged metrics.
 
-    Callable from Python with a composed config (no Hydra runtime needed when ``paths.output_dir`` is set).
+    ``cfg.ckpt_path`` may be a file, ``last`` (this run folder's ``checkpoints/last.ckpt``, which must exist) or
+    ``auto`` (the same, or a fresh start when there is none). ``cfg.checkpoint_every_n_steps`` > 0 rewrites
+    ``last.ckpt`` that often, so that a killed run resumes mid-epoch. Callable from Python with a composed config
+    (no Hydra runtime needed when ``paths.output_dir`` is set).
     """
     if cfg.get("seed") is not None:
         L.seed_everything(int(cfg.seed), workers=True)
+    output_dir = cfg.paths.output_dir
+    ckpt_path = resolve_ckpt_path(cfg.get("ckpt_path"), output_dir)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    if isinstance(datamodule, ZStackDataModule):
+        warnings.filterwarnings("ignore", message=MID_EPOCH_WARNING)
     model = build_model(cfg)
     callbacks = instantiate_group(cfg.get("callbacks"))
-    loggers = instantiate_group(cfg.get("logger"))
+    every = int(cfg.get("checkpoint_every_n_steps") or 0)
+    if every > 0 and cfg.get("train", True):
+        callbacks.append(resume_checkpoint(output_dir, every))
+        share_last_checkpoint(callbacks)
+    loggers = build_loggers(cfg.get("logger"), output_dir)
     trainer = build_trainer(cfg, callbacks, loggers)
+    log_config(trainer.loggers, cfg)
     metrics: dict[str, Any] = {}
-    if cfg.get("train", True):
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
-    if cfg.get("test", False):
-        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if not cfg.get("train", True):
-            best = cfg.get("ckpt_path") or ""
-        if best:
-            log.info("testing checkpoint %s (selected on validation)", best)
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    try:
+        if cfg.get("train", True):
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+        if cfg.get("test", False):
+            best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+            if not cfg.get("train", True):
+                best = ckpt_path or ""
+            if best:
+                log.info("testing checkpoint %s (selected on validation)", best)
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    finally:
+        finish_loggers(trainer.loggers)
     return metrics
 
 

@@ -15,7 +15,17 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
+from dm4isl.data.allen import (
+    MANIFEST_STYLES,
+    FovRecord,
+    ResampleSettings,
+    percentile_window,
+    prepare_fov,
+    read_manifest,
+)
+from dm4isl.data.normalize import window_normalize
 from dm4isl.data.patches import (
     SALT_TEST,
     SALT_TRAIN,
@@ -38,6 +48,8 @@ log = logging.getLogger(__name__)
 
 #: Bump when the layout of cached evaluation sets changes.
 EVAL_CACHE_VERSION = 1
+#: How a manifest datamodule groups FOVs when splitting: each FOV alone, or all FOVs of a well together.
+SPLIT_BY = ("fov", "well")
 
 
 def _plain(value: Any) -> Any:
@@ -59,7 +71,11 @@ def _sample(bf: np.ndarray, fl: np.ndarray, mask: np.ndarray, index: int, name: 
 
 
 class RandomCropDataset(Dataset):
-    """Training crops; item ``i`` of epoch ``e`` is fully determined by ``(seed, e, i)`` (reproducible, resumable)."""
+    """Training crops; item ``i`` of epoch ``e`` is fully determined by ``(seed, e, i)`` (reproducible, resumable).
+
+    ``offset`` shifts every index (item ``i`` is crop ``i + offset``): a run resumed mid-epoch starts where it stopped
+    while the loader keeps its full length (Lightning counts the batches already seen).
+    """
 
     def __init__(
         self,
@@ -71,6 +87,7 @@ class RandomCropDataset(Dataset):
         augment: Mapping[str, float],
         seed: int,
         epoch: int = 0,
+        offset: int = 0,
     ) -> None:
         if not volumes:
             raise DataError("the training split holds no volumes")
@@ -82,19 +99,21 @@ class RandomCropDataset(Dataset):
         self.augment = dict(augment)
         self.seed = int(seed)
         self.epoch = int(epoch)
+        self.offset = int(offset)
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        rng = np.random.default_rng([self.seed, SALT_TRAIN, self.epoch, int(i)])
+        i = int(i) + self.offset
+        rng = np.random.default_rng([self.seed, SALT_TRAIN, self.epoch, i])
         vi, corner, _ = sample_crop(rng, self.volumes, self.patch_size, self.threshold, self.max_tries)
         vol = self.volumes[vi]
         sl = crop_slices(corner, self.patch_size)
         mask = vol.mask[sl] if vol.mask is not None else np.zeros(self.patch_size, np.uint8)
         params = augment_params(rng, self.augment, square=self.patch_size[1] == self.patch_size[2])
         bf, fl, mask = (apply_augment(a, *params) for a in (vol.bf[sl], vol.fl[sl], mask))
-        return _sample(bf, fl, mask, self.epoch * self.length + int(i), f"train_e{self.epoch}_{i}")
+        return _sample(bf, fl, mask, self.epoch * self.length + i, f"train_e{self.epoch}_{i}")
 
 
 class PatchSetDataset(Dataset):
@@ -185,10 +204,16 @@ class ZStackDataModule(L.LightningDataModule):
         self.split_seed = int(split_seed)
         self.split_file = Path(split_file) if split_file else None
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.threshold = unit_std_threshold(self.organelle["std_th"], self.organelle["fl_window"])
+        #: Empty-patch threshold in [0, 1] units; None until the FL window is known (percentile windows: setup).
+        self.threshold: float | None = (
+            unit_std_threshold(self.organelle["std_th"], self.organelle["fl_window"])
+            if self.organelle.get("fl_window") is not None
+            else None
+        )
         self.volumes: dict[str, list[Volume]] = {}
         self.val_set: PatchSet | None = None
         self.test_set: PatchSet | None = None
+        self._resume: dict[str, int] | None = None
 
     # -- to implement -------------------------------------------------------------------------------------------
     def load_volumes(self) -> list[Volume]:
@@ -199,6 +224,10 @@ class ZStackDataModule(L.LightningDataModule):
         """What identifies the dataset content for the evaluation-set cache (subclasses add their parameters)."""
         return {"organelle": self.organelle["name"], "fl_window": list(self.organelle["fl_window"])}
 
+    def make_split(self, names: Sequence[str]) -> dict[str, list[str]]:
+        """Train/val/test FOV names: the saved ``split_file`` if there is one, else a new split saved there."""
+        return load_or_make_split(list(names), self.split_fractions, self.split_seed, self.split_file)
+
     # -- Lightning hooks ----------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
         if self.volumes:
@@ -207,7 +236,7 @@ class ZStackDataModule(L.LightningDataModule):
         by_name = {v.name: v for v in volumes}
         if len(by_name) != len(volumes):
             raise DataError("volume names (FOV ids) must be unique")
-        split = load_or_make_split(list(by_name), self.split_fractions, self.split_seed, self.split_file)
+        split = self.make_split(list(by_name))
         self.split = split
         self.volumes = {k: [by_name[n] for n in split[k]] for k in ("train", "val", "test")}
         self.val_set = self._eval_set("val", self.n_val_patches, SALT_VAL) if self.volumes["val"] else None
@@ -254,6 +283,25 @@ class ZStackDataModule(L.LightningDataModule):
         save_patch_set(path, patches)
         return patches
 
+    def state_dict(self) -> dict[str, int]:
+        """Training position (saved in checkpoints): epoch and batches of it already trained on."""
+        if self.trainer is None:
+            return {}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": int(self.trainer.current_epoch), "batches_done": int(done)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Remember the checkpoint's position: the next training loader of that epoch skips the batches done."""
+        self._resume = dict(state_dict) or None
+
+    def _resume_offset(self, epoch: int) -> int:
+        """Crops to skip in ``epoch`` after a mid-epoch resume (all ranks together), then forget the position."""
+        resume, self._resume = self._resume, None
+        if not resume or int(resume["epoch"]) != epoch:
+            return 0
+        world = int(self.trainer.world_size) if self.trainer is not None else 1
+        return int(resume["batches_done"]) * self.batch_size * world
+
     def train_dataloader(self) -> DataLoader:
         epoch = int(self.trainer.current_epoch) if self.trainer is not None else 0
         ds = RandomCropDataset(
@@ -265,6 +313,7 @@ class ZStackDataModule(L.LightningDataModule):
             self.augment,
             self.seed,
             epoch,
+            self._resume_offset(epoch),
         )
         return self._loader(ds, self.batch_size)
 
@@ -384,3 +433,105 @@ class PatchFolderDataModule(ZStackDataModule):
         if self.intensity == "unit":
             return None
         return auto_window(raw, window)
+
+
+class ManifestDataModule(ZStackDataModule):
+    """Multi-channel FOVs listed in a manifest CSV: the Allen Cell ``metadata.csv`` or a plain CSV of own files.
+
+    Each FOV's brightfield and organelle channel are read (:func:`dm4isl.data.allen.read_channels`), resampled in
+    XY, cached in raw units under ``cache_dir/allen/fovs`` and normalised with the organelle's windows. A window
+    given as null (``organelle=custom``) is computed once from the training FOVs at ``percentiles`` and kept in
+    :attr:`fitted_windows` (the provenance callback stores it in every checkpoint). ``split_by="well"`` keeps all
+    FOVs of a well in one split.
+    """
+
+    def __init__(
+        self,
+        organelle: Mapping[str, Any],
+        manifest: str | os.PathLike,
+        data_root: str | os.PathLike | None = None,
+        style: str = "allen",
+        columns: Mapping[str, str] | None = None,
+        channel_base: int = 0,
+        axes: str | None = None,
+        xy_size: Sequence[int] | None = None,
+        xy_factor: float | Sequence[float] | None = None,
+        xy_method: str = "nearest",
+        split_by: str = "fov",
+        percentiles: Sequence[float] = (0.1, 99.9),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(organelle, **kwargs)
+        if split_by not in SPLIT_BY:
+            raise ValueError(f"split_by must be one of {SPLIT_BY}, got {split_by!r}")
+        if style not in MANIFEST_STYLES:
+            raise ValueError(f"style must be one of {MANIFEST_STYLES}, got {style!r}")
+        self.manifest = Path(manifest)
+        self.data_root = Path(data_root) if data_root else None
+        self.style = style
+        self.columns = dict(_plain(columns) or {})
+        self.channel_base = int(channel_base)
+        self.axes = axes
+        self.resample = ResampleSettings.from_config(_plain(xy_size), _plain(xy_factor), xy_method)
+        self.split_by = split_by
+        self.percentiles = [float(p) for p in _plain(percentiles)]
+        self.fitted_windows: dict[str, list[float]] = {}
+        self._records: list[FovRecord] | None = None
+        self._split: dict[str, list[str]] | None = None
+
+    def cache_key(self) -> dict[str, Any]:
+        return {
+            **super().cache_key(),
+            "kind": "manifest",
+            "manifest": str(self.manifest.resolve()),
+            "bf_window": list(self.organelle["bf_window"]),
+            "resample": [self.resample.size, self.resample.factor, self.resample.method],
+        }
+
+    def records(self) -> list[FovRecord]:
+        """The manifest's FOVs for this organelle (read once)."""
+        if self._records is None:
+            self._records = read_manifest(
+                self.manifest, self.organelle, self.style, self.columns, self.data_root, self.channel_base
+            )
+        return self._records
+
+    def make_split(self, names: Sequence[str]) -> dict[str, list[str]]:
+        if self._split is not None:
+            return self._split
+        groups = None
+        if self.split_by == "well":
+            wells = {r.fov_id: r.well_id for r in self.records()}
+            missing = [n for n in names if not wells.get(n)]
+            if missing:
+                raise DataError(f"{self.manifest}: split_by=well but FOVs {missing[:5]} have no well id")
+            groups = [str(wells[n]) for n in names]
+        self._split = load_or_make_split(list(names), self.split_fractions, self.split_seed, self.split_file, groups)
+        return self._split
+
+    def prepare_raw(self, progress: bool = True) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Read (or load from the cache) every FOV's raw, XY-resampled ``(Z, Y, X)`` brightfield and fluorescence."""
+        fov_cache = self.cache_dir / "allen" if self.cache_dir is not None else None
+        records = self.records()
+        return {
+            r.fov_id: prepare_fov(r, self.resample, self.axes, fov_cache)
+            for r in tqdm(records, desc=f"FOVs ({self.organelle['name']})", unit="fov", disable=not progress or None)
+        }
+
+    def load_volumes(self) -> list[Volume]:
+        raw = self.prepare_raw()
+        split = self.make_split(list(raw))
+        for key, channel in (("bf_window", 0), ("fl_window", 1)):
+            if self.organelle.get(key) is None:
+                window = percentile_window([raw[n][channel] for n in split["train"]], self.percentiles)
+                self.fitted_windows[key] = [float(w) for w in window]
+                log.info("%s from the %d training FOVs at percentiles %s: %s", key, len(split["train"]),
+                         self.percentiles, window)
+        self.organelle.update(self.fitted_windows)
+        self.threshold = unit_std_threshold(self.organelle["std_th"], self.organelle["fl_window"])
+        bf_win, fl_win = self.organelle["bf_window"], self.organelle["fl_window"]
+        volumes = []
+        for name in list(raw):  # pop each raw FOV as it is normalised: raw and float32 copies never all coexist
+            bf, fl = raw.pop(name)
+            volumes.append(Volume(name, window_normalize(bf, bf_win), window_normalize(fl, fl_win)))
+        return volumes
