@@ -15,9 +15,9 @@ from dm4isl.utils.instantiate import (
     build_loggers,
     build_model,
     build_trainer,
+    config_logger,
     finish_loggers,
     instantiate_group,
-    log_config,
 )
 from dm4isl.utils.resume import resolve_ckpt_path, resume_checkpoint, share_last_checkpoint
 
@@ -50,8 +50,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         callbacks.append(resume_checkpoint(output_dir, every))
         share_last_checkpoint(callbacks)
     loggers = build_loggers(cfg.get("logger"), output_dir)
+    callbacks.extend(config_logger(loggers, cfg))
     trainer = build_trainer(cfg, callbacks, loggers)
-    log_config(trainer.loggers, cfg)
     metrics: dict[str, Any] = {}
     try:
         if cfg.get("train", True):

@@ -8,10 +8,12 @@ from typing import Any
 
 import lightning as L
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from dm4isl.callbacks.config_logger import ConfigLogger
 from dm4isl.utils.resume import wandb_run_id
 
 log = logging.getLogger(__name__)
@@ -74,13 +76,9 @@ def finish_loggers(loggers: list[Any]) -> None:
             wandb.finish()
 
 
-def log_config(loggers: list[Any], cfg: DictConfig) -> None:
-    """Log the whole resolved config as hyperparameters (W&B run config, CSV ``hparams.yaml``, ...)."""
-    if not loggers:
-        return
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    for logger in loggers:
-        logger.log_hyperparams(resolved)
+def config_logger(loggers: list[Any], cfg: DictConfig) -> list[Callback]:
+    """A callback logging the whole resolved config (W&B run config, CSV ``hparams.yaml``); none without loggers."""
+    return [ConfigLogger(OmegaConf.to_container(cfg, resolve=True))] if loggers else []
 
 
 def build_model(cfg: DictConfig) -> L.LightningModule:
