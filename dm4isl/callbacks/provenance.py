@@ -12,6 +12,8 @@ import dm4isl
 
 #: Key of the provenance block inside a Lightning checkpoint dict.
 PROVENANCE_KEY = "dm4isl"
+#: Key, inside the provenance block, of the organelle windows fitted on the training data (``{bf_window, fl_window}``).
+FITTED_WINDOWS_KEY = "fitted_windows"
 
 
 def git_revision(path: Path | None = None) -> str:
@@ -34,7 +36,7 @@ def model_class_path(module: L.LightningModule) -> str:
 
 
 class Provenance(L.Callback):
-    """Adds ``checkpoint["dm4isl"] = {model_class, version, git}`` to every checkpoint written."""
+    """Adds ``checkpoint["dm4isl"] = {model_class, version, git[, fitted_windows]}`` to every checkpoint written."""
 
     def __init__(self) -> None:
         self._git = git_revision()
@@ -45,3 +47,6 @@ class Provenance(L.Callback):
             "version": dm4isl.__version__,
             "git": self._git,
         }
+        fitted = getattr(getattr(trainer, "datamodule", None), "fitted_windows", None)
+        if fitted:  # normalisation windows computed from the training data (organelle=custom), reused at predict time
+            checkpoint[PROVENANCE_KEY][FITTED_WINDOWS_KEY] = {k: [float(v) for v in w] for k, w in fitted.items()}
