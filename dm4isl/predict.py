@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+import dm4isl
 from dm4isl.callbacks.provenance import git_revision
 from dm4isl.data.readers import to_unit
 from dm4isl.errors import CheckpointError
@@ -25,8 +26,10 @@ from dm4isl.prediction.runner import (
     is_diffusion,
     predict_arrays,
     run_predict,
+    tile_for,
 )
 from dm4isl.sampling.sampler import SamplerSettings
+from dm4isl.sampling.tiled import TileSettings
 
 log = logging.getLogger(__name__)
 
@@ -37,22 +40,49 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _check(model: Any, organelle: dict[str, Any], shape: tuple[int, ...], source: str) -> None:
-    """Compare the checkpoint's stored organelle and axes with the input, and (diffusion) the patch shape.
+def _check(
+    model: Any, organelle: dict[str, Any], shape: tuple[int, ...], source: str, tiles: TileSettings | None = None
+) -> None:
+    """Compare the checkpoint's stored organelle and axes with the input, and (diffusion) the tile shape.
 
+    A diffusion network sees tiles of :func:`~dm4isl.prediction.runner.tile_for` (the whole input when it is no
+    larger than a tile): their Z must be the training Z and every axis a multiple of the downsampling factor.
     Baselines predict any shape by Gaussian sliding windows, so only their organelle and axes are checked.
     """
     from dm4isl.models.ddpm import check_compatible
 
-    check_compatible(
-        dict(model.hparams), organelle=organelle, patch_shape=shape if is_diffusion(model) else None, source=source
-    )
+    patch_shape = None
+    if is_diffusion(model):
+        sized = model.hparams.get("patch_size") is not None or (tiles is not None and tiles.size is not None)
+        patch_shape = tile_for(model, shape, tiles) if sized else shape
+    check_compatible(dict(model.hparams), organelle=organelle, patch_shape=patch_shape, source=source)
+
+
+def _require_diffusion(model: Any, source: str, requested: dict[str, Any]) -> None:
+    """Raise :class:`CheckpointError` when diffusion-only options (``requested``, those set) meet a baseline model."""
+    asked = {key: value for key, value in requested.items() if value}
+    if asked and not is_diffusion(model):
+        raise CheckpointError(
+            f"{source}: a {type(model).__name__} checkpoint (deterministic baseline) was given with {asked}; "
+            "these options need a diffusion (DDPMModule) checkpoint"
+        )
+
+
+def revision() -> str:
+    """The source revision recorded with predictions: the git commit, else ``dm4isl <version>``."""
+    rev = git_revision()
+    return rev if rev != "unknown" else f"dm4isl {dm4isl.__version__}"
 
 
 def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
     """Run :func:`dm4isl.prediction.runner.run_predict` as configured by ``conf/predict.yaml``."""
     ckpt = Path(cfg.ckpt_path)
     model = load_model(ckpt, _device(cfg.device))
+    _require_diffusion(model, str(ckpt), {
+        "n_seeds": int(cfg.n_seeds) if int(cfg.n_seeds) > 1 else None,
+        "sampler": OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.get("sampler") else None,
+        "uncertainty.source": cfg.uncertainty.source if cfg.uncertainty.source in ("intra", "inter") else None,
+    })
     stored = dict(model.hparams.get("organelle") or {})
     organelle = OmegaConf.to_container(cfg.organelle, resolve=True) if cfg.get("organelle") else stored
     if not organelle:
@@ -65,16 +95,18 @@ def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
     else:
         inputs = collect_inputs(cfg.input, organelle.get("bf_window"), organelle.get("fl_window"), cfg.bf_dir,
                                 cfg.gt_dir)
+    tiles = TileSettings.from_dict(OmegaConf.to_container(cfg.tiling, resolve=True))
     for shape in {inp.bf.shape for inp in inputs}:
-        _check(model, organelle, shape, str(ckpt))
+        _check(model, organelle, shape, str(ckpt), tiles)
     settings = SamplerSettings.from_dict(OmegaConf.to_container(cfg.sampler, resolve=True)) if cfg.get("sampler") \
         else None
     unc = UncertaintySettings(**OmegaConf.to_container(cfg.uncertainty, resolve=True))
-    meta = {"checkpoint": str(ckpt), "checkpoint_sha256_16": fingerprint(ckpt), "git": git_revision()}
+    meta = {"checkpoint": str(ckpt), "checkpoint_sha256_16": fingerprint(ckpt), "revision": revision()}
+    voxel = OmegaConf.to_container(cfg.voxel_size, resolve=True) if cfg.get("voxel_size") is not None else None
     rows = run_predict(
         model, inputs, cfg.output_dir, organelle=organelle, settings=settings, n_seeds=int(cfg.n_seeds),
         batch_size=int(cfg.batch_size), max_batch=cfg.max_batch, uncertainty=unc,
-        checkpoint_id=meta["checkpoint_sha256_16"], metadata=meta,
+        checkpoint_id=meta["checkpoint_sha256_16"], metadata=meta, tiles=tiles, voxel_size=voxel,
     )
     log.info("wrote %d predictions to %s", len(rows), cfg.output_dir)
     return rows
@@ -87,20 +119,25 @@ def predict_array(
     n_seeds: int = 1,
     patch_id: int = 0,
     device: str = "auto",
+    tiling: dict[str, Any] | TileSettings | None = None,
 ) -> dict[str, np.ndarray]:
     """Predict one brightfield volume ``(Z, Y, X)`` (uint8, float in [0, 1] or raw grey levels) with a checkpoint.
 
     Returns ``(Z, Y, X)`` float32 arrays by product name (``DDPM``, ``DDPMavg``, ``std_intra`` [, ``std_inter``]
-    for diffusion models; the baseline's name otherwise). ``sampler`` overrides the checkpoint's sampler settings.
+    for diffusion models; the baseline's name otherwise). ``sampler`` overrides the checkpoint's sampler settings;
+    ``tiling`` (``size``, ``overlap``, ``batch``, ``mean_correction``: :class:`TileSettings`) how volumes larger than
+    the training patch are tiled.
     """
     model = load_model(checkpoint, _device(device))
+    _require_diffusion(model, str(checkpoint), {"n_seeds": n_seeds if n_seeds > 1 else None, "sampler": sampler})
     organelle = dict(model.hparams.get("organelle") or {})
     bf = np.asarray(bf)
     window = organelle.get("bf_window") if bf.dtype != np.uint8 and bf.dtype.kind != "f" else None
     unit = to_unit(bf, "<array>", window)
-    _check(model, organelle, unit.shape, str(checkpoint))
+    tiles = TileSettings.from_dict(tiling) if isinstance(tiling, dict) else tiling
+    _check(model, organelle, unit.shape, str(checkpoint), tiles)
     settings = SamplerSettings.from_dict(sampler) if isinstance(sampler, dict) else sampler
-    out = predict_arrays(model, torch.from_numpy(unit)[None, None], [patch_id], settings, n_seeds)
+    out = predict_arrays(model, torch.from_numpy(unit)[None, None], [patch_id], settings, n_seeds, tiles=tiles)
     return {k: v[0, 0].float().cpu().numpy() for k, v in out.items()}
 
 

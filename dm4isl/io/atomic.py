@@ -17,13 +17,24 @@ import tifffile
 
 from dm4isl.errors import DataError
 
+#: Permissions of a new file before the umask (as ``open`` creates them).
+NEW_FILE_MODE = 0o666
+
+
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
 
     On any exception (a full disk, a killed computation, a bad value) the temporary file is removed and
-    whatever was at ``path`` before is left untouched.
+    whatever was at ``path`` before is left untouched. The file gets the usual permissions of a new file
+    (``0o666`` less the umask), not the owner-only mode of temporary files.
     """
     path = Path(path)
     try:
@@ -35,6 +46,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, NEW_FILE_MODE & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -76,8 +88,10 @@ def write_tiff(
 ) -> Path:
     """Write a 3-D ``(Z, Y, X)`` array as an OME-TIFF atomically.
 
-    ``voxel_size_zyx`` (µm) is stored as OME PhysicalSize{Z,Y,X}; ``metadata`` (JSON-serialisable) is stored in the
-    OME description's free-text annotation so that it travels with the file. Readable by tifffile, napari and Fiji.
+    ``voxel_size_zyx`` (µm) is stored as OME PhysicalSize{Z,Y,X}; ``metadata`` (JSON-serialisable) is stored twice:
+    as one JSON object in the image's OME ``Description`` (read back whole by :func:`read_tiff_info`) and as an OME
+    ``MapAnnotation`` of key → value strings (non-string values as JSON), which Fiji/Bio-Formats and OMERO list as
+    key-value pairs. Readable by tifffile, napari and Fiji.
     """
     array = np.asarray(array)
     if array.ndim != 3:
@@ -95,6 +109,31 @@ def write_tiff(
         )
     if metadata:
         ome["Description"] = json.dumps(dict(metadata), default=str)
+        ome["MapAnnotation"] = {
+            str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in metadata.items()
+        }
     with atomic_path(path) as tmp:
         tifffile.imwrite(tmp, array, ome=True, metadata=ome, photometric="minisblack")
     return Path(path)
+
+
+def read_tiff_info(path: str | os.PathLike) -> tuple[tuple[float, float, float] | None, dict[str, Any]]:
+    """``(voxel size (Z, Y, X) in µm or None, metadata dict)`` of a TIFF written by :func:`write_tiff` or any OME-TIFF.
+
+    The voxel size comes from OME ``PhysicalSize{Z,Y,X}`` (None unless all three are present); the metadata from
+    the JSON ``Description`` (empty when absent or not JSON). Plain TIFFs give ``(None, {})``.
+    """
+    with tifffile.TiffFile(path) as tif:
+        xml = tif.ome_metadata
+    if not xml:
+        return None, {}
+    image = tifffile.xml2dict(xml).get("OME", {}).get("Image", {})
+    image = image[0] if isinstance(image, list) else image
+    pixels = image.get("Pixels", {})
+    sizes = [pixels.get(f"PhysicalSize{axis}") for axis in "ZYX"]
+    voxel = tuple(float(v) for v in sizes) if all(v is not None for v in sizes) else None
+    try:
+        meta = json.loads(image.get("Description", ""))
+    except json.JSONDecodeError:
+        meta = {}
+    return voxel, meta if isinstance(meta, dict) else {}

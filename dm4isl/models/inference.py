@@ -33,15 +33,27 @@ def sliding_window_predict(
     """
     if bf.ndim != len(roi_size) + 2:
         raise ValueError(f"input of shape {tuple(bf.shape)}; expected (B, C, Z, Y, X) for roi_size {list(roi_size)}")
-    inferer = SlidingWindowInferer(
+    return window_inferer(roi_size, overlap, sw_batch_size)(bf, net_fn).to(bf.dtype)
+
+
+def window_inferer(roi_size: Sequence[int], overlap: float = 0.25, sw_batch_size: int = 4) -> SlidingWindowInferer:
+    """The Gaussian-blending MONAI inferer of :func:`sliding_window_predict` for windows ``roi_size`` ``(Z, Y, X)``.
+
+    Build it once and call it many times (e.g. at every reverse-diffusion step): the blending weights are cached.
+    """
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"window overlap {overlap}; expected a fraction in [0, 1)")
+    if sw_batch_size < 1:
+        raise ValueError(f"windows per network call {sw_batch_size}; expected at least 1")
+    return SlidingWindowInferer(
         roi_size=[int(s) for s in roi_size],
         sw_batch_size=int(sw_batch_size),
         overlap=float(overlap),
         mode=BLEND_MODE,
         sigma_scale=SIGMA_SCALE,
         padding_mode=PADDING_MODE,
+        cache_roi_weight_map=True,
     )
-    return inferer(bf, net_fn).to(bf.dtype)
 
 
 def predict_volume(

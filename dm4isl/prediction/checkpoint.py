@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from dm4isl.callbacks.provenance import PROVENANCE_KEY
+from dm4isl.callbacks.provenance import FITTED_WINDOWS_KEY, PROVENANCE_KEY
 from dm4isl.errors import CheckpointError
 
 #: Model classes a checkpoint may name; anything else is refused (a checkpoint must not import arbitrary code).
@@ -62,12 +62,26 @@ def _class_from_hparams(hp: dict[str, Any]) -> str | None:
     return None
 
 
+def with_fitted_windows(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's hyperparameters, with organelle windows fitted on the training data filled in.
+
+    ``organelle=custom`` computes its normalisation windows from the training FOVs; the provenance callback stores
+    them beside the weights, and they replace the organelle's null windows here, so prediction normalises its
+    input exactly as training did.
+    """
+    hparams = dict(ckpt["hyper_parameters"])
+    fitted = (ckpt.get(PROVENANCE_KEY) or {}).get(FITTED_WINDOWS_KEY)
+    if fitted and hparams.get("organelle") is not None:
+        hparams["organelle"] = {**hparams["organelle"], **fitted}
+    return hparams
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L.LightningModule:
     """Rebuild the model of a checkpoint from its stored hyperparameters and weights, in eval mode."""
     ckpt = read_checkpoint(path)
     cls = model_class(ckpt, path)
     try:
-        model = cls(**ckpt["hyper_parameters"])
+        model = cls(**with_fitted_windows(ckpt))
         model.load_state_dict(ckpt["state_dict"])
     except (TypeError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"{path}: weights or hyperparameters do not fit {cls.__name__} ({err})") from err

@@ -7,6 +7,11 @@ Output layout (what ``dm4isl-evaluate`` reads next to a ``GT/`` folder), one fil
     <output_dir>/GT/ BF/                                           (copied when the input has a ground truth)
     <output_dir>/predictions.csv                                   (one row per input)
 
+Inputs larger than a tile (default: the checkpoint's training patch) are predicted whole: baselines by
+Gaussian-weighted sliding windows, diffusion models by one reverse process over the whole volume whose ε̂ is
+blended from tiles at every step (:mod:`dm4isl.sampling.tiled`). Outputs are float32 OME-TIFFs ``(Z, Y, X)`` with
+voxel sizes and, in their metadata, the sampler, seeds, tiling, checkpoint hash and source revision.
+
 Every file is written atomically and ``predictions.csv`` is rewritten after each batch, so a killed run keeps all
 finished inputs; a rerun with the same settings skips them.
 """
@@ -31,9 +36,12 @@ from tqdm.auto import tqdm
 
 from dm4isl.data.readers import auto_window, is_tiff, list_tiffs, read_patch_folder, read_volume, tiff_stem, to_unit
 from dm4isl.errors import DataError
-from dm4isl.io.atomic import write_csv, write_tiff
+from dm4isl.io.atomic import read_tiff_info, write_csv, write_tiff
+from dm4isl.models.inference import sliding_window_predict
+from dm4isl.models.unet import OUTPUT_RANGE
 from dm4isl.sampling.ensemble import sample_ensemble
 from dm4isl.sampling.sampler import SamplerSettings
+from dm4isl.sampling.tiled import TileSettings, effective_tile, needs_tiling, sample_ensemble_tiled
 from dm4isl.uncertainty.masks import MaskSettings, error_mask, flag
 
 log = logging.getLogger(__name__)
@@ -49,13 +57,17 @@ _ID_MASK = (1 << 31) - 1
 
 @dataclass
 class PredictInput:
-    """One input volume; ``bf``/``gt`` are ``(Z, Y, X)`` float32 in [0, 1] (``gt`` None when unknown)."""
+    """One input volume; ``bf``/``gt`` are ``(Z, Y, X)`` float32 in [0, 1] (``gt`` None when unknown).
+
+    ``voxel_size`` ``(Z, Y, X)`` µm as read from the input file's OME metadata (None when it has none).
+    """
 
     name: str
     patch_id: int
     source: str
     bf: np.ndarray
     gt: np.ndarray | None = None
+    voxel_size: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -80,7 +92,8 @@ def collect_inputs(
     """Inputs from a patch folder (``BF/`` [+ ``GT/``]), a folder of brightfield TIFFs, or one TIFF file.
 
     uint8 files are value/255, float files must be in [0, 1], raw integer grey levels are normalised with the
-    checkpoint's windows. Output files are named ``<input stem>.tiff``.
+    checkpoint's windows. Output files are named ``<input stem>.tiff``. OME voxel sizes of the brightfield files are
+    kept (:attr:`PredictInput.voxel_size`).
     """
     path = Path(source)
     if path.is_dir() and (path / bf_dir).is_dir() and (path / gt_dir).is_dir():
@@ -92,6 +105,7 @@ def collect_inputs(
                     pair.name, name_to_patch_id(pair.name), str(pair.bf_path),
                     to_unit(bf_raw, pair.bf_path, auto_window(bf_raw, bf_window)),
                     to_unit(gt_raw, pair.gt_path, auto_window(gt_raw, fl_window)),
+                    read_tiff_info(pair.bf_path)[0],
                 )
             )
         return inputs
@@ -109,7 +123,12 @@ def collect_inputs(
     for f in files:
         raw = read_volume(f)
         stem = tiff_stem(f)
-        inputs.append(PredictInput(stem, name_to_patch_id(stem), str(f), to_unit(raw, f, auto_window(raw, bf_window))))
+        inputs.append(
+            PredictInput(
+                stem, name_to_patch_id(stem), str(f), to_unit(raw, f, auto_window(raw, bf_window)), None,
+                read_tiff_info(f)[0],
+            )
+        )
     return inputs
 
 
@@ -136,6 +155,15 @@ def is_diffusion(model: L.LightningModule) -> bool:
     return hasattr(model, "schedule") and hasattr(model, "eps")
 
 
+def tile_for(model: L.LightningModule, shape: Sequence[int], tiles: TileSettings | None = None) -> tuple[int, ...]:
+    """The tile ``(Z, Y, X)`` ``model`` sees on an input of ``shape`` ``(Z, Y, X)``.
+
+    ``tiles.size``, else the checkpoint's training patch size, shrunk to the input along axes where it is smaller.
+    """
+    tiles = tiles or TileSettings()
+    return effective_tile(shape, tiles.resolve(model.hparams.get("patch_size")))
+
+
 @torch.no_grad()
 def predict_arrays(
     model: L.LightningModule,
@@ -144,22 +172,38 @@ def predict_arrays(
     settings: SamplerSettings | None = None,
     n_seeds: int = 1,
     max_batch: int | None = None,
+    tiles: TileSettings | None = None,
 ) -> dict[str, torch.Tensor]:
     """Products for a brightfield batch ``(B, 1, Z, Y, X)`` in [0, 1], as ``(B, 1, Z, Y, X)`` tensors by folder name.
 
     Diffusion models give ``DDPM``, ``DDPMavg``, ``std_intra`` and, with ``n_seeds > 1``, ``std_inter``;
-    a baseline gives its single prediction under its ``output_name``.
+    a baseline gives its single prediction under its ``output_name``. Inputs larger than the tile (``tiles``, see
+    :func:`tile_for`) are predicted whole from overlapping tiles; smaller ones in one network call as before.
     """
     bf = bf.to(model.device).float()
+    shape = tuple(bf.shape[2:])
+    tiles = tiles or TileSettings()
+    tiled = (tiles.size is not None or model.hparams.get("patch_size") is not None) and needs_tiling(
+        shape, tiles.resolve(model.hparams.get("patch_size"))
+    )
     if not is_diffusion(model):
-        return {model.output_name: model.predict_fluorescence(bf).float()}
+        if not tiled:
+            return {model.output_name: model.predict_fluorescence(bf).float()}
+        pred = sliding_window_predict(model, bf, tile_for(model, shape, tiles), tiles.overlap, tiles.batch)
+        return {model.output_name: pred.clamp(*OUTPUT_RANGE).float()}
     settings = settings or model.test_settings
     target_mean = model.fl_mean
     if settings.mean_correction and target_mean is None:
         raise ValueError("the checkpoint has no training statistics; the ε̂ mean correction needs them")
-    ens = sample_ensemble(
-        model.eps, bf, list(patch_ids), model.schedule, settings, n_seeds, model.target, target_mean, max_batch
-    )
+    if tiled:
+        ens = sample_ensemble_tiled(
+            model.eps, bf, list(patch_ids), model.schedule, settings, n_seeds, tiles, tile_for(model, shape, tiles),
+            model.target, target_mean, max_batch,
+        )
+    else:
+        ens = sample_ensemble(
+            model.eps, bf, list(patch_ids), model.schedule, settings, n_seeds, model.target, target_mean, max_batch
+        )
     out = {"DDPM": ens.ddpm, "DDPMavg": ens.ddpmavg, "std_intra": ens.std_intra}
     if n_seeds > 1:
         out["std_inter"] = ens.std_inter
@@ -194,20 +238,26 @@ def run_predict(
     uncertainty: UncertaintySettings | None = None,
     checkpoint_id: str = "",
     metadata: Mapping[str, Any] | None = None,
+    tiles: TileSettings | None = None,
+    voxel_size: Sequence[float] | None = None,
 ) -> list[dict[str, Any]]:
     """Predict ``inputs`` into ``output_dir`` (layout in the module docstring); returns the CSV rows.
 
     Inputs whose row in an existing ``predictions.csv`` has the same settings hash and whose files all exist are
     skipped. Inputs of equal shape are batched (``batch_size`` patches, × ``n_seeds`` rows, chunked to
-    ``max_batch`` rows).
+    ``max_batch`` rows); inputs larger than a tile are tiled (``tiles``). Files get the voxel size ``voxel_size``
+    ``(Z, Y, X)`` µm if given, else the input file's, else the organelle's; their metadata holds ``metadata`` plus
+    the model, sampler settings, seeds, tiling, input and settings hash.
     """
     out = Path(output_dir)
     unc = uncertainty or UncertaintySettings()
+    tiles = tiles or TileSettings()
     diffusion = is_diffusion(model)
     settings = (settings or model.test_settings) if diffusion else None
     config = {
         "checkpoint": checkpoint_id, "sampler": settings.to_dict() if settings else None,
         "n_seeds": n_seeds if diffusion else 0, "uncertainty": [unc.source, unc.threshold, unc.faithful],
+        "tiling": tiles.to_dict(),
     }
     key = settings_hash(config)
     done = {r["name"]: r for r in read_rows(out / CSV_NAME)}
@@ -222,7 +272,11 @@ def run_predict(
     rows = {name: row for name, row in done.items()}
     if len(todo) < len(inputs):
         log.info("skipping %d inputs already predicted with these settings", len(inputs) - len(todo))
-    voxel = organelle.get("voxel_size")
+    seeds = [settings.seed + k for k in range(n_seeds)] if settings else []
+    run_meta = {
+        **(metadata or {}), "model": type(model).__name__, "sampler": settings.to_dict() if settings else None,
+        "seeds": seeds, "tiling": tiles.to_dict(), "settings_hash": key,
+    }
     mask_settings = MaskSettings.faithful() if unc.faithful else MaskSettings(flag_fraction=unc.flag_fraction)
     source, threshold = None, None
     if diffusion:
@@ -245,11 +299,12 @@ def run_predict(
             batch = group[start : start + batch_size]
             tic = time.perf_counter()
             bf = torch.from_numpy(np.stack([b.bf for b in batch])[:, None])
-            products = predict_arrays(model, bf, [b.patch_id for b in batch], settings, n_seeds, max_batch)
+            products = predict_arrays(model, bf, [b.patch_id for b in batch], settings, n_seeds, max_batch, tiles)
             arrays = {k: v[:, 0].float().cpu().numpy() for k, v in products.items()}
             seconds = (time.perf_counter() - tic) / len(batch)
             for i, inp in enumerate(batch):
-                meta = {**(metadata or {}), "input": inp.source, "settings_hash": key, "patch_id": inp.patch_id}
+                meta = {**run_meta, "input": inp.source, "patch_id": inp.patch_id}
+                voxel = voxel_size or inp.voxel_size or organelle.get("voxel_size")
                 written = []
                 for name, arr in arrays.items():
                     write_tiff(out / name / f"{inp.name}.tiff", arr[i].astype(np.float32), voxel, meta)
@@ -267,7 +322,7 @@ def run_predict(
                 rows[inp.name] = {
                     "name": inp.name, "input": inp.source, "model": type(model).__name__, "checkpoint": checkpoint_id,
                     "sampler": f"{settings.method}" if settings else "", "steps": steps,
-                    "seeds": ";".join(str(settings.seed + k) for k in range(n_seeds)) if settings else "",
+                    "seeds": ";".join(str(s) for s in seeds),
                     "settings_hash": key, "products": ";".join(written), "flagged": flagged,
                     "mask_fraction": fraction, "uncertainty_source": source or "",
                     "threshold": "" if threshold is None else threshold, "seconds": f"{seconds:.3f}",
