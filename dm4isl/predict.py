@@ -85,6 +85,8 @@ def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
     })
     stored = dict(model.hparams.get("organelle") or {})
     organelle = OmegaConf.to_container(cfg.organelle, resolve=True) if cfg.get("organelle") else stored
+    # Windows left null in the config (organelle=custom) are those fitted on the training data (in the checkpoint).
+    organelle = {key: stored.get(key) if value is None else value for key, value in organelle.items()}
     if not organelle:
         raise CheckpointError(f"{ckpt}: stores no organelle; give organelle=<name>")
     if str(cfg.input) == "test":

@@ -346,6 +346,20 @@ def test_custom_windows_fitted_stored_in_checkpoint_and_used_to_predict(compose_
     a = dm4isl.predict(bf_raw, ckpt, sampler=sampler, device="cpu")
     b = dm4isl.predict(bf_unit, ckpt, sampler=sampler, device="cpu")
     np.testing.assert_allclose(a["DDPMavg"], b["DDPMavg"], atol=1e-6)
+    # the command line with organelle=custom (null windows) uses the checkpoint's fitted windows, like no organelle=
+    from dm4isl.predict import predict_command
+
+    tifffile.imwrite(allen_root / "own_bf.tif", bf_raw)
+    outs = []
+    for name, extra in (("custom", ["organelle=custom"]), ("stored", [])):
+        pcfg = compose_cfg("predict", [
+            f"ckpt_path={ckpt}", f"input={allen_root / 'own_bf.tif'}", f"output_dir={allen_root / name}",
+            "sampler=ddim", "sampler.num_steps=4", "device=cpu", *extra,
+        ])
+        predict_command(pcfg)
+        outs.append(tifffile.imread(allen_root / name / "DDPMavg" / "own_bf.tiff"))
+    assert outs[0].shape == bf_raw.shape and outs[0].std() > 0
+    np.testing.assert_array_equal(outs[0], outs[1])
 
 
 def test_prepare_script_is_resumable_and_feeds_training(allen_root: Path, tmp_path: Path, compose_cfg) -> None:
