@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import dm4isl
 from dm4isl.callbacks.provenance import git_revision
-from dm4isl.data.readers import to_unit
+from dm4isl.data.readers import auto_window, to_unit
 from dm4isl.errors import CheckpointError
 from dm4isl.prediction.checkpoint import fingerprint, load_model
 from dm4isl.prediction.runner import (
@@ -134,7 +134,7 @@ def predict_array(
     _require_diffusion(model, str(checkpoint), {"n_seeds": n_seeds if n_seeds > 1 else None, "sampler": sampler})
     organelle = dict(model.hparams.get("organelle") or {})
     bf = np.asarray(bf)
-    window = organelle.get("bf_window") if bf.dtype != np.uint8 and bf.dtype.kind != "f" else None
+    window = auto_window(bf, organelle.get("bf_window"))
     unit = to_unit(bf, "<array>", window)
     tiles = TileSettings.from_dict(tiling) if isinstance(tiling, dict) else tiling
     _check(model, organelle, unit.shape, str(checkpoint), tiles)

@@ -105,8 +105,22 @@ def to_unit(
 
 
 def auto_window(raw: np.ndarray, window: Sequence[float] | None) -> Sequence[float] | None:
-    """The window :func:`to_unit` should use for ``raw``: none for uint8 (value/255) and float data, else ``window``."""
-    return None if raw.dtype == np.uint8 or raw.dtype.kind == "f" else window
+    """The window :func:`to_unit` should use for ``raw`` ``(Z, Y, X)``.
+
+    None for uint8 (value/255) and for float data already in [0, 1] (normalised); ``window`` for other integer
+    data and for float data outside [0, 1] whose range overlaps the window (raw grey levels stored as float, e.g.
+    float16/float32 Allen files). Float data that neither lie in [0, 1] nor meet the window get None, so
+    :func:`to_unit` refuses them instead of clipping them to a constant.
+    """
+    if raw.dtype == np.uint8:
+        return None
+    if raw.dtype.kind == "f" and np.isfinite(raw).all():
+        lo, hi = float(raw.min()), float(raw.max())
+        if lo >= -UNIT_RANGE_TOL and hi <= 1 + UNIT_RANGE_TOL:
+            return None
+        if window is None or hi <= window[0] or lo >= window[1]:
+            return None
+    return window
 
 
 @dataclass(frozen=True)
