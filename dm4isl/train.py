@@ -23,6 +23,9 @@ from dm4isl.utils.resume import resolve_ckpt_path, resume_checkpoint, share_last
 
 log = logging.getLogger(__name__)
 
+#: Key of :func:`train`'s result holding the monitored validation metric of the best checkpoint.
+BEST_SCORE_KEY = "best/monitor"
+
 #: Lightning warns that a mid-epoch resume replays the epoch's first batches unless the loader is stateful; the
 #: datamodule saves its position in the checkpoint and starts the resumed epoch there (docs/training.md).
 MID_EPOCH_WARNING = "You're resuming from a checkpoint that ended before the epoch ended"
@@ -57,6 +60,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if cfg.get("train", True):
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+            score = trainer.checkpoint_callback.best_model_score if trainer.checkpoint_callback else None
+            if score is not None:
+                metrics[BEST_SCORE_KEY] = float(score)
         if cfg.get("test", False):
             best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
             if not cfg.get("train", True):
@@ -72,9 +78,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    """Hydra wrapper around :func:`train`; returns the monitored validation metric (for sweepers)."""
+    """Hydra wrapper around :func:`train`; returns the validation metric for sweepers.
+
+    That is the monitored metric of the selected (best) checkpoint when one was kept, else its last value.
+    """
     metrics = train(cfg)
-    value = metrics.get(cfg.get("monitor", ""))
+    value = metrics.get(BEST_SCORE_KEY, metrics.get(cfg.get("monitor", "")))
     return float(value) if value is not None else None
 
 
