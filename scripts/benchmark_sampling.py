@@ -201,11 +201,11 @@ def _peak_mb(device: torch.device, isolated: bool) -> float:
     return float("nan")
 
 
+@torch.no_grad()
 def execute(job: dict, isolated: bool = False) -> dict:
     """Load the checkpoint and run one setting (``job["kind"]`` reference | ours); adds seconds and peak_mb."""
     from dm4isl.prediction.checkpoint import load_model
 
-    torch.set_grad_enabled(False)
     if job.get("threads"):
         torch.set_num_threads(int(job["threads"]))
     device = torch.device(job["device"])

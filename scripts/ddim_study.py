@@ -219,6 +219,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@torch.no_grad()
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the study, print and write the table and plot; returns the rows."""
     from dm4isl.prediction.checkpoint import load_model
@@ -226,7 +227,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.set_grad_enabled(False)
     specs = [parse_sampler(s) for s in args.samplers.split(",")]
     windows = parse_windows(args.windows)
     patches = checkpoint_test_set(args.ckpt, args.n_patches, args.cache or args.out / "cache", args.patch_size)

@@ -89,7 +89,7 @@ SYNTHETIC_MODEL = {
             "trainer.check_val_every_n_epoch=2"],
     "ddpm": ["model/net=tiny", "sampler=ddim", "sampler.num_steps=25", "model.lr=1.0e-3",
              "model.target_range=[-1.0,1.0]", "model.cond_norm=zscore", "model.prediction_type=sample",
-             "model.val_num_patches=4", "model.val_sampler.num_steps=20", "trainer.max_steps=300",
+             "model.val_num_patches=4", "model.val_sampler.num_steps=20", "trainer.max_steps=500",
              "trainer.max_time=00:00:15:00", "trainer.check_val_every_n_epoch=1"],
 }
 #: Training batches timed per model by --throughput (after one warm-up batch).

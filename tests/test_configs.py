@@ -81,7 +81,7 @@ def test_trainers_instantiate(compose_cfg, trainer: str) -> None:
 def test_loggers_instantiate_and_log_offline(compose_cfg, logger: str) -> None:
     """Every logger config builds and writes a metric without network access (W&B offline)."""
     from conftest import require
-    from dm4isl.utils.instantiate import instantiate_group
+    from dm4isl.utils.instantiate import finish_loggers, instantiate_group
 
     if logger in ("tensorboard", "many"):
         try:
@@ -94,5 +94,6 @@ def test_loggers_instantiate_and_log_offline(compose_cfg, logger: str) -> None:
     for lg in loggers:
         lg.log_metrics({"val/ddpmavg_pcc": 0.5}, step=1)
         lg.finalize("success")
+    finish_loggers(loggers)  # close the W&B run: a later run in this process must start its own
     out = Path(cfg.paths.output_dir)
     assert out.is_dir() and any(out.rglob("*"))
