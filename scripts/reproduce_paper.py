@@ -16,7 +16,7 @@ Layout under ``--output-dir`` (deterministic: a re-run reuses finished checkpoin
     results.md  results.csv  figure_grid.png  throughput.csv (with --throughput)
 
 ``--synthetic``: the embedded synthetic data, tiny networks, CPU-sized step budgets (measured on a shared 2-core CPU:
-about 17 minutes per organelle at load 8-13; run with OMP_NUM_THREADS=1 there — docs/reproduce.md).
+23 minutes for both organelles on a quiet machine; on a busy one use OMP_NUM_THREADS=1 — docs/reproduce.md).
 Without it, the experiment files are used as they are (paper networks and settings); add data and trainer
 overrides, e.g. ``--override data=patch_folder --override data.root=/data/nucenv --override trainer=gpu``.
 """
