@@ -75,9 +75,10 @@ class ImageGrid(pl.Callback):
     """Mid-Z grid BF | GT | DDPM | DDPMavg | std | error mask of the first validation patches, per validation.
 
     The grid is logged with ``WandbLogger.log_image`` when a W&B logger is attached, else written as
-    ``<output_dir>/val_step<step>.png``. The patches are re-sampled with the model's validation sampler (noise seeded
-    by patch id: the validation's own samples). At test, per-patch PCC/MSE go to a ``wandb.Table`` (W&B only; the
-    prediction writer's CSV has them for every logger). Models without ``predict_fluorescence`` are skipped.
+    ``<output_dir>/val_step<step>.png``. The images are the validation's own samples (the ``outputs`` the DDPM's
+    ``validation_step`` returns; nothing is sampled again), so only patches with id < ``val_num_patches`` appear. At
+    test, per-patch PCC/MSE go to a ``wandb.Table`` (W&B only; the
+    prediction writer's CSV has them for every logger). Models whose validation returns no prediction are skipped.
     """
 
     def __init__(
@@ -100,17 +101,16 @@ class ImageGrid(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if trainer.sanity_checking or not hasattr(pl_module, "predict_fluorescence"):
+        if trainer.sanity_checking or not isinstance(outputs, Mapping) or "prediction" not in outputs:
             return
-        keep = torch.as_tensor(batch["index"]) < self.n_images
+        keep = torch.as_tensor(outputs["index"]) < self.n_images
         if not bool(keep.any()):
             return
-        bf, gt = batch["bf"][keep], batch["fl"][keep]
-        pred = pl_module.predict_fluorescence(bf, torch.as_tensor(batch["index"])[keep], pl_module.val_settings)
-        for b in range(bf.shape[0]):
+        pred = outputs["prediction"]
+        for b in torch.nonzero(keep).flatten().tolist():
             row = {
-                "BF": bf[b, 0].float().cpu().numpy(),
-                "GT": gt[b, 0].float().cpu().numpy(),
+                "BF": outputs["bf"][b, 0].float().cpu().numpy(),
+                "GT": outputs["fl"][b, 0].float().cpu().numpy(),
                 "DDPM": pred.ddpm[b, 0].float().cpu().numpy(),
                 "DDPMavg": pred.ddpmavg[b, 0].float().cpu().numpy(),
                 "std": pred.std_intra[b, 0].float().cpu().numpy(),

@@ -256,15 +256,21 @@ class DDPMModule(L.LightningModule):
         self._merge_stats()
         self._val_seen = 0
 
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        """Sample the batch's patches with id < ``val_num_patches`` (the same patches on any number of ranks)."""
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any] | None:
+        """Sample the batch's patches with id < ``val_num_patches`` (the same patches on any number of ranks).
+
+        Returns what was sampled — ``bf``, ``fl`` ``(b, 1, Z, Y, X)``, ``index`` ``(b,)`` and the
+        :class:`Prediction` — for callbacks (``outputs`` of ``on_validation_batch_end``); None when nothing was.
+        """
         keep = torch.as_tensor(batch["index"]) < self.hparams.val_num_patches
         if not bool(keep.any()):
-            return
+            return None
         self._val_seen += int(keep.sum())
         ids = torch.as_tensor(batch["index"])[keep]
-        pred = self.predict_fluorescence(batch["bf"][keep], ids, self.val_settings)
-        self._log_metrics("val", batch["fl"][keep], {name: getattr(pred, name) for name in EVALUATED}, ids)
+        bf, fl = batch["bf"][keep], batch["fl"][keep]
+        pred = self.predict_fluorescence(bf, ids, self.val_settings)
+        self._log_metrics("val", fl, {name: getattr(pred, name) for name in EVALUATED}, ids)
+        return {"bf": bf, "fl": fl, "index": ids, "prediction": pred}
 
     def on_validation_epoch_end(self) -> None:
         log_scores(self, "val", prog_bar="ddpmavg_pcc")
