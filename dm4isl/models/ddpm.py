@@ -29,6 +29,9 @@ LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
 COND_NORMS = ("none", "zscore")
 #: What the network predicts: the noise ε (the reference), the clean image x0 ("sample") or v (Salimans & Ho 2022).
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+#: Per-timestep weights of the training loss: none (the reference) or min-SNR-γ (Hang et al. 2023, "Efficient
+#: Diffusion Training via Min-SNR Weighting Strategy"), which caps the weight of low-noise steps.
+LOSS_WEIGHTINGS = ("none", "min_snr")
 #: Guards the per-patch z-score of a constant brightfield patch.
 ZSCORE_EPS = 1e-6
 #: Organelle keys a checkpoint must agree on with its input, and the relative tolerance for voxel sizes.
@@ -119,6 +122,8 @@ class DDPMModule(L.LightningModule):
         cond_first: bool = True,
         cond_norm: str = "none",
         prediction_type: str = "epsilon",
+        loss_weighting: str = "none",
+        min_snr_gamma: float = 5.0,
         val_sampler: dict[str, Any] | None = None,
         val_num_patches: int = 8,
         test_sampler: dict[str, Any] | None = None,
@@ -130,6 +135,8 @@ class DDPMModule(L.LightningModule):
             raise ValueError(f"loss {loss!r}; expected one of {sorted(LOSSES)}")
         if prediction_type not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting {loss_weighting!r}; expected one of {LOSS_WEIGHTINGS}")
         if cond_norm not in COND_NORMS:
             raise ValueError(f"cond_norm {cond_norm!r}; expected one of {COND_NORMS}")
         if (array_axes, tensor_axes) != (ARRAY_AXES, TENSOR_AXES):
@@ -190,9 +197,32 @@ class DDPMModule(L.LightningModule):
         x0 = self.target.to_model(fl.float())
         noise, t = training_noise(batch["index"], x0, self.schedule.num_train_timesteps)
         out = self.net_output(self.schedule.add_noise(x0, noise, t), t, bf)
-        loss = LOSSES[self.hparams.loss](out.float(), self.training_target(x0, noise, t))
+        target = self.training_target(x0, noise, t)
+        if self.hparams.loss_weighting == "none":
+            loss = LOSSES[self.hparams.loss](out.float(), target)
+        else:
+            per_patch = LOSSES[self.hparams.loss](out.float(), target, reduction="none").mean(dim=(1, 2, 3, 4))
+            loss = (self.loss_weights(t).to(per_patch) * per_patch).mean()
         self.log("train/loss", loss, prog_bar=True, batch_size=x0.shape[0])
         return loss
+
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor:
+        """Weights ``(B,)`` of the per-patch losses at timesteps ``t`` ``(B,)`` (``loss_weighting``).
+
+        min-SNR-γ gives every timestep the weight min(SNR_t, γ) in x0 units, SNR_t = ᾱ_t / (1 − ᾱ_t); expressed for
+        the network's own target that is min(SNR, γ)/SNR for ε, min(SNR, γ) for x0 and min(SNR, γ)/(SNR + 1) for v.
+        """
+        abar = self.schedule.alphas_cumprod.to(t.device)[t.long()].to(torch.float32)
+        snr = abar / (1.0 - abar)
+        capped = snr.clamp(max=float(self.hparams.min_snr_gamma))
+        if self.hparams.loss_weighting == "none":
+            return torch.ones_like(snr)
+        kind = self.hparams.prediction_type
+        if kind == "epsilon":
+            return capped / snr
+        if kind == "sample":
+            return capped
+        return capped / (snr + 1.0)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
