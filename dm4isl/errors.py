@@ -7,3 +7,7 @@ class DataError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, of another model type, or does not match the input it is applied to."""
+
+
+class ConfigError(ValueError):
+    """A setting (config value, option, command-line override) is invalid: names the key, value and valid choices."""

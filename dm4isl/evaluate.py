@@ -7,6 +7,7 @@ import logging
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from dm4isl.cli import console_script, report_expected_errors
 from dm4isl.evaluation import EvaluationResult, evaluate_folder
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,14 @@ def run(cfg: DictConfig) -> EvaluationResult:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
+@report_expected_errors
 def main(cfg: DictConfig) -> None:
     """Console script ``dm4isl-evaluate input_dir=<folder> [output_dir=<folder>] [metrics=paper]``."""
     run(cfg)
 
 
+#: Console script (pyproject): expected errors as one line and exit status 2 (:mod:`dm4isl.cli`).
+cli = console_script(main)
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 import dm4isl
 from dm4isl.callbacks.provenance import git_revision
+from dm4isl.cli import console_script, report_expected_errors
 from dm4isl.data.readers import auto_window, to_unit
 from dm4isl.errors import CheckpointError
 from dm4isl.prediction.checkpoint import fingerprint, load_model
@@ -144,6 +145,7 @@ def predict_array(
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+@report_expected_errors
 def main(cfg: DictConfig) -> None:
     """Hydra wrapper around :func:`predict_command`."""
     predict_command(cfg)
@@ -158,5 +160,8 @@ class _CallableModule(types.ModuleType):
 
 sys.modules[__name__].__class__ = _CallableModule
 
+#: Console script (pyproject): expected errors as one line and exit status 2 (:mod:`dm4isl.cli`).
+cli = console_script(main)
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -10,6 +10,7 @@ import hydra
 import lightning as L
 from omegaconf import DictConfig
 
+from dm4isl.cli import console_script, report_expected_errors
 from dm4isl.data.datamodule import ZStackDataModule
 from dm4isl.utils.instantiate import (
     build_loggers,
@@ -77,6 +78,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@report_expected_errors
 def main(cfg: DictConfig) -> float | None:
     """Hydra wrapper around :func:`train`; returns the validation metric for sweepers.
 
@@ -87,5 +89,8 @@ def main(cfg: DictConfig) -> float | None:
     return float(value) if value is not None else None
 
 
+#: Console script (pyproject): expected errors as one line and exit status 2 (:mod:`dm4isl.cli`).
+cli = console_script(main)
+
 if __name__ == "__main__":
-    main()
+    cli()
