@@ -29,8 +29,9 @@ from dm4isl.prediction.runner import (
     run_predict,
     tile_for,
 )
-from dm4isl.sampling.sampler import SamplerSettings
+from dm4isl.sampling.sampler import SamplerSettings, adjust_settings
 from dm4isl.sampling.tiled import TileSettings
+from dm4isl.uncertainty.thresholds import calibration_path, read_calibration
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,10 @@ def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
     """Run :func:`dm4isl.prediction.runner.run_predict` as configured by ``conf/predict.yaml``."""
     ckpt = Path(cfg.ckpt_path)
     model = load_model(ckpt, _device(cfg.device))
+    sampler_cfg = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.get("sampler") else {}
     _require_diffusion(model, str(ckpt), {
         "n_seeds": int(cfg.n_seeds) if int(cfg.n_seeds) > 1 else None,
-        "sampler": OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.get("sampler") else None,
+        "sampler": {k: v for k, v in sampler_cfg.items() if v is not None} or None,
         "uncertainty.source": cfg.uncertainty.source if cfg.uncertainty.source in ("intra", "inter") else None,
     })
     stored = dict(model.hparams.get("organelle") or {})
@@ -101,15 +103,16 @@ def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
     tiles = TileSettings.from_dict(OmegaConf.to_container(cfg.tiling, resolve=True))
     for shape in {inp.bf.shape for inp in inputs}:
         _check(model, organelle, shape, str(ckpt), tiles)
-    settings = SamplerSettings.from_dict(OmegaConf.to_container(cfg.sampler, resolve=True)) if cfg.get("sampler") \
-        else None
+    settings = adjust_settings(model.test_settings, sampler_cfg) if is_diffusion(model) else None
     unc = UncertaintySettings(**OmegaConf.to_container(cfg.uncertainty, resolve=True))
+    calibrations = read_calibration(unc.calibration or calibration_path(ckpt), fingerprint(ckpt))
     meta = {"checkpoint": str(ckpt), "checkpoint_sha256_16": fingerprint(ckpt), "revision": revision()}
     voxel = OmegaConf.to_container(cfg.voxel_size, resolve=True) if cfg.get("voxel_size") is not None else None
     rows = run_predict(
         model, inputs, cfg.output_dir, organelle=organelle, settings=settings, n_seeds=int(cfg.n_seeds),
         batch_size=int(cfg.batch_size), max_batch=cfg.max_batch, uncertainty=unc,
         checkpoint_id=meta["checkpoint_sha256_16"], metadata=meta, tiles=tiles, voxel_size=voxel,
+        calibrations=calibrations,
     )
     log.info("wrote %d predictions to %s", len(rows), cfg.output_dir)
     return rows
@@ -139,7 +142,7 @@ def predict_array(
     unit = to_unit(bf, "<array>", window)
     tiles = TileSettings.from_dict(tiling) if isinstance(tiling, dict) else tiling
     _check(model, organelle, unit.shape, str(checkpoint), tiles)
-    settings = SamplerSettings.from_dict(sampler) if isinstance(sampler, dict) else sampler
+    settings = adjust_settings(model.test_settings, sampler) if isinstance(sampler, dict) else sampler
     out = predict_arrays(model, torch.from_numpy(unit)[None, None], [patch_id], settings, n_seeds, tiles=tiles)
     return {k: v[0, 0].float().cpu().numpy() for k, v in out.items()}
 

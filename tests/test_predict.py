@@ -95,7 +95,7 @@ def test_checkpoint_is_self_describing_and_weights_only(tiny_run: dict) -> None:
 
 def test_predict_folder_products_skip_and_csv(compose_cfg, tiny_run: dict, tmp_path: Path) -> None:
     out = tmp_path / "pred"
-    rows = predict_command(_predict_cfg(compose_cfg, tiny_run, out))
+    rows = predict_command(_predict_cfg(compose_cfg, tiny_run, out, ["uncertainty.threshold=0.1"]))
     assert len(rows) == 4
     for product in ("DDPM", "DDPMavg", "std_intra", "std_inter", "error_mask", "GT", "BF"):
         files = sorted((out / product).glob("*.tiff"))
@@ -111,10 +111,11 @@ def test_predict_folder_products_skip_and_csv(compose_cfg, tiny_run: dict, tmp_p
     assert [r["name"] for r in table] == ["0", "1", "2", "3"]
     assert table[0]["sampler"] == "ddim" and table[0]["steps"] == "5" and table[0]["seeds"] == "0;1"
     assert table[0]["uncertainty_source"] == "inter" and float(table[0]["threshold"]) == 0.1
+    assert table[0]["threshold_source"] == "given"
     assert table[0]["flagged"] in ("0", "1") and 0.0 <= float(table[0]["mask_fraction"]) <= 1.0
     # a rerun with the same settings skips every input and rewrites nothing
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.tiff")}
-    predict_command(_predict_cfg(compose_cfg, tiny_run, out))
+    predict_command(_predict_cfg(compose_cfg, tiny_run, out, ["uncertainty.threshold=0.1"]))
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.tiff")} == mtimes
     # other sampler settings are not skipped
     rows = predict_command(_predict_cfg(compose_cfg, tiny_run, out, ["sampler.num_steps=4", "n_seeds=1"]))
@@ -213,4 +214,63 @@ def test_calibrate_on_validation_and_score_on_test(tiny_run: dict) -> None:
         report = entry["test_calibrated"]
         assert 0.0 <= report["auroc_error"] <= 1.0 and 0.0 <= report["auroc_planted"] <= 1.0
         assert report["n_patches"] == 4
-    assert result["maps"]["inter"]["published_threshold"] == 0.1
+    # the published 0.1 is for DDPM-1000 maps of [0, 1] targets: not valid for DDIM-5 on this [-1, 1] model
+    assert result["maps"]["inter"]["published_threshold"] is None
+    assert {e["map"] for e in result["entries"]} == {"intra", "inter"}
+    assert all(e["setting"]["method"] == "ddim" and e["setting"]["num_steps"] == 5 for e in result["entries"])
+
+
+def test_mismatched_threshold_writes_no_mask_then_calibration_is_used(
+    compose_cfg, tiny_run: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A published DDPM-1000 threshold is never applied to DDIM maps; a calibration for the setting is."""
+    from dm4isl.prediction.checkpoint import fingerprint
+    from dm4isl.uncertainty.thresholds import calibration_path, write_calibration
+
+    out = tmp_path / "pred"
+    with caplog.at_level("WARNING"):
+        rows = predict_command(_predict_cfg(compose_cfg, tiny_run, out, ["n_seeds=1"]))
+    assert not (out / "error_mask").exists()
+    assert all(r["threshold"] == "" and "error_mask" not in r["products"] for r in rows)
+    assert "no intra-process std threshold valid for ddim-5 eta 1" in caplog.text
+    assert "the organelle's 0.055 is for ddpm-1000" in caplog.text
+
+    model = load_model(tiny_run["ckpt"])
+    setting = {"method": "ddim", "num_steps": 5, "eta": 1.0, "window": [300, 800], "clip_x0": [-1.0, 1.0],
+               "mean_correction": False, "target_range": [model.target.low, model.target.high]}  # sampler=ddim
+    calib = calibration_path(tiny_run["ckpt"])
+    try:
+        write_calibration(calib, [{"map": "intra", "threshold": 0.02, "setting": setting}],
+                          fingerprint(tiny_run["ckpt"]))
+        rows = predict_command(_predict_cfg(compose_cfg, tiny_run, out, ["n_seeds=1"]))
+        assert all(r["threshold_source"] == "calibrated" and float(r["threshold"]) == 0.02 for r in rows)
+        assert len(list((out / "error_mask").glob("*.tiff"))) == 4
+        # another setting (10 steps) has no calibration: no masks again
+        rows = predict_command(_predict_cfg(compose_cfg, tiny_run, tmp_path / "p10", ["n_seeds=1",
+                                                                                       "sampler.num_steps=10"]))
+        assert all(r["threshold"] == "" for r in rows)
+    finally:
+        calib.unlink(missing_ok=True)
+
+
+def test_sampler_overrides_adjust_the_checkpoint_sampler(compose_cfg, tiny_run: dict, tmp_path: Path) -> None:
+    """sampler.<key>=... adjusts the checkpoint's own sampler; sampler=<option> replaces it."""
+    from dm4isl.sampling.sampler import adjust_settings
+
+    model = load_model(tiny_run["ckpt"])
+    stored = model.test_settings
+    assert stored.method == "ddim" and stored.mean_correction
+    cfg = compose_cfg("predict", [f"ckpt_path={tiny_run['ckpt']}", f"input={tiny_run['patches']}",
+                                  "sampler.num_steps=3", "sampler.eta=0"])
+    from omegaconf import OmegaConf
+
+    adjusted = adjust_settings(stored, OmegaConf.to_container(cfg.sampler))
+    assert (adjusted.method, adjusted.num_steps, adjusted.eta, adjusted.mean_correction) == ("ddim", 3, 0.0, True)
+    cfg = compose_cfg("predict", [f"ckpt_path={tiny_run['ckpt']}", f"input={tiny_run['patches']}", "sampler=ddpm"])
+    replaced = adjust_settings(stored, OmegaConf.to_container(cfg.sampler))
+    assert (replaced.method, replaced.num_steps, replaced.mean_correction) == ("ddpm", None, False)
+    assert adjust_settings(stored, OmegaConf.to_container(
+        compose_cfg("predict", [f"ckpt_path={tiny_run['ckpt']}", f"input={tiny_run['patches']}"]).sampler)) == stored
+    rows = predict_command(compose_cfg("predict", [f"ckpt_path={tiny_run['ckpt']}", f"input={tiny_run['patches']}",
+                                                   f"output_dir={tmp_path / 'o'}", "sampler.num_steps=3"]))
+    assert all(r["sampler"] == "ddim" and r["steps"] == "3" for r in rows)

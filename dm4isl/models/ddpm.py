@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,7 +14,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
 from dm4isl.callbacks.metrics import collect_outputs, collect_scores, log_scores
-from dm4isl.errors import CheckpointError
+from dm4isl.errors import CheckpointError, ConfigError
 from dm4isl.metrics.basic import ms_ssim, mse, pcc
 from dm4isl.models.nets import build_net, downsampling_factor
 from dm4isl.sampling import NoiseSchedule, Prediction, SamplerSettings, TargetRange, sample
@@ -32,6 +34,9 @@ PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 #: Per-timestep weights of the training loss: none (the reference) or min-SNR-γ (Hang et al. 2023, "Efficient
 #: Diffusion Training via Min-SNR Weighting Strategy"), which caps the weight of low-noise steps.
 LOSS_WEIGHTINGS = ("none", "min_snr")
+#: Learning-rate schedules: constant (the reference) or cosine decay to 0 at the last optimizer step, each after an
+#: optional linear warm-up of ``warmup_steps``.
+LR_SCHEDULES = ("constant", "cosine")
 #: Guards the per-patch z-score of a constant brightfield patch.
 ZSCORE_EPS = 1e-6
 #: Organelle keys a checkpoint must agree on with its input, and the relative tolerance for voxel sizes.
@@ -46,6 +51,19 @@ EVALUATED = ("ddpm", "ddpmavg")
 def patch_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """PCC, MSE and MS-SSIM of one ``(Z, Y, X)`` patch; MS-SSIM is NaN below 64 px in Y or X (see metrics.basic)."""
     return {"pcc": pcc(gt, pred), "mse": mse(gt, pred), "ms_ssim": ms_ssim(gt, pred)}
+
+
+def lr_factor(kind: str, warmup_steps: int, total_steps: int, step: int) -> float:
+    """Multiplier of the base learning rate at optimizer ``step`` (0-based): linear warm-up, then constant or cosine.
+
+    Cosine reaches 0 at ``total_steps``; warm-up rises linearly from 1/``warmup_steps`` to 1.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def check_compatible(
@@ -118,6 +136,8 @@ class DDPMModule(L.LightningModule):
         schedule: dict[str, Any] | None = None,
         loss: str = "l1",
         lr: float = 2.5e-5,
+        lr_schedule: str = "constant",
+        warmup_steps: int = 0,
         target_range: list[float] | tuple[float, float] = (-1.0, 1.0),
         cond_first: bool = True,
         cond_norm: str = "none",
@@ -132,13 +152,17 @@ class DDPMModule(L.LightningModule):
     ) -> None:
         super().__init__()
         if loss not in LOSSES:
-            raise ValueError(f"loss {loss!r}; expected one of {sorted(LOSSES)}")
+            raise ConfigError(f"loss {loss!r}; expected one of {sorted(LOSSES)}")
         if prediction_type not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
+            raise ConfigError(f"prediction_type {prediction_type!r}; expected one of {PREDICTION_TYPES}")
         if loss_weighting not in LOSS_WEIGHTINGS:
-            raise ValueError(f"loss_weighting {loss_weighting!r}; expected one of {LOSS_WEIGHTINGS}")
+            raise ConfigError(f"loss_weighting {loss_weighting!r}; expected one of {LOSS_WEIGHTINGS}")
+        if lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"lr_schedule {lr_schedule!r}; expected one of {LR_SCHEDULES}")
+        if int(warmup_steps) < 0:
+            raise ConfigError(f"warmup_steps = {warmup_steps}; expected ≥ 0")
         if cond_norm not in COND_NORMS:
-            raise ValueError(f"cond_norm {cond_norm!r}; expected one of {COND_NORMS}")
+            raise ConfigError(f"cond_norm {cond_norm!r}; expected one of {COND_NORMS}")
         if (array_axes, tensor_axes) != (ARRAY_AXES, TENSOR_AXES):
             raise CheckpointError(f"axes {array_axes}/{tensor_axes}; expected {ARRAY_AXES}/{TENSOR_AXES}")
         self.save_hyperparameters()
@@ -224,8 +248,17 @@ class DDPMModule(L.LightningModule):
             return capped
         return capped / (snr + 1.0)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
+    def configure_optimizers(self) -> torch.optim.Optimizer | dict[str, Any]:
+        """Adam without weight decay; with ``lr_schedule``/``warmup_steps`` a per-step multiplier of the rate."""
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
+        warmup, kind = int(self.hparams.warmup_steps), self.hparams.lr_schedule
+        if kind == "constant" and warmup == 0:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 0
+        if kind == "cosine" and not 0 < total < 10**9:
+            raise ConfigError("lr_schedule=cosine needs a finite number of optimizer steps (set trainer.max_steps)")
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, kind, warmup, total))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # --- training-data statistics (fluorescence mean, linear baseline) -------------------------------------------
     def _accumulate(self, bf: torch.Tensor, fl: torch.Tensor) -> None:

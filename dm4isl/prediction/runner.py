@@ -35,7 +35,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dm4isl.data.readers import auto_window, is_tiff, list_tiffs, read_patch_folder, read_volume, tiff_stem, to_unit
-from dm4isl.errors import DataError
+from dm4isl.errors import ConfigError, DataError
 from dm4isl.io.atomic import read_tiff_info, write_csv, write_tiff
 from dm4isl.models.inference import sliding_window_predict
 from dm4isl.models.unet import OUTPUT_RANGE
@@ -43,13 +43,14 @@ from dm4isl.sampling.ensemble import sample_ensemble
 from dm4isl.sampling.sampler import SamplerSettings
 from dm4isl.sampling.tiled import TileSettings, effective_tile, needs_tiling, sample_ensemble_tiled
 from dm4isl.uncertainty.masks import MaskSettings, error_mask, flag
+from dm4isl.uncertainty.thresholds import Threshold, resolve_threshold, sampling_setting
 
 log = logging.getLogger(__name__)
 
 CSV_NAME = "predictions.csv"
 CSV_FIELDS = [
     "name", "input", "model", "checkpoint", "sampler", "steps", "seeds", "settings_hash", "products", "flagged",
-    "mask_fraction", "uncertainty_source", "threshold", "seconds",
+    "mask_fraction", "uncertainty_source", "threshold", "threshold_source", "seconds",
 ]
 #: Patch ids derived from input names fit in 31 bits.
 _ID_MASK = (1 << 31) - 1
@@ -72,12 +73,17 @@ class PredictInput:
 
 @dataclass
 class UncertaintySettings:
-    """Which std map becomes the error mask and with what threshold (None: the organelle's value)."""
+    """Which std map becomes the error mask and with what threshold.
+
+    ``threshold`` None: the one valid for the sampling setting (published, or calibrated in ``calibration``, a file
+    of :mod:`dm4isl.uncertainty.thresholds`; None there means the file beside the checkpoint).
+    """
 
     source: str = "auto"  # auto (inter with n_seeds > 1, else intra) | intra | inter | none
     threshold: float | None = None
     faithful: bool = False
     flag_fraction: float = 0.01
+    calibration: str | None = None
 
 
 def name_to_patch_id(name: str) -> int:
@@ -211,18 +217,23 @@ def predict_arrays(
 
 
 def _uncertainty_choice(
-    available: set[str], organelle: Mapping[str, Any], unc: UncertaintySettings
-) -> tuple[str | None, float | None]:
-    """``(std map used for the error mask, its threshold)``; ``(None, None)`` when masks are switched off."""
+    available: set[str], organelle: Mapping[str, Any], unc: UncertaintySettings, setting: Mapping[str, Any],
+    calibrations: Sequence[Mapping[str, Any]] = (),
+) -> tuple[str | None, Threshold | None, str]:
+    """``(std map for the error mask, its threshold, one sentence on the choice)``; no map when masks are off.
+
+    The threshold must be valid for the sampling ``setting`` (:func:`~dm4isl.uncertainty.thresholds.resolve_threshold`):
+    a value given in ``unc``, the organelle's when published for this setting, or a calibration for it; else None.
+    """
     source = unc.source
     if source == "none":
-        return None, None
+        return None, None, "error masks switched off (uncertainty.source=none)"
     if source == "auto":
         source = "inter" if "std_inter" in available else "intra"
     if f"std_{source}" not in available:
-        raise ValueError(f"uncertainty source {source!r} needs the std_{source} product (inter needs n_seeds > 1)")
-    threshold = unc.threshold if unc.threshold is not None else organelle.get(f"{source}_std_threshold")
-    return source, threshold
+        raise ConfigError(f"uncertainty source {source!r} needs the std_{source} product (inter needs n_seeds > 1)")
+    threshold, reason = resolve_threshold(source, setting, organelle, calibrations, unc.threshold)
+    return source, threshold, reason
 
 
 def run_predict(
@@ -240,6 +251,7 @@ def run_predict(
     metadata: Mapping[str, Any] | None = None,
     tiles: TileSettings | None = None,
     voxel_size: Sequence[float] | None = None,
+    calibrations: Sequence[Mapping[str, Any]] = (),
 ) -> list[dict[str, Any]]:
     """Predict ``inputs`` into ``output_dir`` (layout in the module docstring); returns the CSV rows.
 
@@ -254,9 +266,17 @@ def run_predict(
     tiles = tiles or TileSettings()
     diffusion = is_diffusion(model)
     settings = (settings or model.test_settings) if diffusion else None
+    source, threshold = None, None
+    if diffusion:
+        available = {"std_intra"} | ({"std_inter"} if n_seeds > 1 else set())
+        setting = sampling_setting(settings.to_dict(), (model.target.low, model.target.high),
+                                   model.schedule.num_train_timesteps)
+        source, threshold, reason = _uncertainty_choice(available, organelle, unc, setting, calibrations)
+        (log.info if threshold is not None or source is None else log.warning)("%s", reason)
     config = {
         "checkpoint": checkpoint_id, "sampler": settings.to_dict() if settings else None,
-        "n_seeds": n_seeds if diffusion else 0, "uncertainty": [unc.source, unc.threshold, unc.faithful],
+        "n_seeds": n_seeds if diffusion else 0,
+        "uncertainty": [source, None if threshold is None else threshold.value, unc.faithful],
         "tiling": tiles.to_dict(),
     }
     key = settings_hash(config)
@@ -276,17 +296,10 @@ def run_predict(
     run_meta = {
         **(metadata or {}), "model": type(model).__name__, "sampler": settings.to_dict() if settings else None,
         "seeds": seeds, "tiling": tiles.to_dict(), "settings_hash": key,
+        "threshold": None if threshold is None else {"value": threshold.value, "source": threshold.source,
+                                                     "valid_for": threshold.setting},
     }
     mask_settings = MaskSettings.faithful() if unc.faithful else MaskSettings(flag_fraction=unc.flag_fraction)
-    source, threshold = None, None
-    if diffusion:
-        available = {"std_intra"} | ({"std_inter"} if n_seeds > 1 else set())
-        source, threshold = _uncertainty_choice(available, organelle, unc)
-        if source is not None and threshold is None:
-            log.warning(
-                "no %s-process std threshold for organelle %r: no error masks written (calibrate one on the "
-                "validation split)", source, organelle.get("name"),
-            )
     steps = ""
     if settings is not None:
         steps = str(settings.num_steps if settings.method == "ddim" else model.schedule.num_train_timesteps)
@@ -311,7 +324,7 @@ def run_predict(
                     written.append(name)
                 flagged, fraction = "", ""
                 if source is not None and threshold is not None:
-                    mask = error_mask(arrays[f"std_{source}"][i], threshold, mask_settings)
+                    mask = error_mask(arrays[f"std_{source}"][i], threshold.value, mask_settings)
                     write_tiff(out / "error_mask" / f"{inp.name}.tiff", mask.astype(np.uint8), voxel, meta)
                     written.append("error_mask")
                     is_flagged, frac = flag(mask, mask_settings.flag_fraction)
@@ -325,7 +338,8 @@ def run_predict(
                     "seeds": ";".join(str(s) for s in seeds),
                     "settings_hash": key, "products": ";".join(written), "flagged": flagged,
                     "mask_fraction": fraction, "uncertainty_source": source or "",
-                    "threshold": "" if threshold is None else threshold, "seconds": f"{seconds:.3f}",
+                    "threshold": "" if threshold is None else threshold.value,
+                    "threshold_source": "" if threshold is None else threshold.source, "seconds": f"{seconds:.3f}",
                 }
             write_csv(out / CSV_NAME, list(rows.values()), CSV_FIELDS)
             bar.update(len(batch))

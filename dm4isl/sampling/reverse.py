@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from dm4isl.errors import ConfigError
 from dm4isl.sampling.noise import randn_per_patch
 from dm4isl.sampling.schedule import NoiseSchedule
 from dm4isl.sampling.stats import RunningStats
@@ -93,14 +94,14 @@ def sampling_timesteps(schedule: NoiseSchedule, method: str, num_steps: int | No
     n_train = schedule.num_train_timesteps
     if method == "ddpm":
         if num_steps not in (None, n_train):
-            raise ValueError(
+            raise ConfigError(
                 f"ancestral DDPM runs all {n_train} steps, got num_steps={num_steps}; use method='ddim' for fewer"
             )
         return torch.arange(n_train - 1, -1, -1, dtype=torch.int64)
     if method != "ddim":
-        raise ValueError(f"sampling method {method!r}; expected one of {METHODS}")
+        raise ConfigError(f"sampling method {method!r}; expected one of {METHODS}")
     if num_steps is None or not 1 <= num_steps <= n_train:
-        raise ValueError(f"DDIM num_steps={num_steps}; expected an integer in [1, {n_train}]")
+        raise ConfigError(f"DDIM num_steps={num_steps}; expected an integer in [1, {n_train}]")
     if num_steps == 1:
         return torch.tensor([n_train - 1], dtype=torch.int64)
     steps = torch.linspace(n_train - 1, 0, num_steps, dtype=torch.float64).round().long()

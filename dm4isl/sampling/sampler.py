@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import torch
 
+from dm4isl.errors import ConfigError
 from dm4isl.sampling.noise import NOISE_MODES, patch_generators
 from dm4isl.sampling.reverse import METHODS, EpsFn, reverse_process
 from dm4isl.sampling.schedule import NoiseSchedule
@@ -15,6 +16,8 @@ from dm4isl.sampling.schedule import NoiseSchedule
 #: How predictions are brought to [0, 1]: per-voxel clipping (batch-independent default) or min–max over the
 #: whole batch (the reference's behaviour, kept for faithful reproduction only).
 OUTPUT_MODES = ("clip", "batch_minmax")
+#: Keys of a sampler config that are not settings: Hydra's ``_target_`` and the option's ``name``.
+IGNORED_KEYS = ("_target_", "name")
 
 
 @dataclass(frozen=True)
@@ -67,18 +70,24 @@ class SamplerSettings:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"sampler method {self.method!r}; expected one of {METHODS}")
+            raise ConfigError(f"sampler method {self.method!r}; expected one of {METHODS}")
         if self.noise not in NOISE_MODES:
-            raise ValueError(f"sampler noise {self.noise!r}; expected one of {NOISE_MODES}")
+            raise ConfigError(f"sampler noise {self.noise!r}; expected one of {NOISE_MODES}")
         if self.output not in OUTPUT_MODES:
-            raise ValueError(f"sampler output {self.output!r}; expected one of {OUTPUT_MODES}")
+            raise ConfigError(f"sampler output {self.output!r}; expected one of {OUTPUT_MODES}")
         if not 0 <= self.window[0] < self.window[1]:
-            raise ValueError(f"averaging window {list(self.window)}; expected 0 ≤ t_low < t_high")
+            raise ConfigError(f"averaging window {list(self.window)}; expected 0 ≤ t_low < t_high")
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any] | None) -> SamplerSettings:
-        """Build from a plain or OmegaConf mapping; lists become tuples, a ``_target_`` key is ignored."""
-        values = {k: v for k, v in dict(config or {}).items() if k != "_target_"}
+        """Build from a plain or OmegaConf mapping; lists become tuples; ``_target_`` and ``name`` keys are ignored.
+
+        Unknown keys raise :class:`~dm4isl.errors.ConfigError` naming them.
+        """
+        values = {k: v for k, v in dict(config or {}).items() if k not in IGNORED_KEYS}
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ConfigError(f"sampler settings {unknown} unknown; expected some of {[f.name for f in fields(cls)]}")
         for key in ("window", "clip_x0"):
             if values.get(key) is not None:
                 values[key] = tuple(values[key])
@@ -169,3 +178,19 @@ def sample(
         window_timesteps=result.window_timesteps,
         n_calls=result.n_calls,
     )
+
+
+def adjust_settings(stored: SamplerSettings, given: Mapping[str, Any] | None) -> SamplerSettings:
+    """The sampler to use given a checkpoint's ``stored`` one and a config node ``given``.
+
+    ``given`` with a ``name`` is a whole sampler option (``sampler=<name>``) and replaces ``stored``; without one
+    its non-null keys adjust ``stored`` (``sampler.num_steps=10``, ``sampler.eta=0``, ``sampler.window=[200,800]``).
+    None or all-null keeps ``stored``.
+    """
+    values = dict(given or {})
+    if values.get("name"):
+        return SamplerSettings.from_dict(values)
+    changes = {k: v for k, v in values.items() if v is not None and k not in IGNORED_KEYS}
+    if not changes:
+        return stored
+    return SamplerSettings.from_dict({**stored.to_dict(), **changes})

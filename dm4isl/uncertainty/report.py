@@ -14,6 +14,7 @@ from dm4isl.data.patches import PatchSet
 from dm4isl.prediction.runner import predict_arrays
 from dm4isl.sampling.sampler import SamplerSettings
 from dm4isl.uncertainty.evaluation import ERROR_TAU, calibrate_threshold, evaluate_uncertainty
+from dm4isl.uncertainty.thresholds import describe, organelle_threshold, same_setting, sampling_setting
 
 
 def predict_patch_set(
@@ -40,19 +41,27 @@ def calibrate_and_score(
 ) -> dict[str, Any]:
     """Thresholds picked on ``val`` (per std map), then AUROC and flag precision/recall on ``test``.
 
-    Returns a plain dict: the sampler settings, the calibrated and the organelle's published thresholds, and one
-    report per (std map, threshold source) on the test split.
+    Returns a plain dict: the sampler settings and their canonical ``setting``, one report per (std map, threshold
+    source) on the test split — the organelle's published threshold only where it is valid for this setting — and
+    ``entries`` for a calibration file (:func:`~dm4isl.uncertainty.thresholds.write_calibration`).
     """
+    setting = sampling_setting(settings.to_dict(), (model.target.low, model.target.high),
+                               model.schedule.num_train_timesteps)
     val_pred = predict_patch_set(model, val, settings, n_seeds)
     test_pred = predict_patch_set(model, test, settings, n_seeds)
-    result: dict[str, Any] = {"sampler": settings.to_dict(), "n_seeds": n_seeds, "tau": tau, "maps": {}}
+    result: dict[str, Any] = {"sampler": settings.to_dict(), "setting": setting, "setting_text": describe(setting),
+                              "n_seeds": n_seeds, "tau": tau, "maps": {}, "entries": []}
     for source in ("intra", "inter"):
         key = f"std_{source}"
         if key not in val_pred:
             continue
         threshold, f1 = calibrate_threshold(val_pred[key], val_pred["DDPMavg"], val.fl, tau)
+        own = organelle_threshold(organelle, source)
+        valid = own is not None and same_setting(own.setting, setting)
         entry: dict[str, Any] = {"calibrated_threshold": threshold, "validation_f1": f1,
-                                 "published_threshold": organelle.get(f"{source}_std_threshold")}
+                                 "published_threshold": own.value if valid else None}
+        result["entries"].append({"map": source, "threshold": threshold, "setting": setting, "split": "validation",
+                                  "n_patches": len(val), "n_seeds": n_seeds, "tau": tau, "validation_f1": f1})
         for label in ("calibrated", "published"):
             thr = entry[f"{label}_threshold"]
             if thr is None:
