@@ -7,8 +7,8 @@ table with paired bootstrap CIs against the paper arm), each with and without th
 correction (a sampling-time switch) is measured on the very same networks.
 
     python scripts/training_study.py train [--arms paper,eps_lr] [--steps 4000] [--threads 1]
-    python scripts/training_study.py curves --out docs/study
-    python scripts/training_study.py test --out docs/study
+    python scripts/training_study.py curves [--out docs/study]
+    python scripts/training_study.py test [--uncertainty paper:off,x0_pm1_z:on] [--n-seeds 5]
 
 ``train`` resumes every arm from its ``last.ckpt`` (``ckpt_path=auto``): a study killed at any point continues where
 it stopped, and arms already at their step budget are skipped. Results are CSV/PNG files, written atomically.
@@ -17,11 +17,17 @@ it stopped, and arms already at their step budget are skipped. Results are CSV/P
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 #: Repository root; run folders live under ``<root>/outputs/study/runs/<arm>`` (``DM4ISL_ROOT`` moves them).
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +58,15 @@ ARMS: dict[str, dict[str, str]] = {
 DEFAULT_ORDER = ("paper", "eps_lr", "eps_pm1_z", "x0_pm1_z", "eps_pm1", "v_pm1_z", "x0_plain", "eps_pm1_z_minsnr")
 DEFAULT_STEPS = 4000
 SNAPSHOT_EVERY = 500
+#: Samplers of the study (one for all arms, so that arms differ only in training): learning curves on the
+#: validation patches, the final table on the test patches.
+CURVE_SAMPLER = {"method": "ddim", "num_steps": 20, "eta": 1.0}
+TEST_SAMPLER = {"method": "ddim", "num_steps": 50, "eta": 1.0}
+#: Test patch size: 16 × 64 × 64 (MS-SSIM needs 64 px); validation curves use the training crop size.
+TEST_PATCH = [16, 64, 64]
+#: The reference arm of the paired comparisons, and bootstrap settings.
+REFERENCE_ARM = "paper"
+N_BOOT_AUROC = 200
 
 
 def snapshot_path(arm: str, step: int) -> Path:
@@ -72,6 +87,250 @@ def train_arm(arm: str, steps: int, threads: int, precision: str) -> None:
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
 
 
+def study_datamodule(eval_patch_size: Sequence[int] | None = None, n_test: int | None = None) -> Any:
+    """The study's datamodule (``experiment=study``: same FOV split, cached validation and test patches)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.utils import instantiate
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "dm4isl" / "conf")):
+        cfg = compose("train", overrides=["experiment=study"])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(RUNS.parent / "eval")
+        cfg.paths.data_dir = str(RUNS.parent.parent.parent / "data")
+        cfg.data.split_file = None
+        if eval_patch_size is not None:
+            cfg.data.eval_patch_size = list(eval_patch_size)
+        if n_test is not None:
+            cfg.data.n_test_patches = int(n_test)
+    GlobalHydra.instance().clear()
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup("fit")
+    dm.setup("test")
+    return dm
+
+
+def sample_scores(model: Any, patches: Any, sampler: dict[str, Any], correction: bool, n_seeds: int = 1,
+                  keep: bool = False) -> dict[str, Any]:
+    """Sample every patch of a set; per-patch DDPMavg PCC/MSE/MS-SSIM and final-sample PCC (``(N,)`` arrays)."""
+    from dm4isl.metrics.basic import ms_ssim_batch, mse, pcc
+    from dm4isl.uncertainty.report import predict_patch_set
+
+    settings = replace(model.test_settings, **sampler, mean_correction=correction)
+    if correction and model.fl_mean is None:
+        raise SystemExit("a snapshot without training statistics cannot use the mean correction")
+    tic = time.perf_counter()
+    pred = predict_patch_set(model, patches, settings, n_seeds)
+    gt = patches.fl
+    out: dict[str, Any] = {
+        "ddpmavg_pcc": np.array([pcc(g, p) for g, p in zip(gt, pred["DDPMavg"], strict=True)]),
+        "ddpmavg_mse": np.array([mse(g, p) for g, p in zip(gt, pred["DDPMavg"], strict=True)]),
+        "ddpm_pcc": np.array([pcc(g, p) for g, p in zip(gt, pred["DDPM"], strict=True)]),
+        "brightness_error": pred["DDPMavg"].mean(axis=(1, 2, 3)) - gt.mean(axis=(1, 2, 3)),
+        "seconds": time.perf_counter() - tic,
+    }
+    if gt.shape[-1] >= 64:
+        out["ddpmavg_ms_ssim"] = ms_ssim_batch(gt, pred["DDPMavg"])
+    if keep:
+        out["products"] = pred
+    return out
+
+
+def snapshots(arm: str) -> list[tuple[int, Path]]:
+    """``(step, path)`` of an arm's snapshots, by step."""
+    folder = RUNS / arm / "checkpoints" / "snapshots"
+    found = [(int(p.stem.removeprefix("step")), p) for p in folder.glob("step*.ckpt")]
+    return sorted(found)
+
+
+def curves(arms: Sequence[str], out: Path, threads: int) -> list[dict[str, Any]]:
+    """Validation DDPMavg PCC/MSE of every snapshot of every arm, correction off and on; CSV + PNG (resumable)."""
+    import torch
+
+    from dm4isl.io.atomic import write_csv
+    from dm4isl.prediction.checkpoint import load_model
+
+    torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "study_curves.csv"
+    rows = read_rows(csv_path)
+    done = {(r["arm"], int(r["step"]), r["correction"]) for r in rows}
+    val = study_datamodule().val_set
+    for arm in arms:
+        for step, path in snapshots(arm):
+            for correction in ("off", "on"):
+                if (arm, step, correction) in done:
+                    continue
+                model = load_model(path)
+                scores = sample_scores(model, val, CURVE_SAMPLER, correction == "on")
+                rows.append({"arm": arm, "step": step, "correction": correction, "n_patches": len(val),
+                             "ddpmavg_pcc": float(np.nanmean(scores["ddpmavg_pcc"])),
+                             "ddpmavg_mse": float(scores["ddpmavg_mse"].mean()),
+                             "ddpm_pcc": float(np.nanmean(scores["ddpm_pcc"])),
+                             "abs_brightness_error": float(np.abs(scores["brightness_error"]).mean()),
+                             "sample_seconds": round(scores["seconds"], 1)})
+                write_csv(csv_path, rows, list(rows[0]))
+                print(f"[curves] {arm} step {step} correction {correction}: "
+                      f"PCC {rows[-1]['ddpmavg_pcc']:.3f}", flush=True)
+    plot_curves(rows, out / "study_curves.png")
+    return rows
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a CSV file ([] when it does not exist)."""
+    import csv
+
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Validation DDPMavg PCC vs step, one colour per arm; solid: correction off, dashed: on."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dm4isl.io.atomic import atomic_path
+
+    arms = list(dict.fromkeys(r["arm"] for r in rows))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for i, arm in enumerate(arms):
+        colour = f"C{i}"
+        for correction, style in (("off", "-"), ("on", "--")):
+            pts = sorted((int(r["step"]), float(r["ddpmavg_pcc"]), float(r["ddpmavg_mse"])) for r in rows
+                         if r["arm"] == arm and r["correction"] == correction)
+            if not pts:
+                continue
+            steps, pccs, mses = zip(*pts, strict=True)
+            label = f"{arm} ({'corr.' if correction == 'on' else 'no corr.'})"
+            axes[0].plot(steps, pccs, style, color=colour, marker="o", ms=3, label=label)
+            axes[1].plot(steps, mses, style, color=colour, marker="o", ms=3)
+    axes[0].set(xlabel="optimizer step", ylabel="validation DDPMavg PCC", title="DDPMavg PCC (DDIM-20, 16 patches)")
+    axes[1].set(xlabel="optimizer step", ylabel="validation DDPMavg MSE", yscale="log", title="DDPMavg MSE")
+    axes[0].grid(alpha=0.3)
+    axes[1].grid(alpha=0.3)
+    axes[0].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(buf.getvalue())
+
+
+def paired_ci(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
+    """Mean of ``a − b`` over patches and its paired bootstrap 95 % CI."""
+    from dm4isl.metrics.table import bootstrap_ci, mean_difference
+
+    low, high = bootstrap_ci(mean_difference, [a, b], vectorized=True)
+    return float(np.nanmean(a - b)), low, high
+
+
+def auroc_ci(std: np.ndarray, truth: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """Pooled voxel AUROC of ``std`` for ``truth`` ``(N, Z, Y, X)``, with a 95 % CI resampling patches."""
+    from dm4isl.uncertainty.evaluation import auroc
+
+    value = auroc(std, truth)
+    rng = np.random.default_rng(seed)
+    boots = [auroc(std[i], truth[i]) for i in (rng.integers(0, len(std), len(std)) for _ in range(N_BOOT_AUROC))]
+    boots = np.array([b for b in boots if np.isfinite(b)])
+    if boots.size == 0:
+        return value, float("nan"), float("nan")
+    return value, float(np.quantile(boots, 0.025)), float(np.quantile(boots, 0.975))
+
+
+def test_table(arms: Sequence[str], out: Path, threads: int, n_test: int, uncertainty_arms: Sequence[str],
+               n_seeds: int, tau: float) -> list[dict[str, Any]]:
+    """Last snapshot of each arm on the test patches: per-patch scores (CSV), paired CIs against the paper arm."""
+    import torch
+
+    from dm4isl.io.atomic import write_csv
+    from dm4isl.prediction.checkpoint import load_model
+    from dm4isl.uncertainty.evaluation import error_truth
+
+    torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    test = study_datamodule(TEST_PATCH, n_test).test_set
+    per_patch_path = out / "study_test_patches.csv"
+    per_patch = read_rows(per_patch_path)
+    done = {(r["arm"], r["correction"]) for r in per_patch}
+    for arm in arms:
+        found = snapshots(arm)
+        if not found:
+            continue
+        step, path = found[-1]
+        for correction in ("off", "on"):
+            if (arm, correction) in done:
+                continue
+            scores = sample_scores(load_model(path), test, TEST_SAMPLER, correction == "on")
+            for i in range(len(test)):
+                per_patch.append({"arm": arm, "step": step, "correction": correction, "patch": i,
+                                  **{k: float(scores[k][i]) for k in ("ddpmavg_pcc", "ddpmavg_mse", "ddpmavg_ms_ssim",
+                                                                      "ddpm_pcc", "brightness_error")},
+                                  "seconds_per_patch": round(scores["seconds"] / len(test), 2)})
+            write_csv(per_patch_path, per_patch, list(per_patch[0]))
+            print(f"[test] {arm} step {step} correction {correction}: PCC "
+                  f"{np.nanmean(scores['ddpmavg_pcc']):.3f}", flush=True)
+    table = summarize(per_patch)
+    write_csv(out / "study_test.csv", table, list(table[0]))
+    unc_rows = []
+    unc_path = out / "study_uncertainty.csv"
+    unc_rows = read_rows(unc_path)
+    unc_done = {(r["arm"], r["correction"]) for r in unc_rows}
+    for arm, correction in (a.split(":") for a in uncertainty_arms):
+        if (arm, correction) in unc_done or not snapshots(arm):
+            continue
+        step, path = snapshots(arm)[-1]
+        scores = sample_scores(load_model(path), test, TEST_SAMPLER, correction == "on", n_seeds=n_seeds, keep=True)
+        pred = scores["products"]
+        errors = error_truth(pred["DDPMavg"], test.fl, tau)
+        row: dict[str, Any] = {"arm": arm, "step": step, "correction": correction, "n_patches": len(test),
+                               "n_seeds": n_seeds, "tau": tau,
+                               "error_voxel_fraction": float(errors.mean()),
+                               "planted_voxel_fraction": float(np.asarray(test.mask).astype(bool).mean())}
+        for name in ("std_intra", "std_inter"):
+            for label, truth in (("error", errors), ("planted", np.asarray(test.mask).astype(bool))):
+                value, low, high = auroc_ci(pred[name], truth)
+                row[f"{name}_auroc_{label}"] = value
+                row[f"{name}_auroc_{label}_ci"] = f"{low:.3f}..{high:.3f}"
+        unc_rows.append(row)
+        write_csv(unc_path, unc_rows, list(unc_rows[0]))
+        print(f"[uncertainty] {arm} ({correction}): {row}", flush=True)
+    return table
+
+
+def summarize(per_patch: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean per arm × correction, and the paired difference from the paper arm (no correction) with 95 % CIs."""
+    def values(arm: str, correction: str, key: str) -> np.ndarray:
+        rows = sorted((int(r["patch"]), float(r[key])) for r in per_patch
+                      if r["arm"] == arm and r["correction"] == correction)
+        return np.array([v for _, v in rows])
+
+    table = []
+    keys = ("ddpmavg_pcc", "ddpmavg_mse", "ddpmavg_ms_ssim", "ddpm_pcc")
+    have_ref = any(r["arm"] == REFERENCE_ARM and r["correction"] == "off" for r in per_patch)
+    for arm, correction in dict.fromkeys((r["arm"], r["correction"]) for r in per_patch):
+        step = next(r["step"] for r in per_patch if r["arm"] == arm and r["correction"] == correction)
+        row: dict[str, Any] = {"arm": arm, "correction": correction, "step": step,
+                               "n_patches": len(values(arm, correction, "ddpmavg_pcc"))}
+        for key in keys:
+            row[key] = float(np.nanmean(values(arm, correction, key)))
+        row["abs_brightness_error"] = float(np.abs(values(arm, correction, "brightness_error")).mean())
+        if have_ref:
+            for key in ("ddpmavg_pcc", "ddpmavg_ms_ssim", "ddpmavg_mse"):
+                diff, low, high = paired_ci(values(arm, correction, key), values(REFERENCE_ARM, "off", key))
+                row[f"delta_{key}_vs_paper"] = diff
+                row[f"delta_{key}_ci"] = f"{low:+.3f}..{high:+.3f}" if key != "ddpmavg_mse" else \
+                    f"{low:+.5f}..{high:+.5f}"
+        table.append(row)
+    return table
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -80,6 +339,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     train.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps per arm")
     train.add_argument("--threads", type=int, default=1, help="CPU threads per training process")
     train.add_argument("--precision", default="bf16-mixed", help="Lightning precision of every arm")
+    for name in ("curves", "test"):
+        cmd = sub.add_parser(name, help=f"{name} of the trained arms")
+        cmd.add_argument("--arms", default=",".join(DEFAULT_ORDER))
+        cmd.add_argument("--out", type=Path, default=ROOT / "docs" / "study")
+        cmd.add_argument("--threads", type=int, default=2)
+    test = sub.choices["test"]
+    test.add_argument("--n-test", type=int, default=32, help="test patches (16 x 64 x 64)")
+    test.add_argument("--uncertainty", default="paper:off", help="arm:correction pairs scored for uncertainty")
+    test.add_argument("--n-seeds", type=int, default=5, help="seeds of the uncertainty ensembles")
+    test.add_argument("--tau", type=float, default=0.2, help="|error| above which a voxel is wrong")
     return parser.parse_args(argv)
 
 
@@ -92,6 +361,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             raise SystemExit(f"unknown arms {unknown}; expected some of {sorted(ARMS)}")
         for arm in arms:
             train_arm(arm, args.steps, args.threads, args.precision)
+        return
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    if args.command == "curves":
+        curves(arms, args.out, args.threads)
+    else:
+        pairs = [p.strip() for p in args.uncertainty.split(",") if p.strip()]
+        for row in test_table(arms, args.out, args.threads, args.n_test, pairs, args.n_seeds, args.tau):
+            print(row)
 
 
 if __name__ == "__main__":

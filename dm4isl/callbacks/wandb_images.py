@@ -16,6 +16,7 @@ from lightning.pytorch.loggers import WandbLogger
 from dm4isl.io.atomic import atomic_path
 from dm4isl.metrics.basic import mse, pcc
 from dm4isl.uncertainty.masks import error_mask
+from dm4isl.uncertainty.thresholds import resolve_threshold, sampling_setting
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +83,13 @@ class ImageGrid(pl.Callback):
     """
 
     def __init__(
-        self, n_images: int = 2, mask_threshold: float | None = None, output_dir: str | os.PathLike | None = None
+        self, n_images: int = 2, mask_threshold: float | None = None, output_dir: str | os.PathLike | None = None,
+        organelle: Mapping[str, Any] | None = None,
     ) -> None:
         self.n_images = int(n_images)
-        self.mask_threshold = None if mask_threshold is None else float(mask_threshold)
+        self.given_threshold = None if mask_threshold is None else float(mask_threshold)
+        self.organelle = dict(organelle or {})
+        self.mask_threshold: float | None = self.given_threshold
         self.output_dir = Path(output_dir) if output_dir else None
         self._rows: list[dict[str, np.ndarray]] = []
         self._table: list[list[Any]] = []
@@ -96,6 +100,23 @@ class ImageGrid(pl.Callback):
 
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._rows = []
+        self.mask_threshold = self._threshold_for(pl_module)
+
+    def _threshold_for(self, pl_module: pl.LightningModule) -> float | None:
+        """The error-mask threshold valid for the validation sampler (a given one, or the organelle's where valid).
+
+        A threshold published for DDPM-1000 maps is never applied to the validation's DDIM maps: then the
+        ``error mask`` column is left out (one log line says why).
+        """
+        if self.given_threshold is not None or not hasattr(pl_module, "val_settings"):
+            return self.given_threshold
+        setting = sampling_setting(pl_module.val_settings.to_dict(), (pl_module.target.low, pl_module.target.high),
+                                   pl_module.schedule.num_train_timesteps)
+        found, reason = resolve_threshold("intra", setting, self.organelle)
+        if found is None and not getattr(self, "_told", False):
+            log.info("validation images: %s", reason.replace("no error masks written", "no error-mask column"))
+            self._told = True
+        return None if found is None else found.value
 
     def on_validation_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
