@@ -67,7 +67,7 @@ class PredictInput:
     gt: np.ndarray | None = None
     voxel_size: tuple[float, float, float] | None = None
 
-    def load(self) -> PredictInput:
+    def load(self, announce: bool = True) -> PredictInput:
         """Already in memory: itself (the interface of :class:`InputSource`)."""
         return self
 
@@ -147,8 +147,11 @@ class InputSource:
         """The file, with the scene when one was chosen."""
         return str(self.path) + (f" [scene {self.scene}]" if self.scene is not None else "")
 
-    def load(self) -> PredictInput:
-        """Read, normalise and (when its voxel size differs from the training one) resample the input."""
+    def load(self, announce: bool = True) -> PredictInput:
+        """Read, normalise and (when its voxel size differs from the training one) resample the input.
+
+        A resampling is logged (one line) unless ``announce`` is false (a second read of the same input).
+        """
         if self.gt_path is None and self._plain_tiff(self.path, self.channel):
             raw, gt_raw, voxel = read_volume(self.path), None, read_tiff_info(self.path)[0]
         else:
@@ -162,8 +165,9 @@ class InputSource:
             shape = bf.shape
             bf = resample_to_voxel(bf, voxel, target)
             gt = None if gt is None else resample_to_voxel(gt, voxel, target)
-            log.info("%s: voxel size %s µm resampled to the training voxel size %s µm (Z, Y, X): %s -> %s voxels",
-                     self.source, _fmt(voxel), _fmt(target), shape, bf.shape)
+            log.log(logging.INFO if announce else logging.DEBUG,
+                    "%s: voxel size %s µm resampled to the training voxel size %s µm (Z, Y, X): %s -> %s voxels",
+                    self.source, _fmt(voxel), _fmt(target), shape, bf.shape)
             voxel = target
         elif voxel is None and target is not None:
             log.debug("%s: no physical voxel size in the file; taken as the training voxel size %s µm", self.source,
@@ -311,7 +315,7 @@ def discover_inputs(
 class _PatchPairSource(InputSource):
     """A brightfield/ground-truth pair of a patch folder (single-channel 3-D TIFFs, read with tifffile)."""
 
-    def load(self) -> PredictInput:
+    def load(self, announce: bool = True) -> PredictInput:
         bf_raw, gt_raw = read_volume(self.path), read_volume(self.gt_path)
         if bf_raw.shape != gt_raw.shape:
             raise DataError(f"{self.gt_path}: shape {gt_raw.shape} (Z, Y, X) does not match its brightfield partner "

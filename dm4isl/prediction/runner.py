@@ -58,6 +58,8 @@ CSV_FIELDS = [
 ]
 #: ``output_format`` values: OME-TIFF folders per product, one OME-Zarr image per input, or both.
 OUTPUT_FORMATS = ("tiff", "ome-zarr", "both")
+#: Inputs read by the pre-flight check stay in memory up to this many bytes; the others are read again when predicted.
+KEEP_LOADED_BYTES = 1 << 30
 #: Order of the products as channels of an OME-Zarr image.
 ZARR_CHANNEL_ORDER = ("BF", "GT")
 
@@ -255,11 +257,16 @@ def run_predict(
         log.info("shard %d of %d: %d of %d inputs, %d to predict", shard.index, shard.count, len(mine), len(inputs),
                  len(todo))
     shapes: dict[str, tuple[int, ...]] = {}
+    kept: dict[str, PredictInput] = {}
+    kept_bytes = 0
     for inp in tqdm(todo, desc="check inputs", unit="input", disable=len(todo) < 2 or None):
         loaded = inp.load()  # read once before predicting anything: a bad file stops the run with nothing written
         shapes[inp.name] = tuple(loaded.bf.shape)
         if check is not None:
             check(shapes[inp.name], loaded.source)
+        size = loaded.bf.nbytes + (loaded.gt.nbytes if loaded.gt is not None else 0)
+        if kept_bytes + size <= KEEP_LOADED_BYTES:  # small sets (patch folders) are not read twice
+            kept[inp.name], kept_bytes = loaded, kept_bytes + size
     seeds = [settings.seed + k for k in range(n_seeds)] if settings else []
     run_meta = {
         **(metadata or {}), "model": type(model).__name__, "sampler": settings.to_dict() if settings else None,
@@ -285,7 +292,7 @@ def run_predict(
     bar = tqdm(total=len(todo), desc="predict", unit="input", disable=len(todo) == 0)
     for group in by_shape.values():
         for start in range(0, len(group), batch_size):
-            batch = [inp.load() for inp in group[start : start + batch_size]]
+            batch = [kept.pop(inp.name, None) or inp.load(announce=False) for inp in group[start : start + batch_size]]
             tic = time.perf_counter()
             bf = torch.from_numpy(np.stack([b.bf for b in batch])[:, None])
             products = predict_arrays(model, bf, [b.patch_id for b in batch], settings, n_seeds, max_batch, tiles)
