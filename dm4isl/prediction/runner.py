@@ -271,6 +271,7 @@ def run_predict(
     run_meta = {
         **(metadata or {}), "model": type(model).__name__, "sampler": settings.to_dict() if settings else None,
         "seeds": seeds, "tiling": tiles.to_dict(), "settings_hash": key,
+        **({} if shard.single else {"shard": f"{shard.index}/{shard.count}"}),
     }
     mask_settings = MaskSettings.faithful() if unc.faithful else MaskSettings(flag_fraction=unc.flag_fraction)
     source, threshold = None, None
