@@ -162,3 +162,17 @@ def test_cluster_jobs_one_shard_each_merge_into_one_csv(compose_cfg, scale_setup
     changed = sorted(str(p.relative_to(out)) for p in after if before.get(p) != after[p])
     assert changed == sorted(f"{p}/fov3.tiff" for p in [*PRODUCTS, "BF"])
     assert [r["name"] for r in _rows(out / CSV_NAME)] == [f"fov{i}" for i in range(N_INPUTS)]
+
+
+@pytest.mark.slow
+def test_one_sweep_job_per_shard_with_a_launcher(scale_setup, tmp_path: Path) -> None:
+    """``-m 'shard=range(0,2)' num_shards=2`` through a Hydra launcher (joblib here, submitit on SLURM)."""
+    require(_has("hydra_plugins.hydra_joblib_launcher"), "the launchers extra is not installed")
+    out = tmp_path / "sweep"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "dm4isl.predict", "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+           "shard=range(0,2)", "num_shards=2", *_overrides(scale_setup, out), f"hydra.sweep.dir={tmp_path / 'sw'}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert [r["name"] for r in _rows(out / CSV_NAME)] == [f"fov{i}" for i in range(N_INPUTS)]
+    assert sorted(p.name for p in (out / SHARD_DIR).iterdir()) == ["predictions.0-of-2.csv", "predictions.1-of-2.csv"]

@@ -94,9 +94,18 @@ def all_rows(output_dir: str | Path) -> dict[str, dict[str, str]]:
 def merge_csvs(output_dir: str | Path, fieldnames: Sequence[str]) -> list[dict[str, Any]]:
     """Rewrite ``predictions.csv`` (atomically) with the rows of every shard, sorted by name; returns them.
 
-    Idempotent: run by the last process of a multi-process run and by every finishing cluster job; the shard CSVs
-    stay (they are what a resumed shard reads), so a merge that raced with a finishing job is repaired by the next.
+    Idempotent: run by the last process of a multi-process run and by every finishing cluster job. A shard CSV that
+    changed while merging (another job finishing at the same time) makes it merge again, so the last merge to
+    finish holds every row; the shard CSVs stay (they are what a resumed shard reads).
     """
-    rows = sorted(all_rows(output_dir).values(), key=lambda r: _natural(r["name"]))
-    write_csv(Path(output_dir) / CSV_NAME, rows, fieldnames)
-    return rows
+    while True:
+        before = _stamps(output_dir)
+        rows = sorted(all_rows(output_dir).values(), key=lambda r: _natural(r["name"]))
+        write_csv(Path(output_dir) / CSV_NAME, rows, fieldnames)
+        if _stamps(output_dir) == before:
+            return rows
+
+
+def _stamps(output_dir: str | Path) -> dict[str, int]:
+    """Modification times of the shard CSVs, by name."""
+    return {p.name: p.stat().st_mtime_ns for p in shard_csvs(output_dir)}
