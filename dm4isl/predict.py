@@ -20,15 +20,19 @@ from dm4isl.cli import console_script, report_expected_errors
 from dm4isl.data.readers import auto_window, to_unit
 from dm4isl.errors import CheckpointError
 from dm4isl.prediction.checkpoint import fingerprint, load_model
+from dm4isl.prediction.distributed import start_processes
+from dm4isl.prediction.inputs import InputSettings, ReadSettings, discover_inputs
 from dm4isl.prediction.runner import (
+    OutputSettings,
     UncertaintySettings,
-    collect_inputs,
     inputs_from_patch_set,
     is_diffusion,
+    merge_predictions,
     predict_arrays,
     run_predict,
     tile_for,
 )
+from dm4isl.prediction.sharding import Shard
 from dm4isl.sampling.sampler import SamplerSettings, adjust_settings
 from dm4isl.sampling.tiled import TileSettings
 from dm4isl.uncertainty.thresholds import calibration_path, read_calibration
@@ -77,9 +81,17 @@ def revision() -> str:
 
 
 def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Run :func:`dm4isl.prediction.runner.run_predict` as configured by ``conf/predict.yaml``."""
+    """Run :func:`dm4isl.prediction.runner.run_predict` as configured by ``conf/predict.yaml``.
+
+    With ``devices``/``num_nodes`` > 1 every process predicts its share of the inputs (and of this job's
+    ``shard`` of ``num_shards``); the last one to finish merges the shard CSVs into ``predictions.csv``.
+    """
+    fabric = start_processes(str(cfg.device), int(cfg.get("devices", 1)), int(cfg.get("num_nodes", 1)))
+    shard = Shard(int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1)))
+    if fabric is not None:
+        shard = shard.split(fabric.global_rank, fabric.world_size)
     ckpt = Path(cfg.ckpt_path)
-    model = load_model(ckpt, _device(cfg.device))
+    model = load_model(ckpt, fabric.device if fabric is not None else _device(cfg.device))
     sampler_cfg = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.get("sampler") else {}
     _require_diffusion(model, str(ckpt), {
         "n_seeds": int(cfg.n_seeds) if int(cfg.n_seeds) > 1 else None,
@@ -92,17 +104,17 @@ def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
     organelle = {key: stored.get(key) if value is None else value for key, value in organelle.items()}
     if not organelle:
         raise CheckpointError(f"{ckpt}: stores no organelle; give organelle=<name>")
-    if str(cfg.input) == "test":
+    source = InputSettings.from_config(
+        OmegaConf.to_container(cfg.input, resolve=True) if isinstance(cfg.input, DictConfig) else cfg.input
+    )
+    if source.path == "test":
         dm = hydra.utils.instantiate(cfg.data, organelle=organelle, _convert_="all")
         dm.setup("test")
         ts = dm.test_set
         inputs = inputs_from_patch_set(ts.bf, ts.fl, ts.names, "test split")
     else:
-        inputs = collect_inputs(cfg.input, organelle.get("bf_window"), organelle.get("fl_window"), cfg.bf_dir,
-                                cfg.gt_dir)
+        inputs = discover_inputs(source, _read_settings(source, organelle), cfg.bf_dir, cfg.gt_dir)
     tiles = TileSettings.from_dict(OmegaConf.to_container(cfg.tiling, resolve=True))
-    for shape in {inp.bf.shape for inp in inputs}:
-        _check(model, organelle, shape, str(ckpt), tiles)
     settings = adjust_settings(model.test_settings, sampler_cfg) if is_diffusion(model) else None
     unc = UncertaintySettings(**OmegaConf.to_container(cfg.uncertainty, resolve=True))
     calibrations = read_calibration(unc.calibration or calibration_path(ckpt), fingerprint(ckpt))
@@ -111,11 +123,32 @@ def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
     rows = run_predict(
         model, inputs, cfg.output_dir, organelle=organelle, settings=settings, n_seeds=int(cfg.n_seeds),
         batch_size=int(cfg.batch_size), max_batch=cfg.max_batch, uncertainty=unc,
-        checkpoint_id=meta["checkpoint_sha256_16"], metadata=meta, tiles=tiles, voxel_size=voxel,
+        checkpoint_id=meta["checkpoint_sha256_16"], metadata=meta, tiles=tiles, voxel_size=voxel, shard=shard,
+        output=_output_settings(cfg), check=lambda shape, _: _check(model, organelle, shape, str(ckpt), tiles),
         calibrations=calibrations,
     )
-    log.info("wrote %d predictions to %s", len(rows), cfg.output_dir)
+    if fabric is not None:
+        fabric.barrier()
+    if not shard.single and (fabric is None or fabric.global_rank == 0):
+        rows = merge_predictions(cfg.output_dir)
+    log.info("%d predictions in %s", len(rows), cfg.output_dir)
     return rows
+
+
+def _read_settings(source: InputSettings, organelle: dict[str, Any]) -> ReadSettings:
+    """Windows and training voxel size ``(Z, Y, X)`` of the checkpoint's organelle, as inputs are read with."""
+    def pair(value: Any) -> tuple[float, ...] | None:
+        return tuple(float(v) for v in value) if value is not None else None
+
+    return ReadSettings(pair(organelle.get("bf_window")), pair(organelle.get("fl_window")),
+                        pair(organelle.get("voxel_size")), source.resample, source.voxel_rtol,
+                        pair(source.voxel_size))
+
+
+def _output_settings(cfg: DictConfig) -> OutputSettings:
+    zarr = cfg.get("zarr") or {}
+    return OutputSettings(str(cfg.get("output_format", "tiff")), str(zarr.get("ngff_version", "0.4")),
+                          tuple(int(c) for c in zarr.get("chunks", OutputSettings().chunks)))
 
 
 def predict_array(

@@ -157,8 +157,9 @@ def test_predict_a_volume_larger_than_the_patch(compose_cfg, tmp_path: Path) -> 
     folder = tmp_path / "in"
     write_tiff(folder / "fov.tiff", fov.bf, voxel_size_zyx=(0.5, 0.29, 0.29))
     out = tmp_path / "pred"
-    overrides = [f"ckpt_path={ckpt}", f"input={folder}", f"output_dir={out}", "n_seeds=2", "device=cpu",
-                 "tiling.overlap=0.25", "tiling.batch=8"]
+    # input.resample=false: the 0.5 µm Z step stays (by default the input is resampled to the training voxel size)
+    overrides = [f"ckpt_path={ckpt}", f"input.path={folder}", "input.resample=false", f"output_dir={out}", "n_seeds=2",
+                 "device=cpu", "tiling.overlap=0.25", "tiling.batch=8"]
     rows = predict_command(compose_cfg("predict", overrides))
     assert rows[0]["products"] == "DDPM;DDPMavg;std_intra;std_inter;error_mask"
     for product in ("DDPM", "DDPMavg", "std_intra", "std_inter"):
@@ -187,7 +188,7 @@ def test_predict_a_volume_larger_than_the_patch(compose_cfg, tmp_path: Path) -> 
         assert next(csv.DictReader(fh))["seeds"] == "0;1"
     # an explicit voxel size wins over the input's
     out2 = tmp_path / "pred2"
-    predict_command(compose_cfg("predict", [*overrides[:2], f"output_dir={out2}", "n_seeds=1", "device=cpu",
+    predict_command(compose_cfg("predict", [*overrides[:3], f"output_dir={out2}", "n_seeds=1", "device=cpu",
                                             "voxel_size=[1.0,0.5,0.5]", "tiling.size=[16,64,64]"]))
     voxel, meta = read_tiff_info(out2 / "DDPMavg" / "fov.tiff")
     assert voxel == pytest.approx((1.0, 0.5, 0.5)) and meta["tiling"]["size"] == [16, 64, 64]

@@ -17,6 +17,16 @@ import tifffile
 import torch
 import torch.nn.functional as F
 
+from dm4isl.data.images import (
+    TIFF_SUFFIXES,
+    channel_index,
+    check_stack,
+    image_suffix,
+    is_ome_tiff,
+    open_image,
+    read_zyx,
+    select_scene,
+)
 from dm4isl.errors import DataError
 from dm4isl.io.atomic import atomic_path
 
@@ -34,7 +44,7 @@ ALLEN_COLUMNS = {
 }
 #: Column names of a plain manifest: one row per FOV with its file, brightfield and fluorescence channel.
 PLAIN_COLUMNS = {"path": "path", "bf_channel": "bf_channel", "fl_channel": "fl_channel", "fov_id": "fov_id",
-                 "well_id": "well_id", "fl_path": "fl_path"}
+                 "well_id": "well_id", "fl_path": "fl_path", "scene": "scene", "timepoint": "timepoint"}
 MANIFEST_STYLES = ("allen", "plain")
 #: ``organelle.fl_channel`` values: which Allen column holds the fluorescence channel of the organelle.
 FL_CHANNEL_COLUMNS = {"structure": "structure_channel", "dna": "dna_channel"}
@@ -54,15 +64,19 @@ class FovRecord:
     """One field of view of a manifest: its file(s), the 0-based channel indices used, and its grouping keys.
 
     ``fl_path`` is the fluorescence file when it is not ``path`` (plain manifests with separate BF and FL files).
+    A channel is a 0-based index or, for files with channel metadata, a channel name; ``scene`` (index or name) and
+    ``timepoint`` choose within multi-position or time-lapse files (None: the first scene; a single time point).
     """
 
     fov_id: str
     path: Path
-    bf_channel: int
-    fl_channel: int
+    bf_channel: int | str
+    fl_channel: int | str
     well_id: str | None = None
     gene: str | None = None
     fl_path: Path | None = None
+    scene: int | str | None = None
+    timepoint: int | None = None
 
 
 @dataclass(frozen=True)
@@ -122,18 +136,35 @@ def resample_xy(volume: np.ndarray, settings: ResampleSettings) -> np.ndarray:
 
 
 def read_channels(
-    path: str | os.PathLike, channels: Sequence[int], axes: str | None = None
+    path: str | os.PathLike,
+    channels: Sequence[int | str],
+    axes: str | None = None,
+    scene: int | str | None = None,
+    timepoint: int | None = None,
 ) -> list[np.ndarray]:
-    """Read the given 0-based channels of a multi-channel 3-D (OME-)TIFF, each as a ``(Z, Y, X)`` array.
+    """Read the given channels of a multi-channel 3-D image, each as a ``(Z, Y, X)`` array in its stored dtype.
 
-    The axes come from the file's metadata (``series.axes``: OME, ImageJ or tifffile-shaped, e.g. ``ZCYX``,
-    ``CZYX``, ``TCZYX`` with T = 1) unless ``axes`` overrides them (for TIFFs written without axes metadata). Raw
-    uint16, float16 and float32 keep their dtype. Errors name the file: missing or unreadable file, no Z axis
-    (a 2-D image), axes other than Z/C/Y/X longer than 1, a channel index out of range, NaN/inf voxels.
+    OME-TIFF, CZI, ND2, LIF and OME-Zarr files are read through bioio (:mod:`dm4isl.data.images`): channels by 0-based
+    index or by name, ``scene`` (index or name, None = the first) and ``timepoint`` (None: the file must have one).
+    TIFFs without OME metadata, and any TIFF whose ``axes`` are overridden (files written without or with wrong axes
+    metadata), are read with tifffile from the axes in their metadata (``series.axes``: ImageJ or tifffile-shaped,
+    e.g. ``ZCYX``, ``CZYX``, ``TCZYX`` with T = 1), decoding only the pages of the wanted channels; float16 stays
+    float16 there. Errors name the file: missing or unreadable file, no Z axis (a 2-D image), axes other than
+    Z/C/Y/X longer than 1, a channel out of range or unknown, NaN/inf voxels.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found (expected a multi-channel 3-D TIFF listed in the manifest)")
+    if not path.exists():
+        raise DataError(f"{path}: file not found (expected a multi-channel 3-D image listed in the manifest)")
+    if axes is None and (image_suffix(path) not in TIFF_SUFFIXES or is_ome_tiff(path)):
+        image = open_image(path)
+        select_scene(image, path, scene)
+        check_stack(image, path, timepoint)
+        return read_zyx(image, path, [channel_index(image, path, c) for c in channels], timepoint)
+    names = [c for c in channels if not isinstance(c, int) and not str(c).strip().isdigit()]
+    if names:
+        raise DataError(f"{path}: channel names {names} need a file with channel metadata (OME-TIFF, CZI, ND2, LIF, "
+                        "OME-Zarr); give 0-based indices for this TIFF")
+    channels = [int(c) for c in channels]
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
@@ -205,11 +236,17 @@ def _check_axes(path: Path, found: str, shape: Mapping[str, int], override: str 
                         f"axes of length 1 ({', '.join(SINGLETON_AXES)}), found {extra}{hint}")
 
 
-def _int_channel(value: str, manifest: Path, row: int, column: str, base: int) -> int:
-    """A manifest channel number → 0-based index; errors name the manifest, the row and the column."""
+def _int_channel(value: str, manifest: Path, row: int, column: str, base: int) -> int | str:
+    """A manifest channel number → 0-based index, or a channel name (any non-numeric text) kept as it is.
+
+    Errors name the manifest, the row and the column.
+    """
+    text = str(value if value is not None else "").strip()
     try:
-        as_float = float(value)
-    except (TypeError, ValueError):
+        as_float = float(text)
+    except ValueError:
+        if text and text.lower() not in ("nan", "inf", "-inf"):
+            return text
         as_float = float("nan")
     if not np.isfinite(as_float) or as_float != int(as_float):
         raise DataError(f"{manifest}: row {row}, column {column}: channel number {value!r} is not an integer")
@@ -217,6 +254,16 @@ def _int_channel(value: str, manifest: Path, row: int, column: str, base: int) -
     if number - base < 0:
         raise DataError(f"{manifest}: row {row}, column {column}: channel number {number} is below channel_base {base}")
     return number - base
+
+
+def _optional_int(value: str | None, manifest: Path, row: int, column: str) -> int | None:
+    """An optional non-negative integer cell (empty: None); errors name the manifest, the row and the column."""
+    text = str(value or "").strip()
+    if not text:
+        return None
+    if not text.isdigit():
+        raise DataError(f"{manifest}: row {row}, column {column}: {text!r} is not a non-negative integer")
+    return int(text)
 
 
 def _resolve(value: str, root: Path) -> Path:
@@ -285,6 +332,8 @@ def read_manifest(
                     well_id=(row.get(cols.get("well_id", "")) or None),
                     gene=row_gene or None,
                     fl_path=_resolve(fl_file, root) if fl_file else None,
+                    scene=str(row.get(cols.get("scene", "")) or "").strip() or None,
+                    timepoint=_optional_int(row.get(cols.get("timepoint", "")), manifest, row_no, "timepoint"),
                 )
                 old = records.get(fov_id)
                 if old is not None and (old.path, old.bf_channel, old.fl_channel) != (
@@ -317,6 +366,7 @@ def _cache_tag(record: FovRecord, resample: ResampleSettings, axes: str | None) 
     key = {
         "files": files,
         "channels": [record.bf_channel, record.fl_channel], "resample": asdict(resample), "axes": axes,
+        **({"scene": record.scene, "timepoint": record.timepoint} if record.scene or record.timepoint else {}),
         "version": FOV_CACHE_VERSION,
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
@@ -344,11 +394,11 @@ def prepare_fov(
             except (OSError, KeyError, ValueError) as err:
                 raise DataError(f"{path}: corrupt prepared FOV ({err}); delete it to rebuild") from err
     if record.fl_path is None:
-        bf, fl = read_channels(record.path, [record.bf_channel, record.fl_channel], axes)
+        bf, fl = read_channels(record.path, [record.bf_channel, record.fl_channel], axes, record.scene,
+                               record.timepoint)
     else:
-        (bf,), (fl,) = read_channels(record.path, [record.bf_channel], axes), read_channels(
-            record.fl_path, [record.fl_channel], axes
-        )
+        (bf,), (fl,) = read_channels(record.path, [record.bf_channel], axes, record.scene, record.timepoint), \
+            read_channels(record.fl_path, [record.fl_channel], axes, record.scene, record.timepoint)
         if bf.shape != fl.shape:
             raise DataError(f"{record.fl_path}: fluorescence shape {fl.shape} (Z, Y, X) differs from its brightfield "
                             f"{record.path} of shape {bf.shape}")

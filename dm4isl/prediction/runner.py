@@ -18,13 +18,12 @@ finished inputs; a rerun with the same settings skips them.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,11 +33,19 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dm4isl.data.readers import auto_window, is_tiff, list_tiffs, read_patch_folder, read_volume, tiff_stem, to_unit
-from dm4isl.errors import ConfigError, DataError
-from dm4isl.io.atomic import read_tiff_info, write_csv, write_tiff
+from dm4isl.errors import ConfigError
+from dm4isl.io.atomic import write_csv, write_tiff
+from dm4isl.io.zarr import DEFAULT_CHUNKS, write_ome_zarr, zarr_path
 from dm4isl.models.inference import sliding_window_predict
 from dm4isl.models.unet import OUTPUT_RANGE
+from dm4isl.prediction.inputs import (
+    InputSettings,
+    InputSource,
+    PredictInput,
+    ReadSettings,
+    discover_inputs,
+)
+from dm4isl.prediction.sharding import Shard, all_rows, merge_csvs
 from dm4isl.sampling.ensemble import sample_ensemble
 from dm4isl.sampling.sampler import SamplerSettings
 from dm4isl.sampling.tiled import TileSettings, effective_tile, needs_tiling, sample_ensemble_tiled
@@ -47,28 +54,37 @@ from dm4isl.uncertainty.thresholds import Threshold, resolve_threshold, sampling
 
 log = logging.getLogger(__name__)
 
-CSV_NAME = "predictions.csv"
 CSV_FIELDS = [
     "name", "input", "model", "checkpoint", "sampler", "steps", "seeds", "settings_hash", "products", "flagged",
     "mask_fraction", "uncertainty_source", "threshold", "threshold_source", "seconds",
 ]
-#: Patch ids derived from input names fit in 31 bits.
-_ID_MASK = (1 << 31) - 1
+#: ``output_format`` values: OME-TIFF folders per product, one OME-Zarr image per input, or both.
+OUTPUT_FORMATS = ("tiff", "ome-zarr", "both")
+#: Inputs read by the pre-flight check stay in memory up to this many bytes; the others are read again when predicted.
+KEEP_LOADED_BYTES = 1 << 30
+#: Order of the products as channels of an OME-Zarr image.
+ZARR_CHANNEL_ORDER = ("BF", "GT")
 
 
-@dataclass
-class PredictInput:
-    """One input volume; ``bf``/``gt`` are ``(Z, Y, X)`` float32 in [0, 1] (``gt`` None when unknown).
+@dataclass(frozen=True)
+class OutputSettings:
+    """How outputs are written (``output_format`` and ``zarr.*`` of ``conf/predict.yaml``)."""
 
-    ``voxel_size`` ``(Z, Y, X)`` µm as read from the input file's OME metadata (None when it has none).
-    """
+    format: str = "tiff"
+    ngff_version: str = "0.4"
+    chunks: tuple[int, ...] = DEFAULT_CHUNKS
 
-    name: str
-    patch_id: int
-    source: str
-    bf: np.ndarray
-    gt: np.ndarray | None = None
-    voxel_size: tuple[float, float, float] | None = None
+    def __post_init__(self) -> None:
+        if self.format not in OUTPUT_FORMATS:
+            raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {self.format!r}")
+
+    @property
+    def tiff(self) -> bool:
+        return self.format in ("tiff", "both")
+
+    @property
+    def zarr(self) -> bool:
+        return self.format in ("ome-zarr", "both")
 
 
 @dataclass
@@ -86,56 +102,18 @@ class UncertaintySettings:
     calibration: str | None = None
 
 
-def name_to_patch_id(name: str) -> int:
-    """A stable patch id from an input name (noise depends on the input, not on its position in a folder)."""
-    return int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) & _ID_MASK
-
-
 def collect_inputs(
     source: str | os.PathLike, bf_window: Sequence[float] | None, fl_window: Sequence[float] | None,
     bf_dir: str = "BF", gt_dir: str = "GT",
 ) -> list[PredictInput]:
-    """Inputs from a patch folder (``BF/`` [+ ``GT/``]), a folder of brightfield TIFFs, or one TIFF file.
+    """Inputs from a patch folder (``BF/`` [+ ``GT/``]), a folder of images, one image or a manifest, read now.
 
     uint8 files are value/255, float files must be in [0, 1], raw integer grey levels are normalised with the
-    checkpoint's windows. Output files are named ``<input stem>.tiff``. OME voxel sizes of the brightfield files are
-    kept (:attr:`PredictInput.voxel_size`).
+    checkpoint's windows (:func:`dm4isl.prediction.inputs.discover_inputs` lists them without reading; this reads
+    them all). Voxel sizes of the files are kept (:attr:`PredictInput.voxel_size`).
     """
-    path = Path(source)
-    if path.is_dir() and (path / bf_dir).is_dir() and (path / gt_dir).is_dir():
-        inputs = []
-        for pair in read_patch_folder(path, bf_dir, gt_dir):  # checks that every BF file has its GT partner
-            bf_raw, gt_raw = pair.read_raw()
-            inputs.append(
-                PredictInput(
-                    pair.name, name_to_patch_id(pair.name), str(pair.bf_path),
-                    to_unit(bf_raw, pair.bf_path, auto_window(bf_raw, bf_window)),
-                    to_unit(gt_raw, pair.gt_path, auto_window(gt_raw, fl_window)),
-                    read_tiff_info(pair.bf_path)[0],
-                )
-            )
-        return inputs
-    if path.is_file():
-        if not is_tiff(path):
-            raise DataError(f"{path}: expected a TIFF/OME-TIFF brightfield volume (.tif, .tiff)")
-        files = [path]
-    elif path.is_dir():
-        files = list_tiffs(path / bf_dir if (path / bf_dir).is_dir() else path)
-        if not files:
-            raise DataError(f"{path}: no TIFF files found (expected {path}/{bf_dir}/*.tiff or TIFFs in the folder)")
-    else:
-        raise DataError(f"{path}: input not found (expected a patch folder, a folder of TIFFs or a TIFF file)")
-    inputs = []
-    for f in files:
-        raw = read_volume(f)
-        stem = tiff_stem(f)
-        inputs.append(
-            PredictInput(
-                stem, name_to_patch_id(stem), str(f), to_unit(raw, f, auto_window(raw, bf_window)), None,
-                read_tiff_info(f)[0],
-            )
-        )
-    return inputs
+    windows = ReadSettings(tuple(bf_window) if bf_window else None, tuple(fl_window) if fl_window else None)
+    return [src.load() for src in discover_inputs(InputSettings(path=str(source)), windows, bf_dir, gt_dir)]
 
 
 def inputs_from_patch_set(bf: np.ndarray, fl: np.ndarray, names: Sequence[str], source: str) -> list[PredictInput]:
@@ -146,14 +124,6 @@ def inputs_from_patch_set(bf: np.ndarray, fl: np.ndarray, names: Sequence[str], 
 def settings_hash(payload: Mapping[str, Any]) -> str:
     """Short hash of everything that changes a prediction (checkpoint, sampler, seeds, thresholds)."""
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """Rows of an existing ``predictions.csv`` (empty when there is none)."""
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 def is_diffusion(model: L.LightningModule) -> bool:
@@ -238,7 +208,7 @@ def _uncertainty_choice(
 
 def run_predict(
     model: L.LightningModule,
-    inputs: Sequence[PredictInput],
+    inputs: Sequence[PredictInput | InputSource],
     output_dir: str | os.PathLike,
     *,
     organelle: Mapping[str, Any],
@@ -252,18 +222,27 @@ def run_predict(
     tiles: TileSettings | None = None,
     voxel_size: Sequence[float] | None = None,
     calibrations: Sequence[Mapping[str, Any]] = (),
+    shard: Shard | None = None,
+    output: OutputSettings | None = None,
+    check: Callable[[tuple[int, ...], str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Predict ``inputs`` into ``output_dir`` (layout in the module docstring); returns the CSV rows.
 
-    Inputs whose row in an existing ``predictions.csv`` has the same settings hash and whose files all exist are
-    skipped. Inputs of equal shape are batched (``batch_size`` patches, × ``n_seeds`` rows, chunked to
-    ``max_batch`` rows); inputs larger than a tile are tiled (``tiles``). Files get the voxel size ``voxel_size``
-    ``(Z, Y, X)`` µm if given, else the input file's, else the organelle's; their metadata holds ``metadata`` plus
-    the model, sampler settings, seeds, tiling, input and settings hash.
+    Only the inputs of ``shard`` are predicted (all without one); their rows go to the shard's CSV
+    (:meth:`~dm4isl.prediction.sharding.Shard.csv_path`). Inputs whose row in ``predictions.csv`` or in a shard CSV
+    has the same settings hash and whose files all exist are skipped. The others are first read once and checked
+    (``check(shape, source)`` raises for a shape the model cannot take), so a bad file stops the run before anything
+    is written; then they are read again batch by batch (memory holds one batch, not the whole set). Inputs of equal
+    shape are batched (``batch_size`` patches, × ``n_seeds`` rows, chunked to ``max_batch`` rows); inputs larger
+    than a tile are tiled (``tiles``). Files get the voxel size ``voxel_size`` ``(Z, Y, X)`` µm if given, else the
+    input's, else the organelle's; their metadata holds ``metadata`` plus the model, sampler settings, seeds,
+    tiling, input and settings hash. ``output`` chooses OME-TIFF folders and/or one OME-Zarr image per input.
     """
     out = Path(output_dir)
     unc = uncertainty or UncertaintySettings()
     tiles = tiles or TileSettings()
+    shard = shard or Shard()
+    output = output or OutputSettings()
     diffusion = is_diffusion(model)
     settings = (settings or model.test_settings) if diffusion else None
     source, threshold = None, None
@@ -280,36 +259,55 @@ def run_predict(
         "tiling": tiles.to_dict(),
     }
     key = settings_hash(config)
-    done = {r["name"]: r for r in read_rows(out / CSV_NAME)}
+    done = all_rows(out)
+    mine = shard.select(inputs)
 
-    def finished(inp: PredictInput) -> bool:
-        row = done.get(inp.name)
+    def finished(name: str) -> bool:
+        row = done.get(name)
         if row is None or row.get("settings_hash") != key:
             return False
-        return all((out / p / f"{inp.name}.tiff").is_file() for p in row["products"].split(";") if p)
+        tiffs = not output.tiff or all((out / p / f"{name}.tiff").is_file() for p in row["products"].split(";") if p)
+        return tiffs and (not output.zarr or zarr_path(out, name).is_dir())
 
-    todo = [inp for inp in inputs if not finished(inp)]
-    rows = {name: row for name, row in done.items()}
-    if len(todo) < len(inputs):
-        log.info("skipping %d inputs already predicted with these settings", len(inputs) - len(todo))
+    todo = [inp for inp in mine if not finished(inp.name)]
+    rows = {name: row for name, row in done.items()} if shard.single else {
+        inp.name: done[inp.name] for inp in mine if inp.name in done}
+    if len(todo) < len(mine):
+        log.info("skipping %d inputs already predicted with these settings", len(mine) - len(todo))
+    if not shard.single:
+        log.info("shard %d of %d: %d of %d inputs, %d to predict", shard.index, shard.count, len(mine), len(inputs),
+                 len(todo))
+    shapes: dict[str, tuple[int, ...]] = {}
+    kept: dict[str, PredictInput] = {}
+    kept_bytes = 0
+    for inp in tqdm(todo, desc="check inputs", unit="input", disable=len(todo) < 2 or None):
+        loaded = inp.load()  # read once before predicting anything: a bad file stops the run with nothing written
+        shapes[inp.name] = tuple(loaded.bf.shape)
+        if check is not None:
+            check(shapes[inp.name], loaded.source)
+        size = loaded.bf.nbytes + (loaded.gt.nbytes if loaded.gt is not None else 0)
+        if kept_bytes + size <= KEEP_LOADED_BYTES:  # small sets (patch folders) are not read twice
+            kept[inp.name], kept_bytes = loaded, kept_bytes + size
     seeds = [settings.seed + k for k in range(n_seeds)] if settings else []
     run_meta = {
         **(metadata or {}), "model": type(model).__name__, "sampler": settings.to_dict() if settings else None,
         "seeds": seeds, "tiling": tiles.to_dict(), "settings_hash": key,
         "threshold": None if threshold is None else {"value": threshold.value, "source": threshold.source,
                                                      "valid_for": threshold.setting},
+        **({} if shard.single else {"shard": f"{shard.index}/{shard.count}"}),
     }
     mask_settings = MaskSettings.faithful() if unc.faithful else MaskSettings(flag_fraction=unc.flag_fraction)
     steps = ""
     if settings is not None:
         steps = str(settings.num_steps if settings.method == "ddim" else model.schedule.num_train_timesteps)
-    by_shape: dict[tuple[int, ...], list[PredictInput]] = {}
+    by_shape: dict[tuple[int, ...], list[PredictInput | InputSource]] = {}
     for inp in todo:
-        by_shape.setdefault(inp.bf.shape, []).append(inp)
+        by_shape.setdefault(shapes[inp.name], []).append(inp)
+    csv_path = shard.csv_path(out)
     bar = tqdm(total=len(todo), desc="predict", unit="input", disable=len(todo) == 0)
     for group in by_shape.values():
         for start in range(0, len(group), batch_size):
-            batch = group[start : start + batch_size]
+            batch = [kept.pop(inp.name, None) or inp.load(announce=False) for inp in group[start : start + batch_size]]
             tic = time.perf_counter()
             bf = torch.from_numpy(np.stack([b.bf for b in batch])[:, None])
             products = predict_arrays(model, bf, [b.patch_id for b in batch], settings, n_seeds, max_batch, tiles)
@@ -318,30 +316,39 @@ def run_predict(
             for i, inp in enumerate(batch):
                 meta = {**run_meta, "input": inp.source, "patch_id": inp.patch_id}
                 voxel = voxel_size or inp.voxel_size or organelle.get("voxel_size")
-                written = []
-                for name, arr in arrays.items():
-                    write_tiff(out / name / f"{inp.name}.tiff", arr[i].astype(np.float32), voxel, meta)
-                    written.append(name)
+                images = {name: arr[i].astype(np.float32) for name, arr in arrays.items()}
                 flagged, fraction = "", ""
                 if source is not None and threshold is not None:
-                    mask = error_mask(arrays[f"std_{source}"][i], threshold.value, mask_settings)
-                    write_tiff(out / "error_mask" / f"{inp.name}.tiff", mask.astype(np.uint8), voxel, meta)
-                    written.append("error_mask")
+                    mask = error_mask(images[f"std_{source}"], threshold.value, mask_settings)
+                    images["error_mask"] = mask.astype(np.uint8)
                     is_flagged, frac = flag(mask, mask_settings.flag_fraction)
                     flagged, fraction = int(is_flagged), f"{frac:.6f}"
-                for name, arr in (("BF", inp.bf), ("GT", inp.gt)):
-                    if arr is not None:
-                        write_tiff(out / name / f"{inp.name}.tiff", arr.astype(np.float32), voxel, meta)
+                companions = {name: arr.astype(np.float32) for name, arr in (("BF", inp.bf), ("GT", inp.gt))
+                              if arr is not None}
+                if output.tiff:
+                    for name, arr in {**images, **companions}.items():
+                        write_tiff(out / name / f"{inp.name}.tiff", arr, voxel, meta)
+                if output.zarr:
+                    channels = {**{k: companions[k] for k in ZARR_CHANNEL_ORDER if k in companions}, **images}
+                    write_ome_zarr(zarr_path(out, inp.name), channels, voxel, {**meta, "products": list(channels)},
+                                   output.ngff_version, output.chunks)
                 rows[inp.name] = {
                     "name": inp.name, "input": inp.source, "model": type(model).__name__, "checkpoint": checkpoint_id,
                     "sampler": f"{settings.method}" if settings else "", "steps": steps,
                     "seeds": ";".join(str(s) for s in seeds),
-                    "settings_hash": key, "products": ";".join(written), "flagged": flagged,
+                    "settings_hash": key, "products": ";".join(images), "flagged": flagged,
                     "mask_fraction": fraction, "uncertainty_source": source or "",
                     "threshold": "" if threshold is None else threshold.value,
                     "threshold_source": "" if threshold is None else threshold.source, "seconds": f"{seconds:.3f}",
                 }
-            write_csv(out / CSV_NAME, list(rows.values()), CSV_FIELDS)
+            write_csv(csv_path, list(rows.values()), CSV_FIELDS)
             bar.update(len(batch))
     bar.close()
+    if not todo and not shard.single:
+        write_csv(csv_path, list(rows.values()), CSV_FIELDS)
     return list(rows.values())
+
+
+def merge_predictions(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """Merge the shard CSVs of a sharded run into ``predictions.csv`` (:func:`.sharding.merge_csvs`)."""
+    return merge_csvs(output_dir, CSV_FIELDS)
