@@ -161,7 +161,8 @@ def test_predict_a_volume_larger_than_the_patch(compose_cfg, tmp_path: Path) -> 
     overrides = [f"ckpt_path={ckpt}", f"input.path={folder}", "input.resample=false", f"output_dir={out}", "n_seeds=2",
                  "device=cpu", "tiling.overlap=0.25", "tiling.batch=8"]
     rows = predict_command(compose_cfg("predict", overrides))
-    assert rows[0]["products"] == "DDPM;DDPMavg;std_intra;std_inter;error_mask"
+    # no error mask: the organelle's published threshold is for DDPM-1000 maps, not for this DDIM-3 checkpoint
+    assert rows[0]["products"] == "DDPM;DDPMavg;std_intra;std_inter" and rows[0]["threshold"] == ""
     for product in ("DDPM", "DDPMavg", "std_intra", "std_inter"):
         with tifffile.TiffFile(out / product / "fov.tiff") as tif:
             assert tif.is_ome and tif.series[0].axes == "ZYX"
