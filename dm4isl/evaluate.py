@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from dm4isl.evaluation import EvaluationResult, evaluate_folder
+from dm4isl.prediction.classifier import ClassifierSpec
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def run(cfg: DictConfig) -> EvaluationResult:
         progress=bool(cfg.progress),
         n_threads=int(cfg.n_threads),
         n_workers=int(cfg.n_workers),
+        classifier=ClassifierSpec.from_config(OmegaConf.to_container(cfg.perceptual, resolve=True)),
     )
     log.info("evaluation of %s written to %s", cfg.input_dir, cfg.output_dir)
     return result
