@@ -78,6 +78,9 @@ def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
     """Run :func:`dm4isl.prediction.runner.run_predict` as configured by ``conf/predict.yaml``."""
     ckpt = Path(cfg.ckpt_path)
     model = load_model(ckpt, _device(cfg.device))
+    if not (is_diffusion(model) or hasattr(model, "predict_fluorescence")):
+        raise CheckpointError(f"{ckpt}: a {type(model).__name__} checkpoint predicts no fluorescence (an organelle "
+                              "classifier is used by dm4isl-evaluate perceptual.classifier=<checkpoint>)")
     _require_diffusion(model, str(ckpt), {
         "n_seeds": int(cfg.n_seeds) if int(cfg.n_seeds) > 1 else None,
         "sampler": OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.get("sampler") else None,

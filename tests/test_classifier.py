@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from scipy import ndimage
 
 from dm4isl.data.classes import LabelledDataset, labelled_arrays
+from dm4isl.data.synthetic import FL_BACKGROUND_RANGE, FL_GAIN_RANGE, dataset_key, generate_fov
 from dm4isl.errors import CheckpointError
 from dm4isl.evaluation import evaluate_folder
 from dm4isl.io.atomic import write_tiff
@@ -21,6 +22,7 @@ from dm4isl.models.classifier import (
     ClassifierModule,
     confusion_matrix,
     confusion_summary,
+    intensity_jitter,
     logistic_regression_accuracy,
     summary_statistics,
 )
@@ -198,6 +200,35 @@ def test_labelled_dataset_interleaves_and_concatenates() -> None:
     assert len(resumed) == 3 and resumed[0]["name"] == "y/b0" and int(resumed[0]["index"]) == 1
     whole = LabelledDataset([a, b], ["x", "y"])
     assert len(whole) == 5 and whole[3]["name"] == "y/b0" and int(whole[4]["label"]) == 1
+
+
+def test_synthetic_fov_intensity_variation_changes_only_the_fluorescence() -> None:
+    windows = {"bf_window": (10000, 55000), "fl_window": (385, 800)}
+    plain = generate_fov("mitochondria", (16, 48, 48), 5, **windows)
+    default = generate_fov("mitochondria", (16, 48, 48), 5, **windows, fl_gain_range=FL_GAIN_RANGE,
+                           fl_background_range=FL_BACKGROUND_RANGE)
+    assert np.array_equal(plain.fl, default.fl) and plain.meta == default.meta and "fl_gain" not in plain.meta
+    varied = generate_fov("mitochondria", (16, 48, 48), 5, **windows, fl_gain_range=(0.5, 2.0),
+                          fl_background_range=(0.02, 0.15))
+    assert np.array_equal(plain.bf, varied.bf) and np.array_equal(plain.ambiguous, varied.ambiguous)
+    assert not np.array_equal(plain.fl, varied.fl)
+    assert 0.5 <= varied.meta["fl_gain"] <= 2.0 and 0.02 <= varied.meta["fl_background"] <= 0.15
+    key = dataset_key("dna", (32, 128, 128), 0, (1, 2), (3, 4), 0.15)
+    assert key == dataset_key("dna", (32, 128, 128), 0, (1, 2), (3, 4), 0.15, FL_GAIN_RANGE, FL_BACKGROUND_RANGE)
+    assert key != dataset_key("dna", (32, 128, 128), 0, (1, 2), (3, 4), 0.15, (0.5, 2.0), FL_BACKGROUND_RANGE)
+    with pytest.raises(ValueError, match="fl_gain_range"):
+        generate_fov("dna", (16, 48, 48), 5, **windows, fl_gain_range=(0.0, 2.0))
+
+
+def test_intensity_jitter_is_per_patch_and_reproducible() -> None:
+    fl = torch.full((3, 1, 2, 4, 4), 0.5)
+    ids = torch.tensor([7, 8, 7])
+    out = intensity_jitter(fl, ids, (0.5, 2.0), (-0.05, 0.05), seed=1)
+    assert torch.equal(out, intensity_jitter(fl, ids, (0.5, 2.0), (-0.05, 0.05), seed=1))
+    values = out[:, 0, 0, 0, 0]
+    assert values[0] == values[2] and values[0] != values[1]  # the patch id decides
+    assert torch.all((values >= 0.5 * 0.5 - 0.05) & (values <= 1.0)) and torch.all(out == out[:, :, :1, :1, :1])
+    assert torch.equal(intensity_jitter(fl, ids, (1.0, 1.0), (0.0, 0.0)), fl)
 
 
 def test_organelle_classes_datamodule(compose_cfg) -> None:

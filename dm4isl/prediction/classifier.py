@@ -103,8 +103,13 @@ def load_feature_extractor(spec: ClassifierSpec) -> ClassifierFeatures:
     return features.to(spec.device)
 
 
-@functools.lru_cache(maxsize=2)
 def cached_feature_extractor(spec: ClassifierSpec) -> ClassifierFeatures:
-    """:func:`load_feature_extractor`, loaded once per process (evaluation workers share the spec, not the weights)."""
-    return load_feature_extractor(spec)
+    """:func:`load_feature_extractor`, loaded once per process and file version (evaluation workers share the spec,
+    not the weights; a rewritten file is read again)."""
+    path = Path(spec.path)
+    return _cached(spec, path.stat().st_mtime_ns if path.is_file() else None)
 
+
+@functools.lru_cache(maxsize=2)
+def _cached(spec: ClassifierSpec, mtime_ns: int | None) -> ClassifierFeatures:
+    return load_feature_extractor(spec)
