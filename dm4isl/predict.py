@@ -92,6 +92,9 @@ def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
         shard = shard.split(fabric.global_rank, fabric.world_size)
     ckpt = Path(cfg.ckpt_path)
     model = load_model(ckpt, fabric.device if fabric is not None else _device(cfg.device))
+    if not (is_diffusion(model) or hasattr(model, "predict_fluorescence")):
+        raise CheckpointError(f"{ckpt}: a {type(model).__name__} checkpoint predicts no fluorescence (an organelle "
+                              "classifier is used by dm4isl-evaluate perceptual.classifier=<checkpoint>)")
     sampler_cfg = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.get("sampler") else {}
     _require_diffusion(model, str(ckpt), {
         "n_seeds": int(cfg.n_seeds) if int(cfg.n_seeds) > 1 else None,

@@ -14,6 +14,12 @@ Layout under ``--output-dir`` (deterministic: a re-run reuses finished checkpoin
     <organelle>/methods/               GT/ BF/ Unet/ GAN/ DDPM/ DDPMavg/ std_intra/ error_mask/ (evaluation input)
     <organelle>/evaluation/            dm4isl-evaluate outputs (report.html, metrics_summary.csv, ...)
     results.md  results.csv  figure_grid.png  throughput.csv (with --throughput)
+    runs/classifier/                   the organelle classifier of CLS-LPIPS (with --classifier train)
+
+``--classifier <checkpoint>`` adds the paper's perceptual metric, ``cls_lpips``, in that classifier's features (a
+checkpoint of ``dm4isl-train experiment=classifier[_cpu]`` or a plain 3-D ResNet-101 state dict);
+``--classifier train`` trains one first (``experiment=classifier_cpu`` with --synthetic, else ``experiment=classifier``,
+plus ``--classifier-override``s). Without it the perceptual distance is the random-feature one only, labelled so.
 
 ``--synthetic``: the embedded synthetic data, tiny networks, CPU-sized step budgets (measured on a shared 2-core CPU:
 23 minutes for both organelles on a quiet machine; on a busy one use OMP_NUM_THREADS=1 — docs/reproduce.md).
@@ -47,6 +53,7 @@ from dm4isl.io.atomic import write_csv, write_text
 from dm4isl.metrics.registry import METRICS
 from dm4isl.metrics.table import CI_HIGH, CI_LOW, IMPROVEMENT, WILCOXON_P, headline_statistic
 from dm4isl.prediction.checkpoint import fingerprint, load_model, read_checkpoint
+from dm4isl.prediction.classifier import ClassifierSpec
 from dm4isl.prediction.runner import UncertaintySettings, inputs_from_patch_set, run_predict
 from dm4isl.sampling.sampler import SamplerSettings
 from dm4isl.train import train
@@ -94,18 +101,25 @@ SYNTHETIC_MODEL = {
 }
 #: Training batches timed per model by --throughput (after one warm-up batch).
 THROUGHPUT_BATCHES = 20
+#: --classifier train: the classifier's experiment with and without --synthetic, and its run folder name.
+CLASSIFIER_EXPERIMENT = {True: "classifier_cpu", False: "classifier"}
+CLASSIFIER_RUN = "classifier"
 
 
-def compose_config(organelle: str, model: str, run_dir: Path, root: Path, overrides: Sequence[str]) -> DictConfig:
-    """The training config of ``experiment=<organelle>_<model>`` with ``overrides``, writing into ``run_dir``.
+def compose_config(
+    organelle: str, model: str, run_dir: Path, root: Path, overrides: Sequence[str], experiment: str | None = None
+) -> DictConfig:
+    """The training config of ``experiment=<organelle>_<model>`` (or ``experiment``) with ``overrides``, writing
+    into ``run_dir``.
 
     Composed with Hydra's compose API (no Hydra runtime): the paths are set explicitly.
     """
     GlobalHydra.instance().clear()
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         cfg = compose("train", overrides=[
-            f"experiment={organelle}_{model}", *overrides, f"paths.root_dir={root}", f"paths.log_dir={run_dir.parent}",
-            f"paths.output_dir={run_dir}", f"run_name={run_dir.name}", "test=false",
+            f"experiment={experiment or f'{organelle}_{model}'}", *overrides, f"paths.root_dir={root}",
+            f"paths.log_dir={run_dir.parent}", f"paths.output_dir={run_dir}", f"run_name={run_dir.name}",
+            "test=false",
         ])
     GlobalHydra.instance().clear()
     return cfg
@@ -162,6 +176,21 @@ def best_score(checkpoint: Path) -> float:
         if key.startswith("ModelCheckpoint") and state.get("best_model_score") is not None:
             return float(state["best_model_score"])
     return math.nan
+
+
+def classifier_checkpoint(
+    classifier: str, output_dir: Path, root: Path, synthetic: bool, overrides: Sequence[str]
+) -> tuple[Path, str]:
+    """The CLS-LPIPS classifier: the file ``classifier`` names, or (``"train"``) one trained (or reused) in
+    ``runs/classifier``. Returns its path and a note for the results."""
+    if classifier != "train":
+        return Path(classifier), f"- cls_lpips: classifier {classifier}"
+    run_dir = output_dir / "runs" / CLASSIFIER_RUN
+    cfg = compose_config("", "", run_dir, root, overrides, experiment=CLASSIFIER_EXPERIMENT[synthetic])
+    record = train_or_reuse(cfg, run_dir)
+    best = Path(record["best_checkpoint"])
+    return best, (f"- cls_lpips: classifier {best.name} ({cfg.model.net.name}-{cfg.model.net.depth}), "
+                  f"{record['monitor']} = {_fmt(best_score(best), '.3f')}, trained in {record['train_seconds']:.0f} s")
 
 
 def predict_test_split(cfg: DictConfig, checkpoint: Path, output_dir: Path) -> None:
@@ -249,7 +278,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], notes: Sequence[str] = ()) ->
             arrow = "↑" if r["higher_is_better"] else "↓"
             improvement = _fmt(r["DDPMavg_improvement_pct"], "+.1f")
             ref = LABELS.get(r["reference"], r["reference"])
-            lines.append(f"| {r['metric']} {arrow} | " + " | ".join(cells)
+            lines.append(f"| {METRICS[r['metric']].label} {arrow} | " + " | ".join(cells)
                          + f" | {improvement} % ({ref}) | {_fmt(r[f'DDPMavg_{WILCOXON_P}'], '.2g')} |")
         wins = sum(r["DDPMavg_beats_both"] for r in org_rows)
         gains = [r["DDPMavg_improvement_pct"] for r in org_rows if not math.isnan(r["DDPMavg_improvement_pct"])]
@@ -304,14 +333,21 @@ def reproduce(
     n_resamples: int = 9999,
     patch_index: int = 0,
     throughput: bool = False,
+    classifier: str | None = None,
+    classifier_overrides: Sequence[str] = (),
 ) -> list[dict[str, Any]]:
     """Run the whole comparison (module docstring) and return the table rows; writes everything under
-    ``output_dir``. ``overrides`` apply to every model after the --synthetic profile."""
+    ``output_dir``. ``overrides`` apply to every model after the --synthetic profile. ``classifier`` (a file, or
+    ``"train"`` with ``classifier_overrides``) adds CLS-LPIPS to the evaluation."""
     output_dir = output_dir.resolve()
     root = Path.cwd()
     rows: list[dict[str, Any]] = []
     notes: list[str] = []
     speed: list[dict[str, Any]] = []
+    spec = None
+    if classifier is not None:
+        path, note = classifier_checkpoint(classifier, output_dir, root, synthetic, classifier_overrides)
+        spec, notes = ClassifierSpec(path=str(path)), [note]
     for organelle in organelles:
         for model in MODELS:
             run_dir = output_dir / "runs" / f"{organelle}_{model}"
@@ -328,7 +364,8 @@ def reproduce(
         methods = assemble_methods(output_dir / organelle)
         result = evaluate_folder(methods, output_dir / organelle / "evaluation", metrics=metrics,
                                  methods=list(METHODS), baselines=list(BASELINES),
-                                 voxel_size=list(cfg.organelle.voxel_size), n_resamples=n_resamples, progress=False)
+                                 voxel_size=list(cfg.organelle.voxel_size), n_resamples=n_resamples, progress=False,
+                                 classifier=spec)
         rows += organelle_rows(organelle, result)
     write_csv(output_dir / "results.csv", rows)
     write_text(output_dir / "results.md", markdown_table(rows, notes))
@@ -353,13 +390,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--n-resamples", type=int, default=9999, help="bootstrap resamples of the CIs")
     parser.add_argument("--patch-index", type=int, default=0, help="test patch shown in the figure grid")
     parser.add_argument("--throughput", action="store_true", help="also time training patches/s per model")
+    parser.add_argument("--classifier", default=None, metavar="CHECKPOINT|train",
+                        help="add cls_lpips in this organelle classifier's features ('train': train one first)")
+    parser.add_argument("--classifier-override", action="append", default=[], metavar="KEY=VALUE",
+                        help="Hydra override of the classifier's training (with --classifier train; repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     organelles = args.organelles or list(SYNTHETIC_ORGANELLES if args.synthetic else DEFAULT_ORGANELLES)
     output_dir = args.output_dir or Path("outputs") / "reproduce" / ("synthetic" if args.synthetic else "paper")
     tic = time.perf_counter()
     reproduce(organelles, output_dir, args.synthetic, args.override, args.metrics, args.n_resamples,
-              args.patch_index, args.throughput)
+              args.patch_index, args.throughput, args.classifier, args.classifier_override)
     log.info("done in %.1f min: %s/results.md", (time.perf_counter() - tic) / 60.0, output_dir)
 
 

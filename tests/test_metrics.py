@@ -79,7 +79,7 @@ def test_metric_sets_and_directions():
     assert len(PAPER) == 14 and set(PAPER) <= set(METRIC_SETS["all"])
     higher = {"pcc", "ms_ssim", "mi", "glcm_correlation", "iou", "dice", "precision", "recall", "psnr", "ssim",
               "instance_f1"}
-    lower = {"mse", "jsd", "hog_distance", "perceptual_distance", "hausdorff", "volume_error",
+    lower = {"mse", "jsd", "hog_distance", "perceptual_distance", "cls_lpips", "hausdorff", "volume_error",
              "centroid_distance", "nn_distance_error", "area_error"}
     assert {n for n, s in METRICS.items() if s.higher_is_better is True} == higher
     assert {n for n, s in METRICS.items() if s.higher_is_better is False} == lower

@@ -350,12 +350,19 @@ class SyntheticDataModule(ZStackDataModule):
         n_fovs: int = 16,
         fov_shape: Sequence[int] = (32, 128, 128),
         ambiguous_fraction: float = 0.15,
+        fl_gain_range: Sequence[float] | None = None,
+        fl_background_range: Sequence[float] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(organelle, **kwargs)
+        from dm4isl.data.synthetic import FL_BACKGROUND_RANGE, FL_GAIN_RANGE
+
         self.n_fovs = int(n_fovs)
         self.fov_shape = [int(s) for s in _plain(fov_shape)]
         self.ambiguous_fraction = float(ambiguous_fraction)
+        #: FOV-to-FOV variation of the fluorescence (:func:`dm4isl.data.synthetic.generate_fov`); None: none.
+        self.fl_gain_range = [float(v) for v in _plain(fl_gain_range or FL_GAIN_RANGE)]
+        self.fl_background_range = [float(v) for v in _plain(fl_background_range or FL_BACKGROUND_RANGE)]
 
     def cache_key(self) -> dict[str, Any]:
         return {**super().cache_key(), "kind": "synthetic", "n_fovs": self.n_fovs, "fov_shape": self.fov_shape}
@@ -374,6 +381,8 @@ class SyntheticDataModule(ZStackDataModule):
             fl_window=tuple(org["fl_window"]),
             ambiguous_fraction=self.ambiguous_fraction,
             cache_dir=cache / "synthetic",
+            fl_gain_range=self.fl_gain_range,
+            fl_background_range=self.fl_background_range,
         )
         volumes = []
         for k, path in enumerate(paths):

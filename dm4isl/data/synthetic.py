@@ -81,6 +81,11 @@ FL_READ_NOISE = 0.005
 FL_SHOT_NOISE = 0.002
 #: Cell-to-cell variation of the expression level (multiplicative range).
 EXPRESSION_RANGE = (0.7, 1.15)
+#: Default FOV-to-FOV variation of the fluorescence (none): gain on the organelle signal, drawn log-uniformly in this
+#: range, and background level (FL-window units), drawn uniformly. Widening them (staining and illumination differ
+#: between real FOVs) keeps the organelles from being told apart by a patch's mean and std alone.
+FL_GAIN_RANGE = (1.0, 1.0)
+FL_BACKGROUND_RANGE = (FL_BACKGROUND, FL_BACKGROUND)
 
 # --- Brightfield -------------------------------------------------------------------------------------------------
 #: Mean illumination as a fraction into the BF window.
@@ -641,6 +646,27 @@ def _render_brightfield(
     return np.clip(np.round(raw), 0, UINT16_MAX).astype(np.uint16), float(focus)
 
 
+def _varies(fl_gain_range: Sequence[float], fl_background_range: Sequence[float]) -> bool:
+    """True unless both FOV intensity ranges are the defaults (no FOV-to-FOV variation)."""
+    return (tuple(float(v) for v in fl_gain_range) != FL_GAIN_RANGE
+            or tuple(float(v) for v in fl_background_range) != FL_BACKGROUND_RANGE)
+
+
+def _fov_intensity(
+    rng: np.random.Generator, gain_range: Sequence[float], background_range: Sequence[float]
+) -> tuple[float, float]:
+    """This FOV's (gain, background): log-uniform gain and uniform background in their ranges (exact when fixed)."""
+    (g_lo, g_hi), (b_lo, b_hi) = (tuple(float(v) for v in r) for r in (gain_range, background_range))
+    if not (0 < g_lo <= g_hi and 0 <= b_lo <= b_hi < 1):
+        raise ValueError(
+            f"fl_gain_range {tuple(gain_range)} and fl_background_range {tuple(background_range)}; expected "
+            "0 < gain lo <= hi and 0 <= background lo <= hi < 1"
+        )
+    gain = g_lo if g_lo == g_hi else float(np.exp(rng.uniform(np.log(g_lo), np.log(g_hi))))
+    background = b_lo if b_lo == b_hi else float(rng.uniform(b_lo, b_hi))
+    return gain, background
+
+
 def _to_raw(level: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     """Window-unit intensities → uint16 raw grey levels (``lo + level · (hi − lo)``, rounded and clipped)."""
     lo, hi = window
@@ -673,6 +699,8 @@ def generate_fov(
     fl_window: tuple[float, float],
     ambiguous_fraction: float = 0.15,
     colony_coverage: float = COLONY_COVERAGE,
+    fl_gain_range: Sequence[float] = FL_GAIN_RANGE,
+    fl_background_range: Sequence[float] = FL_BACKGROUND_RANGE,
 ) -> SyntheticFOV:
     """Generate one synthetic FOV of a hiPSC colony: brightfield, one organelle's fluorescence, planted ambiguities.
 
@@ -688,6 +716,10 @@ def generate_fov(
             inside ``bf_window``, the FL background sits just above the low end of ``fl_window``.
         ambiguous_fraction: fraction of the cells made ambiguous (half unlabelled in FL, half invisible in BF).
         colony_coverage: fraction of the FOV area covered by cells (0: an empty coverslip).
+        fl_gain_range: (lo, hi) of this FOV's gain on the organelle signal, drawn log-uniformly (default: 1).
+        fl_background_range: (lo, hi) of this FOV's FL background level in window units, drawn uniformly
+            (default: the fixed ``FL_BACKGROUND``). Both come from their own random stream: with the default
+            ranges the arrays are those of earlier versions, and nothing but the FL intensities changes otherwise.
 
     Returns:
         :class:`SyntheticFOV` with ``(Z, Y, X)`` uint16 ``bf`` and ``fl`` and uint8 ``ambiguous``.
@@ -696,9 +728,11 @@ def generate_fov(
     if not 0.0 <= colony_coverage <= 1.0:
         raise ValueError(f"colony_coverage must lie in [0, 1], got {colony_coverage}")
     style = _STYLES[organelle]
+    streams = np.random.SeedSequence(int(seed)).spawn(8)
     rng_scene, rng_structure, rng_expression, rng_ambiguity, rng_optics, rng_fl_noise, rng_bf_noise = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(int(seed)).spawn(7)
+        np.random.default_rng(s) for s in streams[:7]
     )
+    fl_gain, fl_background = _fov_intensity(np.random.default_rng(streams[7]), fl_gain_range, fl_background_range)
     scene = _build_scene(rng_scene, shape, float(colony_coverage))
     structure = _RENDERERS[organelle](scene, rng_structure)
     n_labels = len(scene.cells) + 1
@@ -731,7 +765,7 @@ def generate_fov(
     )
 
     emitted = structure * expression.astype(np.float32)[scene.cell_id]
-    level = FL_BACKGROUND + style.gain * ndimage.gaussian_filter(emitted, FL_PSF_SIGMA_ZYX, mode="constant")
+    level = fl_background + fl_gain * style.gain * ndimage.gaussian_filter(emitted, FL_PSF_SIGMA_ZYX, mode="constant")
     std = np.sqrt(FL_READ_NOISE**2 + FL_SHOT_NOISE * np.clip(level, 0.0, None))
     fl = _to_raw(level + std * rng_fl_noise.standard_normal(shape, dtype=np.float32), fl_window)
 
@@ -752,6 +786,10 @@ def generate_fov(
         "focal_plane_z": focus,
         "generator_version": GENERATOR_VERSION,
     }
+    if _varies(fl_gain_range, fl_background_range):
+        meta.update({"fl_gain": fl_gain, "fl_background": fl_background,
+                     "fl_gain_range": [float(v) for v in fl_gain_range],
+                     "fl_background_range": [float(v) for v in fl_background_range]})
     return SyntheticFOV(bf=bf, fl=fl, ambiguous=mask.astype(np.uint8), meta=meta)
 
 
@@ -762,6 +800,8 @@ def dataset_key(
     bf_window: Sequence[float],
     fl_window: Sequence[float],
     ambiguous_fraction: float,
+    fl_gain_range: Sequence[float] = FL_GAIN_RANGE,
+    fl_background_range: Sequence[float] = FL_BACKGROUND_RANGE,
 ) -> str:
     """Cache folder name ``<organelle>-<hash>`` of a synthetic dataset's parameters and the generator version.
 
@@ -777,6 +817,9 @@ def dataset_key(
         "ambiguous_fraction": float(ambiguous_fraction),
         "generator_version": GENERATOR_VERSION,
     }
+    if _varies(fl_gain_range, fl_background_range):  # the default ranges keep the keys of earlier caches
+        params["fl_gain_range"] = [float(v) for v in fl_gain_range]
+        params["fl_background_range"] = [float(v) for v in fl_background_range]
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode("utf-8")).hexdigest()[:16]
     return f"{organelle}-{digest}"
 
@@ -806,6 +849,8 @@ def synthetic_dataset(
     fl_window: tuple[float, float],
     ambiguous_fraction: float,
     cache_dir: str | os.PathLike,
+    fl_gain_range: Sequence[float] = FL_GAIN_RANGE,
+    fl_background_range: Sequence[float] = FL_BACKGROUND_RANGE,
 ) -> list[Path]:
     """Generate (or reuse from the cache) ``n_fovs`` FOVs and return their ``.npz`` paths in order.
 
@@ -816,7 +861,9 @@ def synthetic_dataset(
     _check_args(organelle, shape_zyx, bf_window, fl_window, ambiguous_fraction)
     if int(n_fovs) < 1:
         raise ValueError(f"n_fovs must be at least 1, got {n_fovs}")
-    folder = Path(cache_dir) / dataset_key(organelle, shape_zyx, seed, bf_window, fl_window, ambiguous_fraction)
+    folder = Path(cache_dir) / dataset_key(
+        organelle, shape_zyx, seed, bf_window, fl_window, ambiguous_fraction, fl_gain_range, fl_background_range
+    )
     paths = []
     for k in range(int(n_fovs)):
         path = folder / f"fov_{k}.npz"
@@ -828,6 +875,8 @@ def synthetic_dataset(
                 bf_window=bf_window,
                 fl_window=fl_window,
                 ambiguous_fraction=ambiguous_fraction,
+                fl_gain_range=fl_gain_range,
+                fl_background_range=fl_background_range,
             )
             save_fov(path, fov)
         paths.append(path)

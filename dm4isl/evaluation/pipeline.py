@@ -35,6 +35,7 @@ from dm4isl.metrics.table import (
     summarize,
 )
 from dm4isl.metrics.volume import VolumeFeatures
+from dm4isl.prediction.classifier import ClassifierSpec, cached_feature_extractor
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +54,19 @@ class _PatchJob:
 
 
 def _patch_values(
-    job: _PatchJob, voxel_size: Sequence[float], patch_names: Sequence[str], dataset_names: Sequence[str]
+    job: _PatchJob,
+    voxel_size: Sequence[float],
+    patch_names: Sequence[str],
+    dataset_names: Sequence[str],
+    classifier: ClassifierSpec | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Per-method metric values of one patch and the ground truth's companion values of dataset-level metrics."""
     gt = VolumeFeatures(job.gt, job.gt_name)
+    features = cached_feature_extractor(classifier) if classifier is not None else None
     companions = {k: METRICS[METRICS[k].companion].fn(PairContext(gt, gt, voxel_size)) for k in dataset_names}
     values: dict[str, dict[str, float]] = {}
     for m, pred_volume in job.preds.items():
-        ctx = PairContext(gt, VolumeFeatures(pred_volume, job.pred_names[m]), voxel_size)
+        ctx = PairContext(gt, VolumeFeatures(pred_volume, job.pred_names[m]), voxel_size, features)
         values[m] = {k: METRICS[k].fn(ctx) for k in patch_names}
     return values, companions
 
@@ -71,10 +77,11 @@ def _chunk_values(
     patch_names: Sequence[str],
     dataset_names: Sequence[str],
     n_threads: int,
+    classifier: ClassifierSpec | None = None,
 ) -> list[tuple[dict[str, dict[str, float]], dict[str, float]]]:
     """:func:`_patch_values` of several patches (the unit of work of a worker process)."""
     with torch_threads(n_threads):
-        return [_patch_values(job, voxel_size, patch_names, dataset_names) for job in jobs]
+        return [_patch_values(job, voxel_size, patch_names, dataset_names, classifier) for job in jobs]
 
 
 def _jobs(inputs: EvaluationInputs) -> Iterator[_PatchJob]:
@@ -95,6 +102,7 @@ def compute_results(
     progress: bool = True,
     n_threads: int = DEFAULT_TORCH_THREADS,
     n_workers: int = 1,
+    classifier: ClassifierSpec | None = None,
 ) -> tuple[list[str], dict[str, MethodValues], dict[str, np.ndarray]]:
     """Compute per-patch, pooled and dataset-level metric values for every method of ``inputs``.
 
@@ -102,9 +110,14 @@ def compute_results(
     Descriptors of each ground truth (segmentation, HOG, …) are computed once per patch and shared by all
     methods; nothing is kept beyond the patch, so memory stays flat in the number of patches. Torch runs with
     ``n_threads`` threads. ``n_workers`` > 1 spreads patches over that many worker processes (spawned, so each
-    pays a few seconds of start-up: worth it for many patches); results do not depend on it.
+    pays a few seconds of start-up: worth it for many patches); results do not depend on it. With a
+    ``classifier`` (:class:`~dm4isl.prediction.classifier.ClassifierSpec`) ``cls_lpips`` is computed too; the
+    classifier is loaded (and checked) before any patch is measured.
     """
-    names = resolve_metric_names(metrics)
+    names = resolve_metric_names(metrics, with_classifier=classifier is not None)
+    if classifier is not None:
+        cached_feature_extractor(classifier)
+        log.info("cls_lpips: classifier %s", classifier.path)
     patch_names = [n for n in names if METRICS[n].level == PATCH]
     dataset_names = [n for n in names if METRICS[n].level == DATASET]
     n = len(inputs.patches)
@@ -113,7 +126,7 @@ def compute_results(
     outcomes: list[tuple[dict[str, dict[str, float]], dict[str, float]]] = []
     if n_workers <= 1:
         for job in jobs:
-            outcomes += _chunk_values([job], voxel_size, patch_names, dataset_names, n_threads)
+            outcomes += _chunk_values([job], voxel_size, patch_names, dataset_names, n_threads, classifier)
             bar.update(1)
     else:
         size = max(1, math.ceil(n / (CHUNKS_PER_WORKER * n_workers)))
@@ -121,7 +134,7 @@ def compute_results(
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
             futures = [
-                pool.submit(_chunk_values, c, tuple(voxel_size), patch_names, dataset_names, n_threads)
+                pool.submit(_chunk_values, c, tuple(voxel_size), patch_names, dataset_names, n_threads, classifier)
                 for c in chunks
             ]
             for future, chunk in zip(futures, chunks, strict=True):
@@ -160,6 +173,7 @@ def evaluate_folder(
     progress: bool = True,
     n_threads: int = DEFAULT_TORCH_THREADS,
     n_workers: int = 1,
+    classifier: ClassifierSpec | str | os.PathLike | None = None,
 ) -> EvaluationResult:
     """Evaluate every method folder of ``input_dir`` against ``input_dir/<gt_name>`` and write the report.
 
@@ -169,11 +183,17 @@ def evaluate_folder(
     rendered in memory and written atomically into ``output_dir`` (skipped when ``output_dir`` is None):
     ``metrics_per_patch.csv``, ``metrics_summary.csv``, ``metrics_summary.md``, ``figures/boxplot_<metric>.png``
     and ``report.html``. ``voxel_size`` is (Z, Y, X) in µm; ``n_threads`` and ``n_workers`` as in
-    :func:`compute_results`.
+    :func:`compute_results`. ``classifier``: an organelle classifier for ``cls_lpips`` (a
+    :class:`~dm4isl.prediction.classifier.ClassifierSpec`, or a path read with its defaults); None: the perceptual
+    distance is the random-feature one only.
     """
+    if classifier is not None and not isinstance(classifier, ClassifierSpec):
+        classifier = ClassifierSpec(path=str(classifier))
     inputs = load_inputs(input_dir, gt_name, methods, exclude, gt_window, pred_window)
     log.info("evaluating %d patches of %d methods: %s", len(inputs.patches), len(inputs.methods), inputs.methods)
-    names, results, gt_companions = compute_results(inputs, metrics, voxel_size, progress, n_threads, n_workers)
+    names, results, gt_companions = compute_results(
+        inputs, metrics, voxel_size, progress, n_threads, n_workers, classifier
+    )
     present = [b for b in baselines if b in results]
     if not present:
         log.warning("no baseline folder among %s: improvement %% and statistics are not computed", list(baselines))

@@ -108,10 +108,11 @@ def _comparison_cells(result: EvaluationResult, metric: str) -> tuple[str, dict[
 
 
 def _metric_label(metric: str) -> str:
-    """Table label: name, direction arrow and unit, e.g. ``hausdorff↓ (µm)``."""
+    """Table label: heading (name, or what the values are, e.g. ``perceptual_distance (random features)``),
+    direction arrow and unit, e.g. ``hausdorff↓ (µm)``."""
     spec = METRICS[metric]
     unit = f" ({spec.unit})" if spec.unit else ""
-    return f"{metric}{DIRECTION_ARROW[spec.higher_is_better]}{unit}"
+    return f"{spec.label}{DIRECTION_ARROW[spec.higher_is_better]}{unit}"
 
 
 def _confidence_note(result: EvaluationResult) -> str:

@@ -13,10 +13,15 @@ import torch
 from dm4isl.metrics import basic, intensity, overlap, texture
 from dm4isl.metrics.instances import InstanceComparison, compare_instances
 from dm4isl.metrics.overlap import DEFAULT_VOXEL_SIZE_UM
+from dm4isl.metrics.perceptual import ClassifierFeatures
 from dm4isl.metrics.volume import VolumeFeatures, as_pair
 
 PATCH = "patch"
 DATASET = "dataset"
+#: The paper's perceptual distance in a trained organelle classifier (computed when a classifier is given).
+CLS_LPIPS = "cls_lpips"
+#: The metric after which CLS-LPIPS is listed when a classifier is given.
+CLS_LPIPS_AFTER = "perceptual_distance"
 #: Torch threads while metrics are computed: per-patch tensors are small, so extra threads cost more in
 #: synchronisation than they gain (measured ≈ 7× slower with 2 threads on a busy 2-core machine).
 DEFAULT_TORCH_THREADS = 1
@@ -34,16 +39,26 @@ def torch_threads(n: int) -> Iterator[None]:
 
 
 class PairContext:
-    """One ground-truth/prediction pair ``(Z, Y, X)`` with the voxel size (Z, Y, X, µm); caches pair-level work."""
+    """One ground-truth/prediction pair ``(Z, Y, X)`` with the voxel size (Z, Y, X, µm) and, for CLS-LPIPS, the
+    classifier's feature extractor; caches pair-level work."""
 
     def __init__(
         self,
         gt: np.ndarray | VolumeFeatures,
         pred: np.ndarray | VolumeFeatures,
         voxel_size: Sequence[float] = DEFAULT_VOXEL_SIZE_UM,
+        classifier: ClassifierFeatures | None = None,
     ) -> None:
         self.gt, self.pred = as_pair(gt, pred)
         self.voxel_size = tuple(float(v) for v in voxel_size)
+        self.classifier = classifier
+
+    def require_classifier(self) -> ClassifierFeatures:
+        """The classifier's feature extractor; ``ValueError`` when none was given."""
+        if self.classifier is None:
+            raise ValueError(f"{CLS_LPIPS} needs an organelle classifier: pass classifier= (dm4isl-evaluate "
+                             "perceptual.classifier=<checkpoint>)")
+        return self.classifier
 
     @cached_property
     def instances(self) -> InstanceComparison:
@@ -60,7 +75,9 @@ class MetricSpec:
     the predictions to one number. ``higher_is_better`` is ``None`` for values
     that are descriptors rather than scores (no improvement or statistics). ``pooled_fn`` computes the value over
     all voxels of all patches where the reference reports it pooled. ``ideal`` is the value for a perfect
-    prediction (``None`` when it depends on the ground truth, e.g. MI).
+    prediction (``None`` when it depends on the ground truth, e.g. MI). ``title`` is the table heading when the
+    name alone would mislead; ``needs_classifier`` marks metrics computed only when an organelle classifier is
+    given (CLS-LPIPS).
     """
 
     name: str
@@ -72,6 +89,13 @@ class MetricSpec:
     companion: str | None = None
     pooled_fn: Callable[[Sequence[np.ndarray], Sequence[np.ndarray]], float] | None = None
     ideal: float | None = None
+    title: str = ""
+    needs_classifier: bool = False
+
+    @property
+    def label(self) -> str:
+        """Table heading: :attr:`title`, else the name."""
+        return self.title or self.name
 
     @property
     def pooled(self) -> bool:
@@ -96,7 +120,10 @@ _SPECS = [
     MetricSpec("glcm_correlation", True, "", level=DATASET,
                dataset_fn=texture.correlation_across_patches, companion="glcm_feature", ideal=1.0),
     MetricSpec("hog_distance", False, "", fn=lambda c: texture.hog_distance(c.gt, c.pred), ideal=0.0),
-    MetricSpec("perceptual_distance", False, "", fn=lambda c: texture.perceptual_distance(c.gt, c.pred), ideal=0.0),
+    MetricSpec("perceptual_distance", False, "", fn=lambda c: texture.perceptual_distance(c.gt, c.pred), ideal=0.0,
+               title="perceptual_distance (random features)"),
+    MetricSpec(CLS_LPIPS, False, "", fn=lambda c: texture.perceptual_distance(c.gt, c.pred, c.require_classifier()),
+               ideal=0.0, title="cls_lpips (classifier features)", needs_classifier=True),
     MetricSpec("iou", True, "", fn=lambda c: overlap.iou(c.gt, c.pred), ideal=1.0),
     MetricSpec("dice", True, "", fn=lambda c: overlap.dice(c.gt, c.pred), ideal=1.0),
     MetricSpec("precision", True, "", fn=lambda c: overlap.precision(c.gt, c.pred), ideal=1.0),
@@ -121,13 +148,15 @@ PAPER = (
     "glcm_correlation", "hog_distance", "perceptual_distance",
     "iou", "dice", "precision", "recall", "hausdorff", "volume_error",
 )
-ALL = tuple(METRICS)
+ALL = tuple(name for name, spec in METRICS.items() if not spec.needs_classifier)
 METRIC_SETS: dict[str, tuple[str, ...]] = {"fast": FAST, "paper": PAPER, "all": ALL}
 
-def resolve_metric_names(names: str | Iterable[str]) -> list[str]:
+def resolve_metric_names(names: str | Iterable[str], with_classifier: bool = False) -> list[str]:
     """Expand a set name (``fast``, ``paper``, ``all``) or a list of metric names into a checked, ordered list.
 
     A dataset-level metric brings its per-patch ``companion`` (``glcm_correlation`` → ``glcm_feature``).
+    ``with_classifier``: an organelle classifier is available, so ``cls_lpips`` joins the list (after
+    ``perceptual_distance`` when that is listed, else at the end); without one, asking for it is an error.
     """
     requested = list(METRIC_SETS[names]) if isinstance(names, str) and names in METRIC_SETS else (
         [names] if isinstance(names, str) else list(names)
@@ -137,11 +166,17 @@ def resolve_metric_names(names: str | Iterable[str]) -> list[str]:
         raise ValueError(
             f"unknown metric(s) {unknown}; expected names from {sorted(METRICS)} or a set from {sorted(METRIC_SETS)}"
         )
+    needing = [n for n in requested if METRICS[n].needs_classifier]
+    if needing and not with_classifier:
+        raise ValueError(f"metric(s) {needing} need an organelle classifier: pass one (dm4isl-evaluate "
+                         "perceptual.classifier=<checkpoint>) or leave them out")
     out: list[str] = []
     for name in requested:
         for item in (name, METRICS[name].companion):
             if item is not None and item not in out:
                 out.append(item)
+    if with_classifier and CLS_LPIPS not in out:
+        out.insert(out.index(CLS_LPIPS_AFTER) + 1 if CLS_LPIPS_AFTER in out else len(out), CLS_LPIPS)
     return out
 
 
@@ -151,15 +186,20 @@ def patch_metrics(
     names: str | Iterable[str] = "paper",
     voxel_size: Sequence[float] = DEFAULT_VOXEL_SIZE_UM,
     n_threads: int = DEFAULT_TORCH_THREADS,
+    classifier: ClassifierFeatures | None = None,
 ) -> dict[str, float]:
     """Per-patch values of the patch-level metrics among ``names`` for one ``(Z, Y, X)`` pair.
 
     Pass :class:`VolumeFeatures` for a ground truth compared with several predictions to reuse its descriptors.
-    Torch runs with ``n_threads`` threads meanwhile.
+    Torch runs with ``n_threads`` threads meanwhile. With an organelle ``classifier`` ``cls_lpips`` is added.
     """
-    ctx = PairContext(gt, pred, voxel_size)
+    ctx = PairContext(gt, pred, voxel_size, classifier)
     with torch_threads(n_threads):
-        return {n: float(METRICS[n].fn(ctx)) for n in resolve_metric_names(names) if METRICS[n].level == PATCH}
+        return {
+            n: float(METRICS[n].fn(ctx))
+            for n in resolve_metric_names(names, with_classifier=classifier is not None)
+            if METRICS[n].level == PATCH
+        }
 
 
 def dataset_metrics(

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
+from dm4isl.metrics.perceptual import ClassifierFeatures, cls_lpips_from_features
 from dm4isl.metrics.volume import VolumeFeatures, as_features, as_pair
 
 #: Fewest patches for which a Pearson correlation across patches is defined.
@@ -71,16 +73,31 @@ def hog_distance(gt: np.ndarray | VolumeFeatures, pred: np.ndarray | VolumeFeatu
     return float(np.mean(np.abs(g.hog - p.hog)))
 
 
-def perceptual_distance(gt: np.ndarray | VolumeFeatures, pred: np.ndarray | VolumeFeatures) -> float:
-    """Feature-space distance between ground truth and prediction ``(Z, Y, X)`` in a fixed random 3-D network.
+def perceptual_distance(
+    gt: np.ndarray | VolumeFeatures,
+    pred: np.ndarray | VolumeFeatures,
+    classifier: ClassifierFeatures | torch.nn.Module | None = None,
+) -> float:
+    """Feature-space distance between ground truth and prediction ``(Z, Y, X)``: random features, or CLS-LPIPS.
 
-    Network: :func:`dm4isl.metrics.descriptors.feature_network` — three 3×3×3 convolution + ReLU stages with
-    seeded He-normal random weights (no pretrained or downloaded weights; the reference's organelle classifier
-    was never released). Distance in the style of LPIPS (Zhang et al., CVPR 2018) without learned weights:
-    feature vectors are unit-normalised over channels at every voxel; the squared L2 difference is averaged over
-    voxels and then over the three stages. Lower is better; unitless, in [0, 4]; 0 for identical inputs.
+    Without ``classifier`` (the default; tables call it ``perceptual_distance (random features)``): the network is
+    :func:`dm4isl.metrics.descriptors.feature_network` — three 3×3×3 convolution + ReLU stages with seeded
+    He-normal random weights (no pretrained or downloaded weights). Distance in the style of LPIPS (Zhang et al.,
+    CVPR 2018) without learned weights: feature vectors are unit-normalised over channels at every voxel; the
+    squared L2 difference is averaged over voxels and then over the three stages. Unitless, in [0, 4].
+
+    With ``classifier`` (tables call it ``cls_lpips``): the paper's perceptual metric, in a trained organelle
+    classifier (:class:`~dm4isl.metrics.perceptual.ClassifierFeatures`; a bare network is wrapped with its defaults):
+    the mean squared difference of the two feature tensors at each of layer1–layer4 and the final layer (class
+    logits), averaged over the five layers. Unitless, unbounded.
+
+    Lower is better; 0 for identical inputs.
     """
     g, p = as_pair(gt, pred)
+    if classifier is not None:
+        if not isinstance(classifier, ClassifierFeatures):
+            classifier = ClassifierFeatures(classifier)
+        return cls_lpips_from_features(g.classifier_features(classifier), p.classifier_features(classifier))
     per_stage = [
         float(((fg - fp) ** 2).sum(dim=1).mean())
         for fg, fp in zip(g.network_features, p.network_features, strict=True)

@@ -9,6 +9,7 @@ import torch
 
 from dm4isl.errors import DataError
 from dm4isl.metrics import descriptors
+from dm4isl.metrics.perceptual import ClassifierFeatures
 from dm4isl.metrics.segmentation import Segmentation, segment_volume
 
 #: Values may exceed [0, 1] by this much (float rounding) before a volume is rejected.
@@ -36,6 +37,7 @@ class VolumeFeatures:
             raise DataError(f"{name}: intensities span [{lo:.4g}, {hi:.4g}]; expected normalised values in [0, 1]")
         self.volume = volume.astype(np.float32, copy=False)
         self.name = name
+        self._classifier_features: dict[int, tuple[ClassifierFeatures, list[torch.Tensor]]] = {}
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -61,6 +63,14 @@ class VolumeFeatures:
     def network_features(self) -> list[torch.Tensor]:
         """Unit-normalised random-network feature maps, one ``(1, C, Z, Y', X')`` tensor per stage."""
         return descriptors.network_features(self.volume[None])
+
+    def classifier_features(self, classifier: ClassifierFeatures) -> list[torch.Tensor]:
+        """Feature tensors of the volume in ``classifier``'s layers (computed once per classifier)."""
+        cached = self._classifier_features.get(id(classifier))
+        if cached is None or cached[0] is not classifier:
+            cached = (classifier, classifier.features(self.volume[None]))
+            self._classifier_features[id(classifier)] = cached
+        return cached[1]
 
     @cached_property
     def segmentation(self) -> Segmentation:

@@ -59,6 +59,8 @@ def _class_from_hparams(hp: dict[str, Any]) -> str | None:
         return "dm4isl.models.gan.GANModule"
     if (hp.get("net") or {}).get("name") == "unet3d":
         return "dm4isl.models.unet.UNetModule"
+    if "organelles" in hp and (hp.get("net") or {}).get("name") == "resnet3d":
+        return "dm4isl.models.classifier.ClassifierModule"
     return None
 
 
@@ -78,14 +80,18 @@ def with_fitted_windows(ckpt: dict[str, Any]) -> dict[str, Any]:
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> L.LightningModule:
     """Rebuild the model of a checkpoint from its stored hyperparameters and weights, in eval mode."""
-    ckpt = read_checkpoint(path)
+    return model_from_checkpoint(read_checkpoint(path), path).to(device)
+
+
+def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "<checkpoint>") -> L.LightningModule:
+    """Rebuild the model of a checkpoint dict already read (:func:`read_checkpoint`), on the CPU, in eval mode."""
     cls = model_class(ckpt, path)
     try:
         model = cls(**with_fitted_windows(ckpt))
         model.load_state_dict(ckpt["state_dict"])
     except (TypeError, RuntimeError, ValueError) as err:
         raise CheckpointError(f"{path}: weights or hyperparameters do not fit {cls.__name__} ({err})") from err
-    return model.to(device).eval()
+    return model.eval()
 
 
 def fingerprint(path: str | os.PathLike) -> str:
