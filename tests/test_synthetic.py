@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import time
 import zipfile
 from pathlib import Path
 
@@ -164,29 +163,14 @@ def test_ambiguous_fraction_scales_the_number_of_planted_cells() -> None:
     assert counts[0.3]["n_ambiguous"] == round(0.3 * counts[0.3]["n_cells"])
 
 
-def test_one_fov_is_fast() -> None:
-    for organelle in ORGANELLES:
-        best = min(_timed(lambda org=organelle: _fov(org, 7)) for _ in range(2))
-        assert best < 1.0, f"{organelle}: one {FOV_SHAPE} FOV took {best:.2f} s"
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
-def test_dataset_is_generated_in_seconds_then_reused_from_cache(tmp_path: Path, monkeypatch) -> None:
+def test_dataset_is_generated_then_reused_from_cache(tmp_path: Path, monkeypatch) -> None:
     bf_window, fl_window, _ = SPEC_WINDOWS["nuclear_envelope"]
     kwargs = {"bf_window": bf_window, "fl_window": fl_window, "ambiguous_fraction": 0.15, "cache_dir": tmp_path}
     calls = []
     real = synthetic.generate_fov
     monkeypatch.setattr(synthetic, "generate_fov", lambda *a, **k: calls.append(a) or real(*a, **k))
 
-    t0 = time.perf_counter()
     paths = synthetic_dataset("nuclear_envelope", 12, FOV_SHAPE, 0, **kwargs)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 12.0, f"12 FOVs took {elapsed:.1f} s"
     assert len(calls) == 12 and len(paths) == 12
     assert paths[0].parent.name.startswith("nuclear_envelope-")
     assert [p.name for p in paths[:3]] == ["fov_0.npz", "fov_1.npz", "fov_2.npz"]
