@@ -20,6 +20,7 @@ from dm4isl.metrics.table import (
     CI_LOW,
     IMPROVEMENT,
     MEAN,
+    POOLED,
     STD,
     WILCOXON_P,
     SummaryRow,
@@ -117,13 +118,25 @@ def _metric_label(metric: str) -> str:
 def _confidence_note(result: EvaluationResult) -> str:
     """One paragraph saying which values the tables show and how the statistics were computed."""
     return (
-        f"{len(result.patches)} patches. Values: pooled over all voxels for PCC and MSE, dataset-level (Pearson "
-        "across patches) for GLCM correlation, mean ± std over patches otherwise. Improvement % = "
-        "100·((method/baseline)^sign − 1) of these values against the better baseline per metric "
-        f"(baselines present: {', '.join(result.baselines) or 'none'}); p: paired two-sided Wilcoxon "
-        "signed-rank test of per-patch values; Δ CI: percentile bootstrap 95 % interval of the mean paired "
-        "per-patch difference method − baseline (for GLCM correlation: of the difference of the dataset values)."
+        f"{len(result.patches)} patches. Values: mean ± std over patches (the paper's figures are means over its "
+        "test patches); GLCM correlation is dataset-level (Pearson across patches); PCC and MSE pooled over all "
+        "voxels of all patches are extra rows. Improvement % = 100·((method/baseline)^sign − 1) of the means "
+        f"against the better baseline per metric (baselines present: {', '.join(result.baselines) or 'none'}); "
+        "p: paired two-sided Wilcoxon signed-rank test of per-patch values; Δ CI: percentile bootstrap 95 % "
+        "interval of the mean paired per-patch difference method − baseline (for GLCM correlation: of the "
+        "difference of the dataset values)."
     )
+
+
+def _pooled_rows(result: EvaluationResult) -> list[tuple[str, dict[str, str]]]:
+    """(label, formatted value per method) of the pooled-over-voxels rows (PCC, MSE) present in the summary."""
+    rows = _rows_by(result)
+    out = []
+    for metric in result.metric_names:
+        pooled = rows.get((metric, POOLED))
+        if pooled is not None:
+            out.append((f"{_metric_label(metric)} · pooled", {m: _fmt(pooled.values[m]) for m in result.methods}))
+    return out
 
 
 def markdown_summary(result: EvaluationResult) -> str:
@@ -136,6 +149,8 @@ def markdown_summary(result: EvaluationResult) -> str:
         stat, cells, best = _headline_cells(result, metric)
         shown = [f"**{cells[m]}**" if m == best else cells[m] for m in methods]
         lines.append(f"| {_metric_label(metric)} | {stat} | " + " | ".join(shown) + " |")
+    for label, cells in _pooled_rows(result):
+        lines.append(f"| {label} | {POOLED} | " + " | ".join(cells[m] for m in methods) + " |")
     comparisons = [(m, _comparison_cells(result, m)) for m in result.metric_names]
     comparisons = [(m, c) for m, c in comparisons if c is not None]
     if comparisons:
@@ -189,6 +204,9 @@ def html_report(result: EvaluationResult, figures: dict[str, bytes]) -> str:
         stat, cells, best = _headline_cells(result, metric)
         body.append([_metric_label(metric), stat] + [cells[m] for m in methods])
         bold.append(methods.index(best) + 2 if best is not None else None)
+    for label, cells in _pooled_rows(result):
+        body.append([label, POOLED] + [cells[m] for m in methods])
+        bold.append(None)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>dm4isl evaluation</title>',
