@@ -109,6 +109,7 @@ def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
         model, inputs, cfg.output_dir, organelle=organelle, settings=settings, n_seeds=int(cfg.n_seeds),
         batch_size=int(cfg.batch_size), max_batch=cfg.max_batch, uncertainty=unc,
         checkpoint_id=meta["checkpoint_sha256_16"], metadata=meta, tiles=tiles, voxel_size=voxel,
+        save_seeds=bool(cfg.get("save_seeds", False)),
     )
     log.info("wrote %d predictions to %s", len(rows), cfg.output_dir)
     return rows

@@ -15,8 +15,10 @@ from torch.utils.data import DataLoader
 
 from dm4isl.callbacks.prediction_writer import PredictionWriter
 from dm4isl.errors import CheckpointError
+from dm4isl.io.atomic import read_channel_names, read_tiff_info
 from dm4isl.models.ddpm import DDPMModule, check_compatible
 from dm4isl.models.nets import build_net, count_parameters
+from dm4isl.prediction.checkpoint import fingerprint
 
 #: Folders the DDPM test step writes (prediction writer).
 FOLDERS = ("BF", "GT", "DDPM", "DDPMavg", "std_intra", "linear")
@@ -98,12 +100,21 @@ def test_fit_validate_test_and_checkpoint_roundtrip(tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(loaded.eps(x, t, bf), model.eps(x, t, bf))
 
-    trainer.test(model, dataloaders=_loader(3, seed=2))
+    trainer.test(model, dataloaders=_loader(3, seed=2), ckpt_path=str(ckpt))
     for folder in FOLDERS:
         files = sorted(p.name for p in (tmp_path / "pred" / folder).iterdir())
-        assert files == ["p0.tiff", "p1.tiff", "p2.tiff"], folder
-    ddpmavg = tifffile.imread(tmp_path / "pred" / "DDPMavg" / "p1.tiff")
+        assert files == ["p0.ome.tiff", "p1.ome.tiff", "p2.ome.tiff"], folder
+    ddpmavg_file = tmp_path / "pred" / "DDPMavg" / "p1.ome.tiff"
+    ddpmavg = tifffile.imread(ddpmavg_file)
     assert ddpmavg.dtype == np.float32 and ddpmavg.shape == PATCH and 0 <= ddpmavg.min() <= ddpmavg.max() <= 1
+    # the same provenance as dm4isl-predict: sampler, seeds, checkpoint (path and hash), revision; channel names
+    voxel, meta = read_tiff_info(ddpmavg_file)
+    assert voxel == tuple(ORGANELLE["voxel_size"]) and meta["model"] == "DDPMModule"
+    assert meta["sampler"] == model.test_settings.to_dict() and meta["seeds"] == [model.test_settings.seed]
+    assert meta["checkpoint"] == str(ckpt) and meta["checkpoint_sha256_16"] == fingerprint(ckpt)
+    assert meta["revision"] and meta["patch"] == "p1" and meta["output"] == "DDPMavg"
+    assert read_channel_names(ddpmavg_file) == ["DDPMavg (nuclear envelope)"]
+    assert read_channel_names(tmp_path / "pred" / "BF" / "p1.ome.tiff") == ["BF (brightfield)"]
     with open(tmp_path / "pred" / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 3 * 3 and {r["method"] for r in rows} == {"DDPM", "DDPMavg", "linear"}

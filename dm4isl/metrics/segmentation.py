@@ -111,3 +111,70 @@ def match_instances(gt_labels: np.ndarray, pred_labels: np.ndarray) -> SliceMatc
     rows, cols = linear_sum_assignment(iou, maximize=True)
     pairs = [(int(r) + 1, int(c) + 1) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= MATCH_IOU_THRESHOLD]
     return SliceMatch(pairs=pairs, n_gt=n_gt, n_pred=n_pred)
+
+
+# --- 8-bit operations of the reference's segmentation (``segmentation_pipeline_per_patch``) ----------------------
+
+#: Grey levels of the reference's 8-bit images: ``(x * 255).astype("uint8")``.
+UINT8_MAX = 255
+#: 8-connected components (OpenCV's contour tracing and connected components).
+CONNECTIVITY_8 = np.ones((3, 3), dtype=bool)
+
+
+def to_uint8(values: np.ndarray) -> np.ndarray:
+    """``values`` in [0, 1] as the reference's 8-bit image: ``(x · 255)`` truncated (not rounded) to uint8."""
+    return (np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0) * UINT8_MAX).astype(np.uint8)
+
+
+def otsu_threshold_8bit(values: np.ndarray) -> int:
+    """Otsu's threshold of 8-bit ``values`` (any shape) with OpenCV's conventions: the grey level t maximising the
+    between-class variance of {≤ t} and {> t} (the first one on ties); 0 for a constant image, so that every
+    non-zero voxel of a constant image lies above it. Foreground is ``values > t``."""
+    hist = np.bincount(np.asarray(values, dtype=np.uint8).ravel(), minlength=UINT8_MAX + 1).astype(np.float64)
+    scale = 1.0 / hist.sum()
+    p = hist * scale
+    mu = 0.0
+    for t in range(UINT8_MAX + 1):
+        mu += t * hist[t]
+    mu *= scale
+    best_t, best_sigma = 0, 0.0
+    q1 = mu1 = 0.0
+    eps = float(np.finfo(np.float32).eps)
+    for t in range(UINT8_MAX + 1):
+        weighted = mu1 * q1 + t * p[t]
+        q1 += p[t]
+        q2 = 1.0 - q1
+        if min(q1, q2) < eps or max(q1, q2) > 1.0 - eps:
+            mu1 = weighted / q1 if q1 > 0 else 0.0
+            continue
+        mu1 = weighted / q1
+        mu2 = (mu - q1 * mu1) / q2
+        sigma = q1 * q2 * (mu1 - mu2) ** 2
+        if sigma > best_sigma:
+            best_t, best_sigma = t, sigma
+    return best_t
+
+
+def outline_area(component: np.ndarray) -> float:
+    """Area (px²) enclosed by the outer boundary of one 8-connected ``(Y, X)`` component, traced through the centres
+    of its border pixels — OpenCV's ``contourArea`` of its outer contour. Holes count as enclosed; a line one pixel
+    wide encloses 0. Computed as the 2×2 windows of the hole-filled component: 1 per window of four pixels,
+    1/2 per window of three."""
+    filled = ndi.binary_fill_holes(np.asarray(component, dtype=bool))
+    window = (
+        filled[:-1, :-1].astype(np.int8) + filled[1:, :-1] + filled[:-1, 1:] + filled[1:, 1:]
+    )
+    return float((window == 4).sum()) + 0.5 * float((window == 3).sum())
+
+
+def drop_small_outlines(mask: np.ndarray, max_area: float) -> np.ndarray:
+    """The reference's small-object rule on a boolean ``(Y, X)`` slice: keep every 8-connected component whose
+    :func:`outline_area` exceeds ``max_area`` px², with its holes filled (the reference redraws each kept contour
+    with ``fillPoly``); drop the others."""
+    components, n = ndi.label(np.asarray(mask, dtype=bool), structure=CONNECTIVITY_8)
+    out = np.zeros(components.shape, dtype=bool)
+    for i in range(1, n + 1):
+        filled = ndi.binary_fill_holes(components == i)
+        if outline_area(filled) > max_area:
+            out |= filled
+    return out

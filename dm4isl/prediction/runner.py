@@ -3,14 +3,16 @@
 Output layout (what ``dm4isl-evaluate`` reads next to a ``GT/`` folder), one file per input under the input's name::
 
     <output_dir>/DDPM/ DDPMavg/ std_intra/ std_inter/ error_mask/   (diffusion; std_inter only with n_seeds > 1)
+    <output_dir>/DDPM_seeds/seed<k>/ DDPMavg_seeds/seed<k>/        (save_seeds: each seed's products)
     <output_dir>/<Unet|GAN>/                                      (baselines: no uncertainty products)
     <output_dir>/GT/ BF/                                           (copied when the input has a ground truth)
     <output_dir>/predictions.csv                                   (one row per input)
 
 Inputs larger than a tile (default: the checkpoint's training patch) are predicted whole: baselines by
 Gaussian-weighted sliding windows, diffusion models by one reverse process over the whole volume whose ε̂ is
-blended from tiles at every step (:mod:`dm4isl.sampling.tiled`). Outputs are float32 OME-TIFFs ``(Z, Y, X)`` with
-voxel sizes and, in their metadata, the sampler, seeds, tiling, checkpoint hash and source revision.
+blended from tiles at every step (:mod:`dm4isl.sampling.tiled`). Outputs are float32 OME-TIFFs ``<name>.ome.tiff``
+``(Z, Y, X)`` with voxel sizes, a channel name (product and organelle) and, in their metadata, the sampler, seeds,
+tiling, checkpoint hash and source revision.
 
 Every file is written atomically and ``predictions.csv`` is rewritten after each batch, so a killed run keeps all
 finished inputs; a rerun with the same settings skips them.
@@ -37,6 +39,7 @@ from tqdm.auto import tqdm
 from dm4isl.data.readers import auto_window, is_tiff, list_tiffs, read_patch_folder, read_volume, tiff_stem, to_unit
 from dm4isl.errors import DataError
 from dm4isl.io.atomic import read_tiff_info, write_csv, write_tiff
+from dm4isl.io.layout import channel_name, product_file, seed_product
 from dm4isl.models.inference import sliding_window_predict
 from dm4isl.models.unet import OUTPUT_RANGE
 from dm4isl.sampling.ensemble import sample_ensemble
@@ -78,6 +81,7 @@ class UncertaintySettings:
     threshold: float | None = None
     faithful: bool = False
     flag_fraction: float = 0.01
+    rule: str = "reference"  # reference: continuous std → median → Otsu (the reference's order) | binary
 
 
 def name_to_patch_id(name: str) -> int:
@@ -92,7 +96,7 @@ def collect_inputs(
     """Inputs from a patch folder (``BF/`` [+ ``GT/``]), a folder of brightfield TIFFs, or one TIFF file.
 
     uint8 files are value/255, float files must be in [0, 1], raw integer grey levels are normalised with the
-    checkpoint's windows. Output files are named ``<input stem>.tiff``. OME voxel sizes of the brightfield files are
+    checkpoint's windows. Output files are named ``<input stem>.ome.tiff``. OME voxel sizes of the brightfield files are
     kept (:attr:`PredictInput.voxel_size`).
     """
     path = Path(source)
@@ -173,10 +177,12 @@ def predict_arrays(
     n_seeds: int = 1,
     max_batch: int | None = None,
     tiles: TileSettings | None = None,
+    keep_seeds: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Products for a brightfield batch ``(B, 1, Z, Y, X)`` in [0, 1], as ``(B, 1, Z, Y, X)`` tensors by folder name.
 
-    Diffusion models give ``DDPM``, ``DDPMavg``, ``std_intra`` and, with ``n_seeds > 1``, ``std_inter``;
+    Diffusion models give ``DDPM``, ``DDPMavg``, ``std_intra`` and, with ``n_seeds > 1``, ``std_inter`` (and with
+    ``keep_seeds`` every seed's ``DDPM`` and ``DDPMavg`` under :func:`dm4isl.io.layout.seed_product` folders);
     a baseline gives its single prediction under its ``output_name``. Inputs larger than the tile (``tiles``, see
     :func:`tile_for`) are predicted whole from overlapping tiles; smaller ones in one network call as before.
     """
@@ -207,6 +213,10 @@ def predict_arrays(
     out = {"DDPM": ens.ddpm, "DDPMavg": ens.ddpmavg, "std_intra": ens.std_intra}
     if n_seeds > 1:
         out["std_inter"] = ens.std_inter
+        if keep_seeds:
+            for k, seed in enumerate(ens.seeds):
+                out[seed_product("DDPM", seed)] = ens.ddpm_seeds[k]
+                out[seed_product("DDPMavg", seed)] = ens.ddpmavg_seeds[k]
     return out
 
 
@@ -240,6 +250,7 @@ def run_predict(
     metadata: Mapping[str, Any] | None = None,
     tiles: TileSettings | None = None,
     voxel_size: Sequence[float] | None = None,
+    save_seeds: bool = False,
 ) -> list[dict[str, Any]]:
     """Predict ``inputs`` into ``output_dir`` (layout in the module docstring); returns the CSV rows.
 
@@ -247,7 +258,8 @@ def run_predict(
     skipped. Inputs of equal shape are batched (``batch_size`` patches, × ``n_seeds`` rows, chunked to
     ``max_batch`` rows); inputs larger than a tile are tiled (``tiles``). Files get the voxel size ``voxel_size``
     ``(Z, Y, X)`` µm if given, else the input file's, else the organelle's; their metadata holds ``metadata`` plus
-    the model, sampler settings, seeds, tiling, input and settings hash.
+    the model, sampler settings, seeds, tiling, input and settings hash. ``save_seeds`` (ensembles of
+    ``n_seeds > 1``) also writes every seed's DDPM and DDPMavg, which ``dm4isl-evaluate`` scores with the CRPS.
     """
     out = Path(output_dir)
     unc = uncertainty or UncertaintySettings()
@@ -259,6 +271,10 @@ def run_predict(
         "n_seeds": n_seeds if diffusion else 0, "uncertainty": [unc.source, unc.threshold, unc.faithful],
         "tiling": tiles.to_dict(),
     }
+    if unc.rule != "reference":
+        config["mask_rule"] = unc.rule
+    if save_seeds:
+        config["save_seeds"] = True
     key = settings_hash(config)
     done = {r["name"]: r for r in read_rows(out / CSV_NAME)}
 
@@ -266,7 +282,7 @@ def run_predict(
         row = done.get(inp.name)
         if row is None or row.get("settings_hash") != key:
             return False
-        return all((out / p / f"{inp.name}.tiff").is_file() for p in row["products"].split(";") if p)
+        return all(product_file(out, p, inp.name).is_file() for p in row["products"].split(";") if p)
 
     todo = [inp for inp in inputs if not finished(inp)]
     rows = {name: row for name, row in done.items()}
@@ -277,7 +293,9 @@ def run_predict(
         **(metadata or {}), "model": type(model).__name__, "sampler": settings.to_dict() if settings else None,
         "seeds": seeds, "tiling": tiles.to_dict(), "settings_hash": key,
     }
-    mask_settings = MaskSettings.faithful() if unc.faithful else MaskSettings(flag_fraction=unc.flag_fraction)
+    mask_settings = MaskSettings.faithful() if unc.faithful else MaskSettings.for_organelle(
+        organelle.get("name"), unc.rule, flag_fraction=unc.flag_fraction
+    )
     source, threshold = None, None
     if diffusion:
         available = {"std_intra"} | ({"std_inter"} if n_seeds > 1 else set())
@@ -299,7 +317,9 @@ def run_predict(
             batch = group[start : start + batch_size]
             tic = time.perf_counter()
             bf = torch.from_numpy(np.stack([b.bf for b in batch])[:, None])
-            products = predict_arrays(model, bf, [b.patch_id for b in batch], settings, n_seeds, max_batch, tiles)
+            products = predict_arrays(
+                model, bf, [b.patch_id for b in batch], settings, n_seeds, max_batch, tiles, keep_seeds=save_seeds
+            )
             arrays = {k: v[:, 0].float().cpu().numpy() for k, v in products.items()}
             seconds = (time.perf_counter() - tic) / len(batch)
             for i, inp in enumerate(batch):
@@ -307,18 +327,21 @@ def run_predict(
                 voxel = voxel_size or inp.voxel_size or organelle.get("voxel_size")
                 written = []
                 for name, arr in arrays.items():
-                    write_tiff(out / name / f"{inp.name}.tiff", arr[i].astype(np.float32), voxel, meta)
+                    write_tiff(product_file(out, name, inp.name), arr[i].astype(np.float32), voxel, meta,
+                               channel_name(name, organelle.get("name")))
                     written.append(name)
                 flagged, fraction = "", ""
                 if source is not None and threshold is not None:
                     mask = error_mask(arrays[f"std_{source}"][i], threshold, mask_settings)
-                    write_tiff(out / "error_mask" / f"{inp.name}.tiff", mask.astype(np.uint8), voxel, meta)
+                    write_tiff(product_file(out, "error_mask", inp.name), mask.astype(np.uint8), voxel, meta,
+                               channel_name("error_mask", organelle.get("name")))
                     written.append("error_mask")
                     is_flagged, frac = flag(mask, mask_settings.flag_fraction)
                     flagged, fraction = int(is_flagged), f"{frac:.6f}"
                 for name, arr in (("BF", inp.bf), ("GT", inp.gt)):
                     if arr is not None:
-                        write_tiff(out / name / f"{inp.name}.tiff", arr.astype(np.float32), voxel, meta)
+                        write_tiff(product_file(out, name, inp.name), arr.astype(np.float32), voxel, meta,
+                                   channel_name(name, organelle.get("name")))
                 rows[inp.name] = {
                     "name": inp.name, "input": inp.source, "model": type(model).__name__, "checkpoint": checkpoint_id,
                     "sampler": f"{settings.method}" if settings else "", "steps": steps,
