@@ -37,6 +37,7 @@ def run(cfg: DictConfig) -> EvaluationResult:
         progress=bool(cfg.progress),
         n_threads=int(cfg.n_threads),
         n_workers=int(cfg.n_workers),
+        ensembles=bool(cfg.get("ensembles", True)),
     )
     log.info("evaluation of %s written to %s", cfg.input_dir, cfg.output_dir)
     return result

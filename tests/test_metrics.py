@@ -23,6 +23,7 @@ from dm4isl.metrics.instances import area_error, centroid_distance, hausdorff, i
 from dm4isl.metrics.intensity import jsd, jsd_histogram, mi, mi_fixed_range, psnr
 from dm4isl.metrics.objects import link_objects, volume_error
 from dm4isl.metrics.overlap import dice, hausdorff_3d, iou, precision, recall, volume_error_relative
+from dm4isl.metrics.probabilistic import crps, crps_map, spread_skill
 from dm4isl.metrics.registry import METRIC_SETS, METRICS, PAPER, patch_metrics, resolve_metric_names
 from dm4isl.metrics.segmentation import segment_volume
 from dm4isl.metrics.table import (
@@ -331,6 +332,35 @@ def test_link_objects_along_z():
     assert labels[1, 6, 6] == 1 and labels[1, 28, 28] == 2 and labels[2, 16, 16] == 0 and labels[2, 28, 28] == 2
     assert (labels[3][mask[3]] == 2).all()
     np.testing.assert_array_equal(np.bincount(labels.ravel())[1:], [3 * 64, 64 + 36 + 22 * 22])
+
+
+def test_crps_fair_ensemble_hand_values():
+    """Fair CRPS = mean|x_i − y| − Σ_{i,j}|x_i − x_j| / (2 M (M − 1)): members (1, 2) for y = 0 give 1.5 − 0.5 = 1;
+    members (0, 1) for y = 0.5 give 0.5 − 0.5 = 0; one member gives the absolute error."""
+    gt = np.array([[[0.0, 0.5]]])
+    members = np.array([[[[1.0, 0.0]]], [[[2.0, 1.0]]]])
+    np.testing.assert_allclose(crps_map(gt, members), [[[1.0, 0.0]]], atol=1e-12)
+    assert crps(gt, members) == pytest.approx(0.5)
+    assert crps(gt, members[:1]) == pytest.approx((1.0 + 0.5) / 2)  # point forecast: mean absolute error
+    with pytest.raises(ValueError, match="do not fit"):
+        crps(gt, members[:, 0])
+
+
+def test_spread_skill_separates_calibrated_from_overconfident_ensembles():
+    """Truth and members drawn from one distribution per voxel: overall RMSE = predicted spread (ratio 1) with 5
+    members; with 64 members also bin by bin. Members three times too narrow: the RMSE is 3× the spread."""
+    rng = np.random.default_rng(0)
+    sigma = np.repeat(np.linspace(0.01, 0.2, 8), 4096).reshape(8, 64, 64)
+    mu = rng.random(sigma.shape)
+    truth = mu + sigma * rng.standard_normal(sigma.shape)
+    few = spread_skill([truth], [mu + sigma * rng.standard_normal((5, *sigma.shape))], n_bins=8)
+    assert few.n_members == 5 and few.count.sum() == truth.size and few.ratio == pytest.approx(1.0, abs=0.03)
+    many = spread_skill([truth], [mu + sigma * rng.standard_normal((64, *sigma.shape))], n_bins=8)
+    np.testing.assert_allclose(many.rmse / many.spread, 1.0, atol=0.1)
+    bad = spread_skill([truth], [mu + sigma / 3 * rng.standard_normal((5, *sigma.shape))], n_bins=8)
+    assert np.all(bad.rmse / bad.spread > 2.0) and bad.ratio == pytest.approx(3.0, rel=0.1)
+    with pytest.raises(ValueError, match="ensembles of one size"):
+        spread_skill([truth], [truth[None]])
 
 
 # --- degenerate input ---------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from dm4isl.evaluation.ensembles import CRPS, load_ensembles, score_ensembles
 from dm4isl.evaluation.inputs import DEFAULT_BASELINES, DEFAULT_EXCLUDE, EvaluationInputs, load_inputs
 from dm4isl.evaluation.report import write_report
 from dm4isl.evaluation.result import EvaluationResult
@@ -160,6 +161,7 @@ def evaluate_folder(
     progress: bool = True,
     n_threads: int = DEFAULT_TORCH_THREADS,
     n_workers: int = 1,
+    ensembles: bool = True,
 ) -> EvaluationResult:
     """Evaluate every method folder of ``input_dir`` against ``input_dir/<gt_name>`` and write the report.
 
@@ -169,15 +171,24 @@ def evaluate_folder(
     rendered in memory and written atomically into ``output_dir`` (skipped when ``output_dir`` is None):
     ``metrics_per_patch.csv``, ``metrics_summary.csv``, ``metrics_summary.md``, ``figures/boxplot_<metric>.png``
     and ``report.html``. ``voxel_size`` is (Z, Y, X) in µm; ``n_threads`` and ``n_workers`` as in
-    :func:`compute_results`.
+    :func:`compute_results`. With ``ensembles``, a method folder ``M/`` with member folders
+    ``M_seeds/<seed>/`` is scored as an ensemble: every method gets the per-patch ``crps`` (fair-ensemble CRPS
+    of the members; the mean absolute error of a point prediction) and the report a spread–skill plot.
     """
     inputs = load_inputs(input_dir, gt_name, methods, exclude, gt_window, pred_window)
+    members = load_ensembles(inputs, pred_window) if ensembles else {}
     log.info("evaluating %d patches of %d methods: %s", len(inputs.patches), len(inputs.methods), inputs.methods)
     names, results, gt_companions = compute_results(inputs, metrics, voxel_size, progress, n_threads, n_workers)
+    ensemble_scores = {}
+    if members:
+        log.info("seed ensembles (CRPS, spread–skill): %s", {m: e.size for m, e in members.items()})
+        ensemble_scores = score_ensembles(inputs, members, results)
+        names = [*names, CRPS] if CRPS not in names else names
     present = [b for b in baselines if b in results]
     if not present:
         log.warning("no baseline folder among %s: improvement %% and statistics are not computed", list(baselines))
-    result = EvaluationResult(Path(input_dir), gt_name, inputs.patches, names, results, gt_companions, present)
+    result = EvaluationResult(Path(input_dir), gt_name, inputs.patches, names, results, gt_companions, present,
+                              ensembles=ensemble_scores)
     result.summary = summarize(results, names, present, gt_companions, confidence, n_resamples, seed)
     if output_dir is not None:
         write_report(result, output_dir)

@@ -68,6 +68,17 @@ class SpreadSkill:
     edges: np.ndarray
     n_members: int
 
+    @property
+    def ratio(self) -> float:
+        """Overall RMSE / spread over all voxels (1 for a calibrated ensemble, > 1 over-confident, < 1
+        over-dispersed). Unlike the binned curve it carries no selection bias: binning by the members' own noisy
+        spread makes even a calibrated ensemble of few members look over-confident in its low-spread bins and
+        over-dispersed in its high ones (regression to the mean)."""
+        total = float(self.count.sum())
+        mse = float((self.count * self.rmse**2).sum()) / total
+        var = float((self.count * self.spread**2).sum()) / total
+        return float(np.sqrt(mse / var)) if var > 0 else float("nan")
+
 
 def spread_skill(
     gts: Sequence[np.ndarray], ensembles: Sequence[np.ndarray], n_bins: int = SPREAD_SKILL_BINS
@@ -79,7 +90,8 @@ def spread_skill(
     (quantiles of the spread). The predicted error of a bin is √(mean variance · (M + 1)/M) — the expected RMSE
     of the mean of M members drawn from the same distribution as the truth (Leutbecher & Palmer 2008, J Comput
     Phys 227:3515; Fortin et al. 2014, Mon Wea Rev 142:1395) — and the observed error the RMSE of the ensemble
-    mean. Bins that collapse (many equal spreads) are merged.
+    mean. Bins that collapse (many equal spreads) are merged. With few members, read the binned curve together
+    with :attr:`SpreadSkill.ratio` (see there).
     """
     if len(gts) != len(ensembles) or not gts:
         raise ValueError(f"spread–skill needs one ensemble per ground truth, got {len(gts)} and {len(ensembles)}")
