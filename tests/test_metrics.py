@@ -73,6 +73,22 @@ def test_golden_pooled_pcc_mse_ms_ssim(nucenv_dir):
         assert float(np.mean(values.per_patch["ms_ssim"])) == pytest.approx(g_msssim, abs=GOLDEN_TOL), method
 
 
+#: Per-patch means over the 5 reference patches of MI and JSD (GT vs each folder), computed with the reference's own
+#: definitions (zaritskylab/DM4ISL src/MetricsFunctions.py ``mi``/``jsd``, applied patch by patch to uint8/255 data).
+GOLDEN_MI_JSD = {
+    "Unet": (1.057737, 0.159682), "GAN": (1.113930, 0.162161), "DDPM": (1.049911, 0.163307),
+    "DDPMavg": (1.130996, 0.147952), "FL_pred": (1.025263, 0.181395), "FLavg_pred": (1.111204, 0.149702),
+}
+
+
+def test_golden_mi_and_jsd_as_the_reference_computes_them(nucenv_dir):
+    inputs = load_inputs(nucenv_dir)
+    _, results, _ = compute_results(inputs, ["mi", "jsd"], progress=False)
+    for method, (g_mi, g_jsd) in GOLDEN_MI_JSD.items():
+        assert float(np.mean(results[method].per_patch["mi"])) == pytest.approx(g_mi, abs=1e-6), method
+        assert float(np.mean(results[method].per_patch["jsd"])) == pytest.approx(g_jsd, abs=1e-6), method
+
+
 # --- registry and metadata ---------------------------------------------------------------------------------
 
 
