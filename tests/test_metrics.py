@@ -7,13 +7,14 @@ import warnings
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from scipy import ndimage as ndi
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import bootstrap, entropy, pearsonr
 from skimage.feature import graycomatrix, graycoprops, hog
 from skimage.metrics import hausdorff_distance
 
-from conftest import GOLDEN, GOLDEN_TOL
+from conftest import CONF_DIR, GOLDEN, GOLDEN_TOL
 from dm4isl.callbacks.metrics import MetricsCallback, compute_stage_metrics
 from dm4isl.errors import DataError
 from dm4isl.evaluation.inputs import load_inputs
@@ -112,6 +113,9 @@ def test_metric_sets_and_directions():
     assert "glcm_feature" in resolve_metric_names(["glcm_correlation"])
     with pytest.raises(ValueError, match="unknown metric"):
         resolve_metric_names(["pcc", "fid"])
+    for name in ("fast", "paper", "all"):  # the metrics/ config group lists the same sets as the registry
+        listed = OmegaConf.load(CONF_DIR / "metrics" / f"{name}.yaml").names
+        assert sorted(resolve_metric_names(list(listed))) == sorted(resolve_metric_names(name)), name
 
 
 # --- ideal values -------------------------------------------------------------------------------------------
