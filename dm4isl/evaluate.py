@@ -8,6 +8,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from dm4isl.evaluation import EvaluationResult, evaluate_folder
+from dm4isl.metrics.segmentation import SegmentationSettings
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ def run(cfg: DictConfig) -> EvaluationResult:
         n_threads=int(cfg.n_threads),
         n_workers=int(cfg.n_workers),
         ensembles=bool(cfg.get("ensembles", True)),
+        segmentation=SegmentationSettings.for_organelle(cfg.get("segmentation", "spec"), cfg.organelle.get("name")),
     )
     log.info("evaluation of %s written to %s", cfg.input_dir, cfg.output_dir)
     return result

@@ -26,7 +26,7 @@ from dm4isl.metrics.objects import link_objects, volume_error
 from dm4isl.metrics.overlap import dice, hausdorff_3d, iou, precision, recall, volume_error_relative
 from dm4isl.metrics.probabilistic import crps, crps_map, spread_skill
 from dm4isl.metrics.registry import METRIC_SETS, METRICS, PAPER, patch_metrics, resolve_metric_names
-from dm4isl.metrics.segmentation import segment_volume
+from dm4isl.metrics.segmentation import SegmentationSettings, segment_volume, segment_volume_reference
 from dm4isl.metrics.table import (
     IMPROVEMENT,
     MethodValues,
@@ -381,6 +381,28 @@ def test_spread_skill_separates_calibrated_from_overconfident_ensembles():
     assert np.all(bad.rmse / bad.spread > 2.0) and bad.ratio == pytest.approx(3.0, rel=0.1)
     with pytest.raises(ValueError, match="ensembles of one size"):
         spread_skill([truth], [truth[None]])
+
+
+def test_reference_segmentation_pipeline():
+    """segmentation=reference: 8-bit median 3×3 (a 2×2 speck vanishes, square corners round off), one Otsu level for
+    the patch, outline-area rule (a 6×6 square minus its corners encloses 23 px² > 15: kept), holes filled."""
+    vol = np.full((2, 48, 48), 0.1, np.float32)
+    vol[:, 5:25, 5:25] = 0.8
+    vol[:, 12:15, 12:15] = 0.1  # a 3×3 hole: kept by the median, filled at the end
+    vol[:, 40:42, 40:42] = 0.8  # 2×2 speck
+    vol[:, 30:36, 30:36] = 0.8
+    seg = segment_volume_reference(vol)
+    assert seg.mask.sum(axis=(1, 2)).tolist() == [400 - 4 + 36 - 4] * 2
+    assert seg.mask[:, 13, 13].all() and not seg.mask[:, 40:42, 40:42].any() and not seg.mask[:, 5, 5].any()
+    assert [int(seg.labels[z].max()) for z in range(2)] == [2, 2]
+    assert SegmentationSettings.for_organelle("reference", "dna").median_size == 5
+    ref = SegmentationSettings("reference")
+    values = patch_metrics(vol, vol, ["iou", "hausdorff", "volume_error", "instance_f1"], segmentation=ref)
+    assert values == {"iou": 1.0, "hausdorff": 0.0, "volume_error": 0.0, "instance_f1": 1.0}
+    shifted = np.roll(vol, 2, axis=2)
+    assert patch_metrics(vol, shifted, ["iou"], segmentation=ref)["iou"] < 1.0
+    with pytest.raises(ValueError, match="segmentation"):
+        SegmentationSettings("watershed")
 
 
 # --- degenerate input ---------------------------------------------------------------------------------------

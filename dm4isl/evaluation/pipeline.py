@@ -28,6 +28,7 @@ from dm4isl.metrics.registry import (
     resolve_metric_names,
     torch_threads,
 )
+from dm4isl.metrics.segmentation import SegmentationSettings
 from dm4isl.metrics.table import (
     DEFAULT_CONFIDENCE,
     DEFAULT_N_RESAMPLES,
@@ -54,14 +55,18 @@ class _PatchJob:
 
 
 def _patch_values(
-    job: _PatchJob, voxel_size: Sequence[float], patch_names: Sequence[str], dataset_names: Sequence[str]
+    job: _PatchJob,
+    voxel_size: Sequence[float],
+    patch_names: Sequence[str],
+    dataset_names: Sequence[str],
+    segmentation: SegmentationSettings | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Per-method metric values of one patch and the ground truth's companion values of dataset-level metrics."""
-    gt = VolumeFeatures(job.gt, job.gt_name)
+    gt = VolumeFeatures(job.gt, job.gt_name, segmentation)
     companions = {k: METRICS[METRICS[k].companion].fn(PairContext(gt, gt, voxel_size)) for k in dataset_names}
     values: dict[str, dict[str, float]] = {}
     for m, pred_volume in job.preds.items():
-        ctx = PairContext(gt, VolumeFeatures(pred_volume, job.pred_names[m]), voxel_size)
+        ctx = PairContext(gt, VolumeFeatures(pred_volume, job.pred_names[m], segmentation), voxel_size)
         values[m] = {k: METRICS[k].fn(ctx) for k in patch_names}
     return values, companions
 
@@ -72,10 +77,11 @@ def _chunk_values(
     patch_names: Sequence[str],
     dataset_names: Sequence[str],
     n_threads: int,
+    segmentation: SegmentationSettings | None = None,
 ) -> list[tuple[dict[str, dict[str, float]], dict[str, float]]]:
     """:func:`_patch_values` of several patches (the unit of work of a worker process)."""
     with torch_threads(n_threads):
-        return [_patch_values(job, voxel_size, patch_names, dataset_names) for job in jobs]
+        return [_patch_values(job, voxel_size, patch_names, dataset_names, segmentation) for job in jobs]
 
 
 def _jobs(inputs: EvaluationInputs) -> Iterator[_PatchJob]:
@@ -96,6 +102,7 @@ def compute_results(
     progress: bool = True,
     n_threads: int = DEFAULT_TORCH_THREADS,
     n_workers: int = 1,
+    segmentation: SegmentationSettings | None = None,
 ) -> tuple[list[str], dict[str, MethodValues], dict[str, np.ndarray]]:
     """Compute per-patch, pooled and dataset-level metric values for every method of ``inputs``.
 
@@ -103,7 +110,8 @@ def compute_results(
     Descriptors of each ground truth (segmentation, HOG, …) are computed once per patch and shared by all
     methods; nothing is kept beyond the patch, so memory stays flat in the number of patches. Torch runs with
     ``n_threads`` threads. ``n_workers`` > 1 spreads patches over that many worker processes (spawned, so each
-    pays a few seconds of start-up: worth it for many patches); results do not depend on it.
+    pays a few seconds of start-up: worth it for many patches); results do not depend on it. ``segmentation``
+    chooses the masks of the segmentation metrics (default: SPEC §5's pipeline).
     """
     names = resolve_metric_names(metrics)
     patch_names = [n for n in names if METRICS[n].level == PATCH]
@@ -114,7 +122,7 @@ def compute_results(
     outcomes: list[tuple[dict[str, dict[str, float]], dict[str, float]]] = []
     if n_workers <= 1:
         for job in jobs:
-            outcomes += _chunk_values([job], voxel_size, patch_names, dataset_names, n_threads)
+            outcomes += _chunk_values([job], voxel_size, patch_names, dataset_names, n_threads, segmentation)
             bar.update(1)
     else:
         size = max(1, math.ceil(n / (CHUNKS_PER_WORKER * n_workers)))
@@ -122,7 +130,7 @@ def compute_results(
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
             futures = [
-                pool.submit(_chunk_values, c, tuple(voxel_size), patch_names, dataset_names, n_threads)
+                pool.submit(_chunk_values, c, tuple(voxel_size), patch_names, dataset_names, n_threads, segmentation)
                 for c in chunks
             ]
             for future, chunk in zip(futures, chunks, strict=True):
@@ -162,6 +170,7 @@ def evaluate_folder(
     n_threads: int = DEFAULT_TORCH_THREADS,
     n_workers: int = 1,
     ensembles: bool = True,
+    segmentation: SegmentationSettings | None = None,
 ) -> EvaluationResult:
     """Evaluate every method folder of ``input_dir`` against ``input_dir/<gt_name>`` and write the report.
 
@@ -174,11 +183,13 @@ def evaluate_folder(
     :func:`compute_results`. With ``ensembles``, a method folder ``M/`` with member folders
     ``M_seeds/<seed>/`` is scored as an ensemble: every method gets the per-patch ``crps`` (fair-ensemble CRPS
     of the members; the mean absolute error of a point prediction) and the report a spread–skill plot.
+    ``segmentation`` chooses the masks of the segmentation metrics (default: SPEC §5's pipeline).
     """
     inputs = load_inputs(input_dir, gt_name, methods, exclude, gt_window, pred_window)
     members = load_ensembles(inputs, pred_window) if ensembles else {}
     log.info("evaluating %d patches of %d methods: %s", len(inputs.patches), len(inputs.methods), inputs.methods)
-    names, results, gt_companions = compute_results(inputs, metrics, voxel_size, progress, n_threads, n_workers)
+    names, results, gt_companions = compute_results(inputs, metrics, voxel_size, progress, n_threads, n_workers,
+                                                    segmentation)
     ensemble_scores = {}
     if members:
         log.info("seed ensembles (CRPS, spread–skill): %s", {m: e.size for m, e in members.items()})

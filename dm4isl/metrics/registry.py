@@ -13,7 +13,8 @@ import torch
 from dm4isl.metrics import basic, intensity, objects, overlap, texture
 from dm4isl.metrics.instances import InstanceComparison, compare_instances
 from dm4isl.metrics.overlap import DEFAULT_VOXEL_SIZE_UM
-from dm4isl.metrics.volume import VolumeFeatures, as_pair
+from dm4isl.metrics.segmentation import SegmentationSettings
+from dm4isl.metrics.volume import VolumeFeatures, as_features, as_pair
 
 PATCH = "patch"
 DATASET = "dataset"
@@ -162,13 +163,16 @@ def patch_metrics(
     names: str | Iterable[str] = "paper",
     voxel_size: Sequence[float] = DEFAULT_VOXEL_SIZE_UM,
     n_threads: int = DEFAULT_TORCH_THREADS,
+    segmentation: SegmentationSettings | None = None,
 ) -> dict[str, float]:
     """Per-patch values of the patch-level metrics among ``names`` for one ``(Z, Y, X)`` pair.
 
     Pass :class:`VolumeFeatures` for a ground truth compared with several predictions to reuse its descriptors.
-    Torch runs with ``n_threads`` threads meanwhile.
+    ``segmentation`` (for arrays) chooses the masks of the segmentation metrics. Torch runs with ``n_threads``
+    threads meanwhile.
     """
-    ctx = PairContext(gt, pred, voxel_size)
+    ctx = PairContext(as_features(gt, "ground truth", segmentation), as_features(pred, "prediction", segmentation),
+                      voxel_size)
     with torch_threads(n_threads):
         return {n: float(METRICS[n].fn(ctx)) for n in resolve_metric_names(names) if METRICS[n].level == PATCH}
 

@@ -17,15 +17,13 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.morphology import remove_small_objects
 
-from dm4isl.metrics.segmentation import drop_small_outlines, otsu_threshold_8bit, to_uint8
+from dm4isl.metrics.segmentation import ORGANELLE_MEDIAN_SIZE, drop_small_outlines, otsu_threshold_8bit, to_uint8
 
 #: Defaults of SPEC §3 and of the reference's ``SegmentationParams``.
 MEDIAN_SIZE = 3
 MIN_OBJECT_AREA = 15
 FLAG_FRACTION = 0.01
 Z_AXIS = 0
-#: Median filter size by organelle where it differs from :data:`MEDIAN_SIZE` (the reference: 5×5 for DNA).
-ORGANELLE_MEDIAN_SIZE = {"dna": 5}
 #: How std values become a mask: the reference's order, or threshold-first (the previous rule).
 RULES = ("reference", "binary")
 #: Small-object rules: outline area (the reference: contour area > 15 px² kept), pixel count, or none.
