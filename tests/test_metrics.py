@@ -82,6 +82,23 @@ GOLDEN_MI_JSD = {
 }
 
 
+#: Per-patch means of IoU and recall with segmentation=reference, equal (to 1e-9 per patch) to the reference's own
+#: ``segmentation_pipeline_per_patch`` + ``seg_metrics`` with its nuclear-envelope ``SegmentationParams``.
+GOLDEN_REFERENCE_SEGMENTATION = {
+    "Unet": (0.711564, 0.875164), "GAN": (0.715804, 0.906073), "DDPM": (0.705136, 0.803110),
+    "DDPMavg": (0.685662, 0.831893), "FL_pred": (0.687188, 0.819250), "FLavg_pred": (0.680748, 0.820068),
+}
+
+
+def test_golden_iou_with_the_reference_segmentation(nucenv_dir):
+    inputs = load_inputs(nucenv_dir)
+    _, results, _ = compute_results(inputs, ["iou", "recall"], progress=False,
+                                    segmentation=SegmentationSettings("reference"))
+    for method, (g_iou, g_recall) in GOLDEN_REFERENCE_SEGMENTATION.items():
+        assert float(np.mean(results[method].per_patch["iou"])) == pytest.approx(g_iou, abs=1e-6), method
+        assert float(np.mean(results[method].per_patch["recall"])) == pytest.approx(g_recall, abs=1e-6), method
+
+
 def test_golden_mi_and_jsd_as_the_reference_computes_them(nucenv_dir):
     inputs = load_inputs(nucenv_dir)
     _, results, _ = compute_results(inputs, ["mi", "jsd"], progress=False)
