@@ -9,6 +9,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from dm4isl.cli import console_script, report_expected_errors
 from dm4isl.evaluation import EvaluationResult, evaluate_folder
+from dm4isl.metrics.segmentation import SegmentationSettings
 from dm4isl.prediction.classifier import ClassifierSpec
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,9 @@ def run(cfg: DictConfig) -> EvaluationResult:
         n_threads=int(cfg.n_threads),
         n_workers=int(cfg.n_workers),
         classifier=ClassifierSpec.from_config(OmegaConf.to_container(cfg.perceptual, resolve=True)),
+        ensembles=bool(cfg.get("ensembles", True)),
+        segmentation=SegmentationSettings.for_organelle(cfg.get("segmentation", "reference"),
+                                                        cfg.organelle.get("name")),
     )
     log.info("evaluation of %s written to %s", cfg.input_dir, cfg.output_dir)
     return result

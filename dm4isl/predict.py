@@ -128,7 +128,7 @@ def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
         batch_size=int(cfg.batch_size), max_batch=cfg.max_batch, uncertainty=unc,
         checkpoint_id=meta["checkpoint_sha256_16"], metadata=meta, tiles=tiles, voxel_size=voxel, shard=shard,
         output=_output_settings(cfg), check=lambda shape, _: _check(model, organelle, shape, str(ckpt), tiles),
-        calibrations=calibrations,
+        calibrations=calibrations, save_seeds=bool(cfg.get("save_seeds", False)),
     )
     if fabric is not None:
         fabric.barrier()

@@ -364,8 +364,8 @@ def reproduce(
         methods = assemble_methods(output_dir / organelle)
         result = evaluate_folder(methods, output_dir / organelle / "evaluation", metrics=metrics,
                                  methods=list(METHODS), baselines=list(BASELINES),
-                                 voxel_size=list(cfg.organelle.voxel_size), n_resamples=n_resamples, progress=False,
-                                 classifier=spec)
+                                 voxel_size=list(cfg.organelle.metric_voxel_size), n_resamples=n_resamples,
+                                 progress=False, classifier=spec)
         rows += organelle_rows(organelle, result)
     write_csv(output_dir / "results.csv", rows)
     write_text(output_dir / "results.md", markdown_table(rows, notes))

@@ -357,7 +357,7 @@ def test_custom_windows_fitted_stored_in_checkpoint_and_used_to_predict(compose_
             "sampler=ddim", "sampler.num_steps=4", "device=cpu", *extra,
         ])
         predict_command(pcfg)
-        outs.append(tifffile.imread(allen_root / name / "DDPMavg" / "own_bf.tiff"))
+        outs.append(tifffile.imread(allen_root / name / "DDPMavg" / "own_bf.ome.tiff"))
     assert outs[0].shape == bf_raw.shape and outs[0].std() > 0
     np.testing.assert_array_equal(outs[0], outs[1])
 

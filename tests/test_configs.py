@@ -26,7 +26,10 @@ def test_organelle_values(compose_cfg, organelle: str) -> None:
     org = compose_cfg("train", [f"organelle={organelle}"]).organelle
     lo, hi = org.fl_window
     assert org.name == organelle and hi > lo and org.bf_window[1] > org.bf_window[0]
-    assert org.std_th > 0 and len(org.voxel_size) == 3 and org.inter_std_threshold == 0.1
+    assert org.std_th > 0 and org.inter_std_threshold == 0.1
+    # true voxel size of the resampled Allen arrays (files) vs the paper's 0.29 µm convention (metrics)
+    assert list(org.voxel_size) == pytest.approx([0.29, 0.108 * 624 / 244, 0.108 * 924 / 366], abs=1e-8)
+    assert list(org.metric_voxel_size) == [0.29, 0.29, 0.29]
     expected = {"dna": 0.045, "nuclear_envelope": 0.055, "nucleoli": 0.065, "actin": 0.09, "microtubules": 0.04}
     assert org.intra_std_threshold == expected.get(organelle)
 

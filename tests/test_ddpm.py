@@ -15,8 +15,10 @@ from torch.utils.data import DataLoader
 
 from dm4isl.callbacks.prediction_writer import PredictionWriter
 from dm4isl.errors import CheckpointError
+from dm4isl.io.atomic import read_channel_names, read_tiff_info
 from dm4isl.models.ddpm import DDPMModule, check_compatible
 from dm4isl.models.nets import build_net, count_parameters
+from dm4isl.prediction.checkpoint import fingerprint
 
 #: Folders the DDPM test step writes (prediction writer).
 FOLDERS = ("BF", "GT", "DDPM", "DDPMavg", "std_intra", "linear")
@@ -98,18 +100,73 @@ def test_fit_validate_test_and_checkpoint_roundtrip(tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(loaded.eps(x, t, bf), model.eps(x, t, bf))
 
-    trainer.test(model, dataloaders=_loader(3, seed=2))
+    trainer.test(model, dataloaders=_loader(3, seed=2), ckpt_path=str(ckpt))
     for folder in FOLDERS:
         files = sorted(p.name for p in (tmp_path / "pred" / folder).iterdir())
-        assert files == ["p0.tiff", "p1.tiff", "p2.tiff"], folder
-    ddpmavg = tifffile.imread(tmp_path / "pred" / "DDPMavg" / "p1.tiff")
+        assert files == ["p0.ome.tiff", "p1.ome.tiff", "p2.ome.tiff"], folder
+    ddpmavg_file = tmp_path / "pred" / "DDPMavg" / "p1.ome.tiff"
+    ddpmavg = tifffile.imread(ddpmavg_file)
     assert ddpmavg.dtype == np.float32 and ddpmavg.shape == PATCH and 0 <= ddpmavg.min() <= ddpmavg.max() <= 1
+    # the same provenance as dm4isl-predict: sampler, seeds, checkpoint (path and hash), revision; channel names
+    voxel, meta = read_tiff_info(ddpmavg_file)
+    assert voxel == tuple(ORGANELLE["voxel_size"]) and meta["model"] == "DDPMModule"
+    assert meta["sampler"] == model.test_settings.to_dict() and meta["seeds"] == [model.test_settings.seed]
+    assert meta["checkpoint"] == str(ckpt) and meta["checkpoint_sha256_16"] == fingerprint(ckpt)
+    assert meta["revision"] and meta["patch"] == "p1" and meta["output"] == "DDPMavg"
+    assert read_channel_names(ddpmavg_file) == ["DDPMavg (nuclear envelope)"]
+    assert read_channel_names(tmp_path / "pred" / "BF" / "p1.ome.tiff") == ["BF (brightfield)"]
     with open(tmp_path / "pred" / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 3 * 3 and {r["method"] for r in rows} == {"DDPM", "DDPMavg", "linear"}
     linear = [float(r["pcc"]) for r in rows if r["method"] == "linear"]
     assert min(linear) > 0.999  # the linear baseline is exact on this data
     assert (tmp_path / "pred" / "preview.png").stat().st_size > 0
+
+
+def test_training_loss_is_l1_between_noise_and_its_prediction_and_overfits_one_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The loss of a training step equals a hand computation — L1 between the drawn noise ε and the network's ε̂ on
+    x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε at the drawn t, ᾱ from the paper's scaled-linear betas — and falls when the same
+    batch is fitted repeatedly."""
+    import dm4isl.models.ddpm as ddpm_module
+    from dm4isl.utils.resume import training_noise
+
+    drawn: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def spy(*args, **kwargs):  # the real draw, recorded
+        noise, t = training_noise(*args, **kwargs)
+        drawn.append((noise.clone(), t.clone()))
+        return noise, t
+
+    monkeypatch.setattr(ddpm_module, "training_noise", spy)
+    torch.manual_seed(7)
+    model = _module(lr=1e-2)
+    for param in model.parameters():  # MONAI zero-initialises the output convolution: give ε̂ something to say
+        torch.nn.init.normal_(param, std=0.05)
+    batch = next(iter(_loader(2)))
+    with pytest.warns(UserWarning, match="self.log"):
+        loss = model.training_step(batch, 0)
+    noise, t = drawn[0]
+    assert t.shape == (2,) and int(t.min()) >= 0 and int(t.max()) < 1000 and noise.shape == (2, 1, *PATCH)
+    betas = torch.linspace(0.0005**0.5, 0.0195**0.5, 1000, dtype=torch.float64) ** 2
+    abar = torch.cumprod(1.0 - betas, dim=0)[t].float().view(-1, 1, 1, 1, 1)
+    x0 = 2.0 * batch["fl"] - 1.0  # target range [-1, 1]
+    x_t = abar.sqrt() * x0 + (1.0 - abar).sqrt() * noise
+    with torch.no_grad():
+        eps_hat = model.net(torch.cat([batch["bf"], x_t], dim=1), timesteps=t)  # brightfield first, as the reference
+    assert loss.item() == pytest.approx(float((eps_hat - noise).abs().mean()), rel=1e-5)
+    optimizer = model.configure_optimizers()
+    losses = []
+    with pytest.warns(UserWarning, match="self.log"):
+        for step in range(40):
+            optimizer.zero_grad()
+            step_loss = model.training_step(batch, step)
+            step_loss.backward()
+            optimizer.step()
+            losses.append(step_loss.item())
+    assert all(torch.equal(n, noise) and torch.equal(tt, t) for n, tt in drawn)  # one batch, one draw
+    assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:5])
 
 
 def test_validation_is_batch_independent_and_limited(tmp_path: Path) -> None:

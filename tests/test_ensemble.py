@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import torch
 
 from dm4isl.sampling import NoiseSchedule, SamplerSettings, TargetRange, sample
@@ -25,12 +26,19 @@ def test_batched_ensemble_equals_separate_runs() -> None:
     ens = sample_ensemble(_eps, cond, ids, schedule, settings, n_seeds=4, target=target)
     assert ens.ddpmavg_seeds.shape == (4, 3, 1, 4, 8, 8) and ens.seeds == [5, 6, 7, 8]
     assert ens.n_calls == 20  # all 12 rows share each network call
+    singles = []
     for k, seed in enumerate(ens.seeds):
         single = sample(_eps, cond, ids, schedule, dataclasses.replace(settings, seed=seed), target)
         torch.testing.assert_close(ens.ddpmavg_seeds[k], single.ddpmavg, rtol=0, atol=1e-6)
         torch.testing.assert_close(ens.std_intra_seeds[k], single.std_intra, rtol=0, atol=1e-6)
         torch.testing.assert_close(ens.ddpm_seeds[k], single.ddpm, rtol=0, atol=1e-6)
-    torch.testing.assert_close(ens.std_inter, ens.ddpmavg_seeds.std(dim=0, unbiased=False))
+        singles.append(single.ddpmavg.double().numpy())
+    # inter-process std against an independent computation: NumPy's population std (ddof 0, the reference's
+    # np.std over seeds) of four separately sampled DDPMavg, and its mean against their average
+    np.testing.assert_allclose(ens.std_inter.numpy(), np.std(np.stack(singles), axis=0), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(ens.ddpmavg.numpy(), np.mean(np.stack(singles), axis=0), rtol=0, atol=1e-6)
+    two = dataclasses.replace(ens, ddpmavg_seeds=ens.ddpmavg_seeds[:2])
+    np.testing.assert_allclose(two.std_inter.numpy(), np.abs(singles[0] - singles[1]) / 2, rtol=0, atol=1e-6)
     assert float(ens.std_inter.mean()) > 0  # eta = 1: seeds really differ
     chunked = sample_ensemble(_eps, cond, ids, schedule, settings, n_seeds=4, target=target, max_batch=5)
     torch.testing.assert_close(chunked.ddpmavg, ens.ddpmavg, rtol=0, atol=1e-6)

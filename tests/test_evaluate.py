@@ -89,8 +89,11 @@ def test_evaluate_reference_folder_writes_all_outputs(nucenv_dir, compose_cfg, t
         assert float(pooled["pcc"][method]) == pytest.approx(value, abs=GOLDEN_TOL)
     improvement = {r["metric"]: r for r in summary if r["statistic"] == "improvement_pct"}
     assert set(improvement) == {n for n in result.metric_names if METRICS[n].is_score}
+    means = {r["metric"]: r for r in summary if r["statistic"] == "mean"}
+    assert float(means["pcc"]["DDPMavg"]) == pytest.approx(0.86627, abs=1e-4)  # mean of the 5 per-patch values
     assert improvement["pcc"]["reference"] == "GAN"
-    assert float(improvement["pcc"]["DDPMavg"]) == pytest.approx(100 * (0.87276 / 0.86627 - 1), abs=0.01)
+    # improvement % of the headline (per-patch mean), not of the pooled value (which would give +0.75 %)
+    assert float(improvement["pcc"]["DDPMavg"]) == pytest.approx(100 * (0.86627 / 0.85757 - 1), abs=0.01)
     p_values = [float(r[m]) for r in summary if r["statistic"] == "wilcoxon_p" for m in methods
                 if r[m] != "nan"]
     assert p_values and all(0.0625 - 1e-12 <= p <= 1 for p in p_values)  # 5 patches: exact p ≥ 2/2^5
@@ -102,7 +105,9 @@ def test_evaluate_reference_folder_writes_all_outputs(nucenv_dir, compose_cfg, t
     files = [link for link in parser.links if not link.startswith("data:")]
     assert files and all((out / link).is_file() for link in files)
     md = (out / "metrics_summary.md").read_text(encoding="utf-8")
-    assert "| pcc↑ | pooled |" in md and "**0.8728**" in md and "## Against the better baseline" in md
+    assert "| pcc↑ | mean | " in md and "**0.8663 ± 0.064**" in md and "## Against the better baseline" in md
+    assert "| pcc↑ · pooled | pooled | 0.8426 | 0.8728 |" in md  # pooled values: an extra row
+    assert "Masks of the segmentation metrics: the reference's pipeline (8-bit, median 3 × 3" in md
     assert not list(out.glob(".*.part"))
 
 
@@ -141,6 +146,36 @@ def test_shape_mismatch_corrupt_and_nan(small_input, tmp_path):
     bad[3, 4, 5] = np.nan
     _write(small_input / "Unet", "1.tiff", bad)
     _expect_error(small_input, out, r"Unet/1\.tiff: contains 1 NaN")
+
+
+def test_seed_ensemble_scored_with_crps_and_spread_skill(small_input, tmp_path):
+    """DDPMavg_seeds/seed<k>/ beside DDPMavg/: the ensemble's fair CRPS per patch (checked by hand), the point
+    prediction's CRPS (= MAE) for the U-Net, a spread–skill curve, and a clear error for a missing member."""
+    rng = np.random.default_rng(3)
+    gts = [tifffile.imread(small_input / "GT" / f"{i}.tiff").astype(np.float32) / 255 for i in range(2)]
+    members = [[np.clip(g + rng.normal(0, 0.05, SHAPE), 0, 1).astype(np.float32) for g in gts] for _ in range(3)]
+    for k, per_patch in enumerate(members):
+        for i, m in enumerate(per_patch):
+            _write(small_input / "DDPMavg_seeds" / f"seed{k}", f"{i}.ome.tiff", m)
+    out = tmp_path / "out"
+    result = evaluate_folder(small_input, out, metrics="fast", baselines=["Unet"], progress=False, n_resamples=99)
+    assert result.methods == ["DDPMavg", "Unet"] and result.metric_names[-1] == "crps"
+    for i, g in enumerate(gts):
+        x = np.stack([members[k][i] for k in range(3)]).astype(np.float64)
+        spread = sum(np.abs(x[a] - x[b]) for a in range(3) for b in range(3)) / (2 * 3 * 2)
+        expected = float(np.mean(np.abs(x - g).mean(axis=0) - spread))
+        assert result.results["DDPMavg"].per_patch["crps"][i] == pytest.approx(expected, rel=1e-6)
+        unet = tifffile.imread(small_input / "Unet" / f"{i}.tiff").astype(np.float64) / 255
+        assert result.results["Unet"].per_patch["crps"][i] == pytest.approx(np.mean(np.abs(unet - g)), rel=1e-6)
+    score = result.ensembles["DDPMavg"]
+    assert score.n_members == 3 and score.member_names == ["seed0", "seed1", "seed2"]
+    assert score.spread_skill.count.sum() == 2 * np.prod(SHAPE)
+    assert (out / "spread_skill.csv").is_file()
+    assert (out / "figures" / "spread_skill.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Seed ensembles" in (out / "report.html").read_text(encoding="utf-8")
+    assert any(r.metric == "crps" and r.statistic == "improvement_pct" for r in result.summary)
+    (small_input / "DDPMavg_seeds" / "seed2" / "1.ome.tiff").unlink()
+    _expect_error(small_input, tmp_path / "out2", r"seed2: missing member for patch '1'")
 
 
 def test_console_script(small_input, tmp_path):

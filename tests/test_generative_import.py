@@ -117,5 +117,5 @@ def test_imported_checkpoint_predicts_with_dm4isl_predict(old_weights, compose_c
         "sampler.mean_correction=false", "device=cpu",
     ]))
     assert rows[0]["model"] == "DDPMModule"
-    pred = tifffile.imread(out / "DDPMavg" / "v.tiff")
+    pred = tifffile.imread(out / "DDPMavg" / "v.ome.tiff")
     assert pred.shape == (4, 16, 12) and np.isfinite(pred).all()

@@ -7,23 +7,26 @@ import warnings
 
 import numpy as np
 import pytest
+from omegaconf import OmegaConf
 from scipy import ndimage as ndi
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import bootstrap, entropy, pearsonr
 from skimage.feature import graycomatrix, graycoprops, hog
 from skimage.metrics import hausdorff_distance
 
-from conftest import GOLDEN, GOLDEN_TOL
+from conftest import CONF_DIR, GOLDEN, GOLDEN_TOL
 from dm4isl.callbacks.metrics import MetricsCallback, compute_stage_metrics
 from dm4isl.errors import DataError
 from dm4isl.evaluation.inputs import load_inputs
 from dm4isl.evaluation.pipeline import compute_results
 from dm4isl.metrics import descriptors
-from dm4isl.metrics.instances import area_error, centroid_distance, instance_f1, nn_distance_error
-from dm4isl.metrics.intensity import jsd, mi, psnr
-from dm4isl.metrics.overlap import dice, hausdorff, iou, precision, recall, volume_error
+from dm4isl.metrics.instances import area_error, centroid_distance, hausdorff, instance_f1, nn_distance_error
+from dm4isl.metrics.intensity import jsd, jsd_histogram, mi, mi_fixed_range, psnr
+from dm4isl.metrics.objects import link_objects, volume_error
+from dm4isl.metrics.overlap import dice, hausdorff_3d, iou, precision, recall, volume_error_relative
+from dm4isl.metrics.probabilistic import crps, crps_map, spread_skill
 from dm4isl.metrics.registry import METRIC_SETS, METRICS, PAPER, patch_metrics, resolve_metric_names
-from dm4isl.metrics.segmentation import segment_volume
+from dm4isl.metrics.segmentation import SegmentationSettings, segment, segment_volume_reference
 from dm4isl.metrics.table import (
     IMPROVEMENT,
     MethodValues,
@@ -36,6 +39,7 @@ from dm4isl.metrics.table import (
 )
 from dm4isl.metrics.texture import correlation_across_patches, glcm_correlation, glcm_feature, hog_distance
 from dm4isl.metrics.texture import perceptual_distance as perceptual
+from dm4isl.metrics.volume import VolumeFeatures
 
 PIXEL_UM = 0.29
 SHAPE = (16, 64, 64)
@@ -71,27 +75,66 @@ def test_golden_pooled_pcc_mse_ms_ssim(nucenv_dir):
         assert float(np.mean(values.per_patch["ms_ssim"])) == pytest.approx(g_msssim, abs=GOLDEN_TOL), method
 
 
+#: Per-patch means over the 5 reference patches of MI and JSD (GT vs each folder), computed with the reference's own
+#: definitions (zaritskylab/DM4ISL src/MetricsFunctions.py ``mi``/``jsd``, applied patch by patch to uint8/255 data).
+GOLDEN_MI_JSD = {
+    "Unet": (1.057737, 0.159682), "GAN": (1.113930, 0.162161), "DDPM": (1.049911, 0.163307),
+    "DDPMavg": (1.130996, 0.147952), "FL_pred": (1.025263, 0.181395), "FLavg_pred": (1.111204, 0.149702),
+}
+
+
+#: Per-patch means of IoU and recall with segmentation=reference, equal (to 1e-9 per patch) to the reference's own
+#: ``segmentation_pipeline_per_patch`` + ``seg_metrics`` with its nuclear-envelope ``SegmentationParams``.
+GOLDEN_REFERENCE_SEGMENTATION = {
+    "Unet": (0.711564, 0.875164), "GAN": (0.715804, 0.906073), "DDPM": (0.705136, 0.803110),
+    "DDPMavg": (0.685662, 0.831893), "FL_pred": (0.687188, 0.819250), "FLavg_pred": (0.680748, 0.820068),
+}
+
+
+def test_golden_iou_with_the_reference_segmentation(nucenv_dir):
+    inputs = load_inputs(nucenv_dir)
+    _, results, _ = compute_results(inputs, ["iou", "recall"], progress=False,
+                                    segmentation=SegmentationSettings("reference"))
+    for method, (g_iou, g_recall) in GOLDEN_REFERENCE_SEGMENTATION.items():
+        assert float(np.mean(results[method].per_patch["iou"])) == pytest.approx(g_iou, abs=1e-6), method
+        assert float(np.mean(results[method].per_patch["recall"])) == pytest.approx(g_recall, abs=1e-6), method
+
+
+def test_golden_mi_and_jsd_as_the_reference_computes_them(nucenv_dir):
+    inputs = load_inputs(nucenv_dir)
+    _, results, _ = compute_results(inputs, ["mi", "jsd"], progress=False)
+    for method, (g_mi, g_jsd) in GOLDEN_MI_JSD.items():
+        assert float(np.mean(results[method].per_patch["mi"])) == pytest.approx(g_mi, abs=1e-6), method
+        assert float(np.mean(results[method].per_patch["jsd"])) == pytest.approx(g_jsd, abs=1e-6), method
+
+
 # --- registry and metadata ---------------------------------------------------------------------------------
 
 
 def test_metric_sets_and_directions():
     assert METRIC_SETS["fast"] == ("pcc", "mse", "ms_ssim")
     assert len(PAPER) == 14 and set(PAPER) <= set(METRIC_SETS["all"])
-    higher = {"pcc", "ms_ssim", "mi", "glcm_correlation", "iou", "dice", "precision", "recall", "psnr", "ssim",
-              "instance_f1"}
-    lower = {"mse", "jsd", "hog_distance", "perceptual_distance", "cls_lpips", "hausdorff", "volume_error",
-             "centroid_distance", "nn_distance_error", "area_error"}
+    higher = {"pcc", "ms_ssim", "mi", "mi_fixed_range", "glcm_correlation", "iou", "dice", "precision", "recall",
+              "psnr", "ssim", "instance_f1"}
+    lower = {"mse", "jsd", "jsd_histogram", "hog_distance", "perceptual_distance", "cls_lpips", "hausdorff",
+             "hausdorff_3d", "volume_error", "volume_error_relative", "centroid_distance", "nn_distance_error",
+             "area_error", "crps"}
     assert {n for n, s in METRICS.items() if s.higher_is_better is True} == higher
     assert {n for n, s in METRICS.items() if s.higher_is_better is False} == lower
     assert METRICS["glcm_feature"].higher_is_better is None
     assert METRICS["glcm_correlation"].level == "dataset"
     assert {n for n, s in METRICS.items() if s.pooled} == {"pcc", "mse"}
-    assert {n: METRICS[n].unit for n in ("hausdorff", "centroid_distance", "nn_distance_error", "mi", "psnr")} == {
-        "hausdorff": "µm", "centroid_distance": "µm", "nn_distance_error": "µm", "mi": "bit", "psnr": "dB"}
+    units = {n: METRICS[n].unit for n in ("hausdorff", "centroid_distance", "nn_distance_error", "mi", "psnr",
+                                           "volume_error", "volume_error_relative", "area_error")}
+    assert units == {"hausdorff": "µm", "centroid_distance": "µm", "nn_distance_error": "µm", "mi": "bit",
+                     "psnr": "dB", "volume_error": "µm³", "volume_error_relative": "fraction", "area_error": "fraction"}
     assert resolve_metric_names("paper")[:6] == ["pcc", "mse", "ms_ssim", "mi", "jsd", "glcm_correlation"]
     assert "glcm_feature" in resolve_metric_names(["glcm_correlation"])
     with pytest.raises(ValueError, match="unknown metric"):
         resolve_metric_names(["pcc", "fid"])
+    for name in ("fast", "paper", "all"):  # the metrics/ config group lists the same sets as the registry
+        listed = OmegaConf.load(CONF_DIR / "metrics" / f"{name}.yaml").names
+        assert sorted(resolve_metric_names(list(listed))) == sorted(resolve_metric_names(name)), name
 
 
 # --- ideal values -------------------------------------------------------------------------------------------
@@ -103,8 +146,10 @@ def test_identical_inputs_give_ideal_values(volume):
         ideal = METRICS[name].ideal
         if ideal is not None:
             assert value == pytest.approx(ideal, abs=1e-6), name
-    counts, _ = np.histogram(volume, bins=20, range=(0, 1))
+    counts, _ = np.histogram(volume, bins=20)  # the reference bins over the data's own range
     assert values["mi"] == pytest.approx(entropy(counts, base=2), abs=1e-9)
+    fixed, _ = np.histogram(volume, bins=20, range=(0, 1))
+    assert values["mi_fixed_range"] == pytest.approx(entropy(fixed, base=2), abs=1e-9)
     assert glcm_correlation([blobs(1), blobs(2), volume], [blobs(1), blobs(2), volume]) == pytest.approx(1.0)
 
 
@@ -117,13 +162,13 @@ def test_jsd_and_mi_on_known_histograms():
     half[:, :, 1::2] = 0.1
     dark = np.full_like(half, 0.1)
     bright = np.full_like(half, 0.9)
-    assert jsd(dark, bright) == pytest.approx(1.0)  # disjoint support
+    assert jsd_histogram(dark, bright) == pytest.approx(1.0)  # disjoint support
     # p = (1/2, 1/2), q = (1, 0), m = (3/4, 1/4): JS divergence = (KL(p||m) + KL(q||m)) / 2
     kl_p = 0.5 * math.log2(0.5 / 0.75) + 0.5 * math.log2(0.5 / 0.25)
     kl_q = math.log2(1 / 0.75)
-    assert jsd(half, dark) == pytest.approx(math.sqrt((kl_p + kl_q) / 2), abs=1e-12)
+    assert jsd_histogram(half, dark) == pytest.approx(math.sqrt((kl_p + kl_q) / 2), abs=1e-12)
     h = lambda v: np.histogram(v, bins=256, range=(0, 1))[0]  # noqa: E731
-    assert jsd(half, dark) == pytest.approx(jensenshannon(h(half), h(dark), base=2))
+    assert jsd_histogram(half, dark) == pytest.approx(jensenshannon(h(half), h(dark), base=2))
     assert mi(half, half) == pytest.approx(1.0)  # one bit: a binary image predicts itself
     assert mi(half, 1.0 - half) == pytest.approx(1.0)  # any one-to-one relabelling keeps MI
     rows = np.zeros_like(half)
@@ -131,6 +176,32 @@ def test_jsd_and_mi_on_known_histograms():
     rows[:, 1::2, :] = 0.1
     assert mi(half, rows) == pytest.approx(0.0, abs=1e-12)  # independent patterns
     assert mi(half, dark) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_jsd_compares_voxel_distributions_as_the_reference():
+    """The reference's JSD: the flattened volumes as distributions over voxels (SciPy normalises them to sum 1)."""
+    half = np.zeros((2, 64, 64), np.float32)
+    half[:, :, ::2] = 0.9
+    half[:, :, 1::2] = 0.1
+    dark = np.full_like(half, 0.1)
+    assert jsd(dark, np.full_like(half, 0.9)) == pytest.approx(0.0, abs=1e-7)  # equal up to a factor
+    # per voxel pair: p ∝ (1.8, 0.2), q ∝ (1, 1), m ∝ (1.4, 0.6), each over N/2 voxels → hand-computed divergence
+    kl_p = 0.5 * (1.8 * math.log2(1.8 / 1.4) + 0.2 * math.log2(0.2 / 0.6))
+    kl_q = 0.5 * (math.log2(1 / 1.4) + math.log2(1 / 0.6))
+    assert jsd(half, dark) == pytest.approx(math.sqrt((kl_p + kl_q) / 2), abs=1e-7)
+    a, b = half.ravel().astype(np.float64), dark.ravel().astype(np.float64)
+    assert jsd(half, dark) == pytest.approx(jensenshannon(a, b, base=2), abs=1e-12)
+    assert jsd(half, dark) != pytest.approx(jsd_histogram(half, dark), abs=1e-3)  # the two definitions differ
+    assert math.isnan(jsd(np.zeros_like(half), dark))  # a volume without intensity is no distribution
+
+
+def test_mi_bins_over_the_data_range_unlike_the_fixed_range():
+    """Two grey levels 0.51/0.52 fall into one bin of the fixed [0, 1] range but two bins of their own range."""
+    img = np.zeros((2, 32, 32), np.float32)
+    img[:, :, ::2] = 0.51
+    img[:, :, 1::2] = 0.52
+    assert mi(img, img) == pytest.approx(1.0)
+    assert mi_fixed_range(img, img) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_psnr_known_offset(volume):
@@ -197,7 +268,7 @@ def test_offset_cubes_overlap_and_distances():
     """A cube and its copy shifted by 4 px along X: the segmentation is shifted too, so every row of the
     (row-convex) mask of area A over R rows loses 4 px of overlap: IoU = (A − 4R) / (A + 4R)."""
     gt, pred = cube(), cube(4)
-    mask = segment_volume(gt).mask
+    mask = segment(gt).mask
     assert not mask[:4].any() and not mask[12:].any()  # empty slices stay empty
     area, rows = int(mask.sum()), int(mask.any(axis=2).sum())
     inter = area - 4 * rows
@@ -205,11 +276,11 @@ def test_offset_cubes_overlap_and_distances():
     assert dice(gt, pred) == pytest.approx(inter / area)
     assert precision(gt, pred) == pytest.approx(inter / area)
     assert recall(gt, pred) == pytest.approx(inter / area)
-    assert hausdorff(gt, pred) == pytest.approx(4 * PIXEL_UM)
-    assert hausdorff(gt, pred, voxel_size=(1.0, 0.1, 0.5)) == pytest.approx(4 * 0.5)
-    mp = segment_volume(pred).mask
-    assert hausdorff(gt, pred) == pytest.approx(hausdorff_distance(mask, mp) * PIXEL_UM)
-    assert volume_error(gt, pred) == 0.0
+    assert hausdorff(gt, pred) == pytest.approx(4 * PIXEL_UM)  # per matched instance and slice
+    assert hausdorff(gt, pred, voxel_size=(1.0, 0.1, 0.5)) == pytest.approx(4 * 0.5)  # X pixel 0.5 µm
+    mp = segment(pred).mask
+    assert hausdorff_3d(gt, pred) == pytest.approx(hausdorff_distance(mask, mp) * PIXEL_UM)
+    assert volume_error(gt, pred) == 0.0 and volume_error_relative(gt, pred) == 0.0
     assert instance_f1(gt, pred) == 1.0  # IoU per slice ≈ 0.72 ≥ 0.6: matched
     assert centroid_distance(gt, pred) == pytest.approx(4 * PIXEL_UM)
     assert math.isnan(nn_distance_error(gt, pred))  # one instance per slice: no neighbour
@@ -218,10 +289,30 @@ def test_offset_cubes_overlap_and_distances():
     assert instance_f1(gt, far) == 0.0 and math.isnan(centroid_distance(gt, far))
 
 
-def test_hausdorff_matches_skimage_on_blobs():
+def test_hausdorff_3d_matches_skimage_on_blobs():
     a, b = blobs(5), blobs(6)
-    ma, mb = segment_volume(a).mask, segment_volume(b).mask
-    assert hausdorff(a, b) == pytest.approx(hausdorff_distance(ma, mb) * PIXEL_UM, rel=1e-9)
+    ma, mb = segment(a).mask, segment(b).mask
+    assert hausdorff_3d(a, b) == pytest.approx(hausdorff_distance(ma, mb) * PIXEL_UM, rel=1e-9)
+
+
+def test_hausdorff_per_matched_instance_per_slice():
+    """Slices 0–1: two squares, one shifted 2 px (HDs 0 and 2 px → slice mean 1 px); slices 2–3: one square
+    shifted 3 px plus an unmatched prediction far away (HD 3 px). Mean of the slice means: 2 px."""
+    gt = np.zeros((4, 64, 64), np.float32)
+    pred = np.zeros_like(gt)
+    gt[:2, 10:20, 5:15] = gt[:2, 40:50, 40:50] = 1.0
+    pred[:2, 10:20, 5:15] = 1.0
+    pred[:2, 40:50, 42:52] = 1.0
+    gt[2:, 20:32, 20:32] = 1.0
+    pred[2:, 20:32, 23:35] = 1.0
+    pred[2:, 50:60, 2:12] = 1.0  # no partner: left out of the Hausdorff, counted by instance F1
+    # SPEC §5's segmentation keeps the squares' corners (the reference's 3 × 3 median rounds them, which drops the
+    # 3-px shifted pair's IoU below 0.6: unmatched, so the mean would be slices 0–1's 1 px alone)
+    spec = SegmentationSettings("spec")
+    gt, pred = VolumeFeatures(gt, segmentation=spec), VolumeFeatures(pred, segmentation=spec)
+    assert hausdorff(gt, pred) == pytest.approx(2.0 * PIXEL_UM)
+    assert instance_f1(gt, pred) == pytest.approx(2 * 6 / (6 + 8))
+    assert hausdorff_3d(gt, pred) > 10 * PIXEL_UM  # the whole-mask distance is set by the unmatched square
 
 
 def test_two_squares_neighbour_and_area_errors():
@@ -238,8 +329,103 @@ def test_two_squares_neighbour_and_area_errors():
     bigger = gt.copy()
     bigger[:, 20:30, 40:50] = 0
     bigger[:, 19:31, 39:51] = 1.0  # second square grows from 10×10 to 12×12
-    rel = segment_volume(bigger).mask[0, :, 32:].sum() / segment_volume(gt).mask[0, :, 32:].sum() - 1
+    rel = segment(bigger).mask[0, :, 32:].sum() / segment(gt).mask[0, :, 32:].sum() - 1
     assert area_error(gt, bigger) == pytest.approx(rel / 2)  # mean over the two matched squares
+
+
+def test_precision_and_recall_are_not_swapped():
+    """A prediction whose mask lies inside a larger ground-truth mask: every predicted voxel is right
+    (precision 1) but most of the ground truth is missed (recall = small / large)."""
+    gt = np.zeros((4, 64, 64), np.float32)
+    gt[:, 8:56, 8:56] = 1.0
+    pred = np.zeros_like(gt)
+    pred[:, 20:40, 20:40] = 1.0
+    mg, mp = segment(gt).mask, segment(pred).mask
+    assert mp.sum() < 0.3 * mg.sum() and not (mp & ~mg).any()
+    assert precision(gt, pred) == 1.0
+    assert recall(gt, pred) == pytest.approx(mp.sum() / mg.sum())
+    assert recall(pred, gt) == 1.0 and precision(pred, gt) == pytest.approx(mp.sum() / mg.sum())  # roles swapped
+    assert iou(gt, pred) == pytest.approx(mp.sum() / mg.sum())
+
+
+def test_volume_error_on_different_volumes():
+    """One cube each, the prediction's larger: the object-volume error is the voxel difference × voxel volume."""
+    gt, big = cube(), np.zeros(SHAPE, np.float32)
+    big[2:14, 12:44, 12:44] = 1.0
+    v_gt, v_big = segment(gt).mask.sum(), segment(big).mask.sum()
+    assert v_big > v_gt
+    assert volume_error(gt, big) == pytest.approx((v_big - v_gt) * PIXEL_UM**3)
+    assert volume_error(gt, big, voxel_size=(1.0, 1.0, 1.0)) == pytest.approx(v_big - v_gt)
+    assert volume_error_relative(gt, big) == pytest.approx((v_big - v_gt) / v_gt)
+    assert volume_error(big, gt) == pytest.approx(volume_error(gt, big))  # absolute difference: symmetric
+    assert volume_error_relative(big, gt) == pytest.approx((v_big - v_gt) / v_big)  # relative: GT denominator
+
+
+def test_link_objects_along_z():
+    mask = np.zeros((4, 40, 40), bool)
+    mask[0, 2:10, 2:10] = True  # object 1 (64 px)
+    mask[1, 4:12, 4:12] = True  # overlaps object 1: joins it
+    mask[1, 25:33, 25:33] = True  # overlaps nothing: object 2
+    mask[2, 3:11, 3:11] = True  # object 1 again
+    mask[2, 15:19, 15:19] = True  # 16 px < 36: dropped
+    mask[2, 26:32, 26:32] = True  # lies entirely inside object 2 (a new object in the reference's code): joins it
+    mask[3, 8:30, 8:30] = True  # overlaps object 1 by 3×3 px and object 2 by 4×4 px: joins object 2
+    labels = link_objects(mask)
+    assert labels.max() == 2
+    assert labels[1, 6, 6] == 1 and labels[1, 28, 28] == 2 and labels[2, 16, 16] == 0 and labels[2, 28, 28] == 2
+    assert (labels[3][mask[3]] == 2).all()
+    np.testing.assert_array_equal(np.bincount(labels.ravel())[1:], [3 * 64, 64 + 36 + 22 * 22])
+
+
+def test_crps_fair_ensemble_hand_values():
+    """Fair CRPS = mean|x_i − y| − Σ_{i,j}|x_i − x_j| / (2 M (M − 1)): members (1, 2) for y = 0 give 1.5 − 0.5 = 1;
+    members (0, 1) for y = 0.5 give 0.5 − 0.5 = 0; one member gives the absolute error."""
+    gt = np.array([[[0.0, 0.5]]])
+    members = np.array([[[[1.0, 0.0]]], [[[2.0, 1.0]]]])
+    np.testing.assert_allclose(crps_map(gt, members), [[[1.0, 0.0]]], atol=1e-12)
+    assert crps(gt, members) == pytest.approx(0.5)
+    assert crps(gt, members[:1]) == pytest.approx((1.0 + 0.5) / 2)  # point forecast: mean absolute error
+    with pytest.raises(ValueError, match="do not fit"):
+        crps(gt, members[:, 0])
+
+
+def test_spread_skill_separates_calibrated_from_overconfident_ensembles():
+    """Truth and members drawn from one distribution per voxel: overall RMSE = predicted spread (ratio 1) with 5
+    members; with 64 members also bin by bin. Members three times too narrow: the RMSE is 3× the spread."""
+    rng = np.random.default_rng(0)
+    sigma = np.repeat(np.linspace(0.01, 0.2, 8), 4096).reshape(8, 64, 64)
+    mu = rng.random(sigma.shape)
+    truth = mu + sigma * rng.standard_normal(sigma.shape)
+    few = spread_skill([truth], [mu + sigma * rng.standard_normal((5, *sigma.shape))], n_bins=8)
+    assert few.n_members == 5 and few.count.sum() == truth.size and few.ratio == pytest.approx(1.0, abs=0.03)
+    many = spread_skill([truth], [mu + sigma * rng.standard_normal((64, *sigma.shape))], n_bins=8)
+    np.testing.assert_allclose(many.rmse / many.spread, 1.0, atol=0.1)
+    bad = spread_skill([truth], [mu + sigma / 3 * rng.standard_normal((5, *sigma.shape))], n_bins=8)
+    assert np.all(bad.rmse / bad.spread > 2.0) and bad.ratio == pytest.approx(3.0, rel=0.1)
+    with pytest.raises(ValueError, match="ensembles of one size"):
+        spread_skill([truth], [truth[None]])
+
+
+def test_reference_segmentation_pipeline():
+    """segmentation=reference: 8-bit median 3×3 (a 2×2 speck vanishes, square corners round off), one Otsu level for
+    the patch, outline-area rule (a 6×6 square minus its corners encloses 23 px² > 15: kept), holes filled."""
+    vol = np.full((2, 48, 48), 0.1, np.float32)
+    vol[:, 5:25, 5:25] = 0.8
+    vol[:, 12:15, 12:15] = 0.1  # a 3×3 hole: kept by the median, filled at the end
+    vol[:, 40:42, 40:42] = 0.8  # 2×2 speck
+    vol[:, 30:36, 30:36] = 0.8
+    seg = segment_volume_reference(vol)
+    assert seg.mask.sum(axis=(1, 2)).tolist() == [400 - 4 + 36 - 4] * 2
+    assert seg.mask[:, 13, 13].all() and not seg.mask[:, 40:42, 40:42].any() and not seg.mask[:, 5, 5].any()
+    assert [int(seg.labels[z].max()) for z in range(2)] == [2, 2]
+    assert SegmentationSettings.for_organelle("reference", "dna").median_size == 5
+    ref = SegmentationSettings("reference")
+    values = patch_metrics(vol, vol, ["iou", "hausdorff", "volume_error", "instance_f1"], segmentation=ref)
+    assert values == {"iou": 1.0, "hausdorff": 0.0, "volume_error": 0.0, "instance_f1": 1.0}
+    shifted = np.roll(vol, 2, axis=2)
+    assert patch_metrics(vol, shifted, ["iou"], segmentation=ref)["iou"] < 1.0
+    with pytest.raises(ValueError, match="segmentation"):
+        SegmentationSettings("watershed")
 
 
 # --- degenerate input ---------------------------------------------------------------------------------------
@@ -253,14 +439,21 @@ def test_constant_inputs_give_numbers_or_documented_nan_without_warnings():
         same = patch_metrics(dark, dark, "all")
     assert math.isnan(values["pcc"])  # documented: Pearson of a constant is undefined
     assert values["mse"] == pytest.approx(0.25)
-    assert values["jsd"] == pytest.approx(1.0)
+    assert values["jsd"] == pytest.approx(0.0, abs=1e-7) and values["jsd_histogram"] == pytest.approx(1.0)
     assert values["iou"] == 1.0 and values["hausdorff"] == 0.0  # both masks empty: agreement
+    assert values["hausdorff_3d"] == 0.0 and values["volume_error"] == 0.0
     assert values["glcm_feature"] == 1.0  # skimage's convention for zero variance
-    assert math.isnan(values["centroid_distance"])
+    # the reference's Otsu (OpenCV convention: threshold 0 for a constant image) masks a constant patch whole: one
+    # instance per slice, the same in both volumes
+    assert values["centroid_distance"] == 0.0 and values["instance_f1"] == 1.0
+    spec = SegmentationSettings("spec")  # SPEC §5's pipeline leaves a constant patch empty: nothing to match
+    assert math.isnan(patch_metrics(dark, bright, ["centroid_distance"], segmentation=spec)["centroid_distance"])
     assert same["instance_f1"] == 1.0 and same["psnr"] == math.inf
-    assert volume_error(dark, dark) == 0.0
-    assert math.isnan(volume_error(dark, cube()))  # empty GT mask, non-empty prediction: undefined
-    assert math.isnan(hausdorff(dark, cube()))
+    assert volume_error(dark, dark) == 0.0 and volume_error_relative(dark, dark) == 0.0
+    empty = VolumeFeatures(dark, segmentation=spec)
+    assert math.isnan(volume_error(empty, cube()))  # empty GT mask, non-empty prediction: undefined
+    assert math.isnan(volume_error_relative(empty, cube()))
+    assert math.isnan(hausdorff(empty, cube())) and math.isnan(hausdorff_3d(empty, cube()))
 
 
 def test_nan_and_shape_errors(volume):
@@ -316,11 +509,13 @@ def test_summarize_tiny_table():
         "Unet": {"mse": np.array([0.02, 0.04, 0.06]), "pcc": np.array([0.8, 0.7, 0.6])},
         "GAN": {"mse": np.array([0.03, 0.03, 0.03]), "pcc": np.array([0.85, 0.75, 0.65])},
     }
-    pooled = {"DDPMavg": (0.8, 0.02), "Unet": (0.7, 0.04), "GAN": (0.75, 0.03)}
+    # pooled values that rank the methods differently from the per-patch means: the headline must be the mean
+    pooled = {"DDPMavg": (0.6, 0.05), "Unet": (0.9, 0.01), "GAN": (0.5, 0.5)}
     results = {m: MethodValues(per[m], {"pcc_pooled": pooled[m][0], "mse_pooled": pooled[m][1]}) for m in per}
     rows = {(r.metric, r.statistic): r for r in summarize(results, ["pcc", "mse"], ["Unet", "GAN"], n_resamples=999)}
+    assert rows[("pcc", "pooled")].values == {m: v[0] for m, v in pooled.items()}  # kept as an extra row
     imp = rows[("pcc", IMPROVEMENT)]
-    assert imp.reference == "GAN"  # pooled 0.75 > 0.7
+    assert imp.reference == "GAN"  # mean 0.75 > 0.7 (pooled would pick Unet)
     assert imp.values["DDPMavg"] == pytest.approx(100 * (0.8 / 0.75 - 1))
     assert imp.values["Unet"] == pytest.approx(100 * (0.7 / 0.75 - 1))
     assert imp.values["GAN"] == 0.0

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,10 @@ import tifffile
 import torch
 
 import dm4isl
+from conftest import REPO_ROOT, require
 from dm4isl.errors import CheckpointError, DataError
+from dm4isl.evaluation import evaluate_folder
+from dm4isl.io.atomic import read_channel_names, read_tiff_info
 from dm4isl.predict import predict_command
 from dm4isl.prediction import runner
 from dm4isl.prediction.checkpoint import load_model, read_checkpoint
@@ -99,13 +105,19 @@ def test_predict_folder_products_skip_and_csv(compose_cfg, tiny_run: dict, tmp_p
     assert len(rows) == 4
     for product in ("DDPM", "DDPMavg", "std_intra", "std_inter", "error_mask", "GT", "BF"):
         files = sorted((out / product).glob("*.tiff"))
-        assert [f.name for f in files] == ["0.tiff", "1.tiff", "2.tiff", "3.tiff"], product
+        assert [f.name for f in files] == ["0.ome.tiff", "1.ome.tiff", "2.ome.tiff", "3.ome.tiff"], product
         arr = tifffile.imread(files[0])
         assert arr.shape == (16, 32, 32)
         assert arr.dtype == (np.uint8 if product == "error_mask" else np.float32)
-    pred = tifffile.imread(out / "DDPMavg" / "0.tiff")
+        expected = "BF (brightfield)" if product == "BF" else f"{product} (nuclear envelope)"
+        assert read_channel_names(files[0]) == [expected]
+        voxel, meta = read_tiff_info(files[0])
+        assert voxel == pytest.approx((0.29, 0.108 * 624 / 244, 0.108 * 924 / 366))  # true size of the arrays
+        assert meta["seeds"] == [0, 1] and meta["sampler"]["num_steps"] == 5 and meta["revision"]
+    pred = tifffile.imread(out / "DDPMavg" / "0.ome.tiff")
     assert 0.0 <= pred.min() and pred.max() <= 1.0
-    assert float(tifffile.imread(out / "std_inter" / "0.tiff").mean()) > 0.0
+    assert float(tifffile.imread(out / "std_inter" / "0.ome.tiff").mean()) > 0.0
+    assert not (out / "DDPMavg_seeds").exists()  # members only with save_seeds
     with open(out / "predictions.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
     assert [r["name"] for r in table] == ["0", "1", "2", "3"]
@@ -145,7 +157,7 @@ def test_crash_mid_run_then_restart_completes(compose_cfg, tiny_run: dict, tmp_p
         tifffile.imread(f)  # every file on disk is complete
     rows = predict_command(_predict_cfg(compose_cfg, tiny_run, out, ["n_seeds=1", "batch_size=1"]))
     assert [r["name"] for r in rows] == ["0", "1", "2", "3"]
-    assert len(list((out / "DDPMavg").glob("*.tiff"))) == 4
+    assert len(list((out / "DDPMavg").glob("*.ome.tiff"))) == 4
 
 
 def test_mismatched_checkpoint_and_input(compose_cfg, tiny_run: dict, tmp_path: Path) -> None:
@@ -192,25 +204,52 @@ def test_predict_with_unet_checkpoint(compose_cfg, tiny_run: dict, tmp_path: Pat
     rows = predict_command(cfg)
     assert len(rows) == 4 and rows[0]["model"] == "UNetModule" and rows[0]["products"] == "Unet"
     assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["BF", "GT", "Unet"]
-    assert tifffile.imread(out / "Unet" / "0.tiff").shape == (16, 32, 32)
+    assert tifffile.imread(out / "Unet" / "0.ome.tiff").shape == (16, 32, 32)
+    assert read_channel_names(out / "Unet" / "0.ome.tiff") == ["Unet (nuclear envelope)"]
 
 
-def test_calibrate_on_validation_and_score_on_test(tiny_run: dict) -> None:
+def test_calibrate_on_validation_and_score_on_test(tiny_run: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thresholds are fitted on the validation patches only and scored on the test patches only (distinct sets)."""
     from dm4isl.data.patches import PatchSet
     from dm4isl.sampling import SamplerSettings
-    from dm4isl.uncertainty.report import calibrate_and_score
+    from dm4isl.uncertainty import report as uncertainty_report
 
     model = load_model(tiny_run["ckpt"])
-    ts = np.load(next((tiny_run["root"] / "data" / "cache" / "eval_sets").glob("*-test-*.npz")))
-    mask = np.zeros_like(ts["mask"])
-    mask[:2, :, :8, :8] = 1  # a planted region, so the planted AUROC is defined
-    patches = PatchSet(ts["bf"], ts["fl"], mask, [str(n) for n in ts["names"]], list(ts["sources"]), ts["corners"])
+    cache = tiny_run["root"] / "data" / "cache" / "eval_sets"
+    sets = {}
+    for split in ("val", "test"):
+        arr = np.load(next(cache.glob(f"*-{split}-*.npz")))
+        mask = np.zeros_like(arr["mask"])
+        mask[:, :, :8, :8] = 1  # a planted region, so the planted AUROC is defined
+        sets[split] = PatchSet(arr["bf"], arr["fl"], mask, [str(n) for n in arr["names"]], list(arr["sources"]),
+                               arr["corners"])
+    val, test = sets["val"], sets["test"]
+    assert (len(val), len(test)) == (2, 4)
+    assert not set(val.sources) & set(test.sources)  # split by FOV: no shared source, hence no shared patch
+    seen: dict[str, list[np.ndarray]] = {"calibrate": [], "score": []}
+    real_calibrate, real_score = uncertainty_report.calibrate_threshold, uncertainty_report.evaluate_uncertainty
+
+    def calibrate(std_maps, preds, gts, *args, **kwargs):
+        seen["calibrate"].append(np.asarray(gts))
+        return real_calibrate(std_maps, preds, gts, *args, **kwargs)
+
+    def score(std_maps, preds, gts, *args, **kwargs):
+        seen["score"].append(np.asarray(gts))
+        return real_score(std_maps, preds, gts, *args, **kwargs)
+
+    monkeypatch.setattr(uncertainty_report, "calibrate_threshold", calibrate)
+    monkeypatch.setattr(uncertainty_report, "evaluate_uncertainty", score)
     settings = SamplerSettings(method="ddim", num_steps=5, mean_correction=False)
     organelle = dict(model.hparams["organelle"])
-    result = calibrate_and_score(model, patches, patches, settings, 2, organelle, tau=0.05)
+    result = uncertainty_report.calibrate_and_score(model, val, test, settings, 2, organelle, tau=0.05)
+    assert len(seen["calibrate"]) == 2 and all(np.array_equal(g, val.fl) for g in seen["calibrate"])
+    # scored with the calibrated thresholds only: the published ones are not valid for DDIM-5
+    assert len(seen["score"]) == 2 and all(np.array_equal(g, test.fl) for g in seen["score"])
+    val_pred = uncertainty_report.predict_patch_set(model, val, settings, 2)
     for source in ("intra", "inter"):
         entry = result["maps"][source]
-        assert entry["calibrated_threshold"] > 0 and 0.0 <= entry["validation_f1"] <= 1.0
+        expected = real_calibrate(val_pred[f"std_{source}"], val_pred["DDPMavg"], val.fl, 0.05)
+        assert (entry["calibrated_threshold"], entry["validation_f1"]) == pytest.approx(expected)
         report = entry["test_calibrated"]
         assert 0.0 <= report["auroc_error"] <= 1.0 and 0.0 <= report["auroc_planted"] <= 1.0
         assert report["n_patches"] == 4
@@ -274,3 +313,46 @@ def test_sampler_overrides_adjust_the_checkpoint_sampler(compose_cfg, tiny_run: 
     rows = predict_command(compose_cfg("predict", [f"ckpt_path={tiny_run['ckpt']}", f"input={tiny_run['patches']}",
                                                    f"output_dir={tmp_path / 'o'}", "sampler.num_steps=3"]))
     assert all(r["sampler"] == "ddim" and r["steps"] == "3" for r in rows)
+
+
+def test_saved_seed_members_are_scored_with_the_crps(compose_cfg, tiny_run: dict, tmp_path: Path) -> None:
+    """save_seeds writes each seed's DDPM and DDPMavg; dm4isl-evaluate finds them and reports the ensemble CRPS."""
+    out = tmp_path / "pred"
+    rows = predict_command(_predict_cfg(compose_cfg, tiny_run, out, ["save_seeds=true", "sampler.num_steps=3"]))
+    assert "DDPMavg_seeds/seed1" in rows[0]["products"].split(";")
+    member = out / "DDPMavg_seeds" / "seed1" / "0.ome.tiff"
+    assert read_channel_names(member) == ["DDPMavg seed 1 (nuclear envelope)"]
+    seeds = [tifffile.imread(out / "DDPMavg_seeds" / f"seed{k}" / "0.ome.tiff") for k in (0, 1)]
+    np.testing.assert_allclose(tifffile.imread(out / "DDPMavg" / "0.ome.tiff"), np.mean(seeds, axis=0), atol=1e-6)
+    result = evaluate_folder(out, None, metrics="fast", progress=False, n_resamples=99)
+    assert result.methods == ["DDPM", "DDPMavg"] and set(result.ensembles) == {"DDPM", "DDPMavg"}
+    assert result.ensembles["DDPMavg"].n_members == 2
+    crps = result.results["DDPMavg"].per_patch["crps"]
+    gts = [tifffile.imread(out / "GT" / f"{i}.ome.tiff") for i in range(4)]
+    members = [[tifffile.imread(out / "DDPMavg_seeds" / f"seed{k}" / f"{i}.ome.tiff") for k in (0, 1)]
+               for i in range(4)]
+    # fair CRPS of two members = mean |x_k − y| − |x_0 − x_1| / 2, voxel by voxel
+    expected = [float(np.mean((np.abs(m[0] - g) + np.abs(m[1] - g)) / 2 - np.abs(m[0] - m[1]) / 2))
+                for m, g in zip(members, gts, strict=True)]
+    np.testing.assert_allclose(crps, expected, rtol=1e-5)
+
+
+def test_console_script_runs_as_a_subprocess(tiny_run: dict, tmp_path: Path) -> None:
+    """dm4isl-predict as a user runs it: the installed console script in its own process."""
+    script = Path(sys.executable).with_name("dm4isl-predict")
+    require(script.exists(), f"console script not installed at {script} (pip install -e .)")
+    out = tmp_path / "cli"
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        [str(script), f"ckpt_path={tiny_run['ckpt']}", f"input={tiny_run['patches']}", f"output_dir={out}",
+         "sampler=ddim", "sampler.num_steps=3", "device=cpu", f"hydra.run.dir={tmp_path / 'hydra'}"],
+        capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(p.name for p in (out / "DDPMavg").iterdir()) == [f"{i}.ome.tiff" for i in range(4)]
+    with open(out / "predictions.csv", newline="") as fh:
+        assert [r["name"] for r in csv.DictReader(fh)] == ["0", "1", "2", "3"]
+    bad = subprocess.run([str(script), f"ckpt_path={tmp_path / 'nope.ckpt'}", f"input={tiny_run['patches']}",
+                          f"output_dir={tmp_path / 'x'}", f"hydra.run.dir={tmp_path / 'hydra2'}"],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=tmp_path)
+    assert bad.returncode != 0 and "nope.ckpt" in bad.stderr and not (tmp_path / "x").exists()

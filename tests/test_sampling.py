@@ -149,6 +149,15 @@ def test_running_stats_equal_stored_chain() -> None:
         stats.update(x)
     torch.testing.assert_close(stats.mean, chain.mean(0), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(stats.std, chain.std(0, unbiased=False), rtol=1e-5, atol=1e-5)
+    sample_stats = RunningStats(ddof=1)
+    for x in chain:
+        sample_stats.update(x)
+    torch.testing.assert_close(sample_stats.std, chain.std(0, unbiased=True), rtol=1e-5, atol=1e-5)
+    one = RunningStats(ddof=1)
+    one.update(chain[0])
+    assert float(one.std.abs().max()) == 0.0  # a single estimate has no spread
+    with pytest.raises(ValueError, match="ddof"):
+        RunningStats(ddof=2)
 
 
 @pytest.mark.parametrize(("method", "num_steps"), [("ddpm", None), ("ddim", 12)])
@@ -174,7 +183,8 @@ def test_reverse_process_statistics_equal_explicit_chain(method: str, num_steps:
     chain = torch.stack(stored)
     assert len(stored) == len(result.window_timesteps) > 1
     torch.testing.assert_close(result.x0_mean, chain.mean(0), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(result.x0_std, chain.std(0, unbiased=False), rtol=1e-5, atol=1e-5)
+    # the intra-process std is the sample std (ddof 1) of the window's x̂0(t), as the reference's torch.std
+    torch.testing.assert_close(result.x0_std, chain.std(0, unbiased=True), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(result.sample, x, rtol=1e-5, atol=1e-5)
 
 

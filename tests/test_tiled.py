@@ -164,11 +164,11 @@ def test_predict_a_volume_larger_than_the_patch(compose_cfg, tmp_path: Path) -> 
     # no error mask: the organelle's published threshold is for DDPM-1000 maps, not for this DDIM-3 checkpoint
     assert rows[0]["products"] == "DDPM;DDPMavg;std_intra;std_inter" and rows[0]["threshold"] == ""
     for product in ("DDPM", "DDPMavg", "std_intra", "std_inter"):
-        with tifffile.TiffFile(out / product / "fov.tiff") as tif:
+        with tifffile.TiffFile(out / product / "fov.ome.tiff") as tif:
             assert tif.is_ome and tif.series[0].axes == "ZYX"
             arr = tif.asarray()
         assert arr.shape == (16, 96, 96) and arr.dtype == np.float32 and np.isfinite(arr).all()
-        voxel, meta = read_tiff_info(out / product / "fov.tiff")
+        voxel, meta = read_tiff_info(out / product / "fov.ome.tiff")
         assert voxel == pytest.approx((0.5, 0.29, 0.29))
         assert meta["checkpoint_sha256_16"] == fingerprint(ckpt) and len(meta["checkpoint_sha256_16"]) == 16
         assert meta["sampler"]["method"] == "ddim" and meta["sampler"]["num_steps"] == 3
@@ -176,12 +176,12 @@ def test_predict_a_volume_larger_than_the_patch(compose_cfg, tmp_path: Path) -> 
         assert meta["tiling"] == {"size": None, "overlap": 0.25, "batch": 8, "mean_correction": "volume"}
     umask = os.umask(0)
     os.umask(umask)
-    assert (out / "DDPMavg" / "fov.tiff").stat().st_mode & 0o777 == 0o666 & ~umask  # not a temp file's 0o600
-    ddpmavg = tifffile.imread(out / "DDPMavg" / "fov.tiff")
+    assert (out / "DDPMavg" / "fov.ome.tiff").stat().st_mode & 0o777 == 0o666 & ~umask  # not a temp file's 0o600
+    ddpmavg = tifffile.imread(out / "DDPMavg" / "fov.ome.tiff")
     assert 0.0 <= ddpmavg.min() and ddpmavg.max() <= 1.0
-    assert float(tifffile.imread(out / "std_inter" / "fov.tiff").mean()) > 0.0  # two seeds
+    assert float(tifffile.imread(out / "std_inter" / "fov.ome.tiff").mean()) > 0.0  # two seeds
     # the metadata is also a key-value MapAnnotation (what Fiji/Bio-Formats and OMERO list)
-    with tifffile.TiffFile(out / "DDPMavg" / "fov.tiff") as tif:
+    with tifffile.TiffFile(out / "DDPMavg" / "fov.ome.tiff") as tif:
         annotation = tifffile.xml2dict(tif.ome_metadata)["OME"]["StructuredAnnotations"]["MapAnnotation"]
     pairs = {m["K"]: m["value"] for m in annotation["Value"]["M"]}
     assert pairs["seeds"] == "[0, 1]" and pairs["checkpoint_sha256_16"] == fingerprint(ckpt)
@@ -191,7 +191,7 @@ def test_predict_a_volume_larger_than_the_patch(compose_cfg, tmp_path: Path) -> 
     out2 = tmp_path / "pred2"
     predict_command(compose_cfg("predict", [*overrides[:3], f"output_dir={out2}", "n_seeds=1", "device=cpu",
                                             "voxel_size=[1.0,0.5,0.5]", "tiling.size=[16,64,64]"]))
-    voxel, meta = read_tiff_info(out2 / "DDPMavg" / "fov.tiff")
+    voxel, meta = read_tiff_info(out2 / "DDPMavg" / "fov.ome.tiff")
     assert voxel == pytest.approx((1.0, 0.5, 0.5)) and meta["tiling"]["size"] == [16, 64, 64]
 
 

@@ -17,6 +17,15 @@ def test_auroc_known_values() -> None:
     assert math.isnan(auroc(np.ones(4), np.zeros(4)))
 
 
+def test_auroc_with_ties_against_a_hand_count() -> None:
+    """AUROC = P(score of an error voxel > score of a correct voxel) + ½ P(equal). Errors score (0.3, 0.5, 0.5),
+    correct voxels (0.1, 0.5, 0.7, 0.2): of the 12 pairs 6 are won, 2 tied, 4 lost → (6 + 2/2) / 12 = 7/12."""
+    scores = np.array([0.3, 0.5, 0.5, 0.1, 0.5, 0.7, 0.2])
+    labels = np.array([1, 1, 1, 0, 0, 0, 0])
+    assert auroc(scores, labels) == pytest.approx(7 / 12)
+    assert auroc(scores.reshape(1, 7), labels.reshape(1, 7)) == pytest.approx(7 / 12)  # any shape
+
+
 def _case() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     gts = np.zeros((4, 2, 32, 32), np.float32)
     preds = gts.copy()

@@ -23,6 +23,7 @@ RUN = [
     "model.val_num_patches=1",
     "model.val_sampler.num_steps=4",
     "model.val_sampler.window=[0,1000]",
+    "sampler=ddim",
     "sampler.num_steps=4",
     "sampler.window=[0,1000]",
     "trainer.enable_model_summary=false",

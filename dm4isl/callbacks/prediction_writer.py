@@ -1,4 +1,4 @@
-"""Write test predictions as float32 TIFFs (one folder per output), a per-patch metrics CSV and a preview PNG."""
+"""Write test predictions as float32 OME-TIFFs (one folder per output), a per-patch metrics CSV and a preview PNG."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ import lightning as L
 import numpy as np
 import torch.distributed as dist
 
+import dm4isl
 from dm4isl.io.atomic import atomic_path, write_csv, write_text, write_tiff
+from dm4isl.io.layout import channel_name, product_file
+from dm4isl.io.provenance import file_fingerprint, source_revision
 from dm4isl.models.ddpm import patch_metrics
 
 log = logging.getLogger(__name__)
@@ -61,13 +64,29 @@ def format_table(summary: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def test_provenance(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+    """What ``dm4isl-predict`` records with every file, for a test run: model, sampler and seeds (diffusion
+    models), the checkpoint tested (path and SHA-256 prefix; empty for in-memory weights) and the source revision."""
+    settings = getattr(pl_module, "test_settings", None)
+    ckpt = getattr(trainer, "ckpt_path", None) or ""
+    return {
+        "model": type(pl_module).__name__,
+        "sampler": settings.to_dict() if settings is not None else None,
+        "seeds": [int(settings.seed)] if settings is not None else [],
+        "checkpoint": str(ckpt),
+        "checkpoint_sha256_16": file_fingerprint(ckpt) if ckpt and Path(ckpt).is_file() else "",
+        "revision": source_revision(dm4isl.__version__),
+    }
+
+
 class PredictionWriter(L.Callback):
     """Collect ``test_step`` outputs (``(B, Z, Y, X)`` arrays by folder name + ``name``) and write them.
 
-    Files: ``<output_dir>/<folder>/<name>.tiff`` (float32 OME-TIFF with voxel size) for every output of
-    ``test_step`` (every key but ``name``); ``metrics.csv`` (one row per patch and method),
-    ``metrics_summary.csv`` and the printed table; ``preview.png`` (mid-Z slices of the first
-    ``preview_patches`` patches).
+    Files: ``<output_dir>/<folder>/<name>.ome.tiff`` (float32 OME-TIFF with the true voxel size, a channel name
+    such as ``DDPMavg (nuclear envelope)`` and the provenance of :func:`test_provenance` in its metadata, as
+    ``dm4isl-predict`` writes) for every output of ``test_step`` (every key but ``name``); ``metrics.csv`` (one
+    row per patch and method), ``metrics_summary.csv`` and the printed table; ``preview.png`` (mid-Z slices of the
+    first ``preview_patches`` patches). ``organelle`` (a config name) names the channels; default: the model's.
     """
 
     def __init__(
@@ -76,17 +95,23 @@ class PredictionWriter(L.Callback):
         voxel_size: Sequence[float] | None = None,
         preview_patches: int = 4,
         print_table: bool = True,
+        organelle: str | None = None,
     ) -> None:
         super().__init__()
         self.output_dir = Path(output_dir)
         self.voxel_size = list(voxel_size) if voxel_size is not None else None
         self.preview_patches = preview_patches
         self.print_table = print_table
+        self.organelle = organelle
         self._rows: list[dict[str, Any]] = []
         self._preview: list[dict[str, np.ndarray]] = []
+        self._provenance: dict[str, Any] = {}
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._rows, self._preview = [], []
+        self._provenance = test_provenance(trainer, pl_module)
+        if self.organelle is None:
+            self.organelle = (pl_module.hparams.get("organelle") or {}).get("name")
 
     def on_test_batch_end(
         self,
@@ -103,8 +128,9 @@ class PredictionWriter(L.Callback):
         for b, name in enumerate(outputs["name"]):
             arrays = {folder: np.asarray(outputs[folder][b], dtype=np.float32) for folder in folders}
             for folder, array in arrays.items():
-                write_tiff(self.output_dir / folder / f"{name}.tiff", array, self.voxel_size,
-                           metadata={"patch": name, "output": folder})
+                write_tiff(product_file(self.output_dir, folder, name), array, self.voxel_size,
+                           metadata={**self._provenance, "patch": name, "output": folder},
+                           channel_name=channel_name(folder, self.organelle))
             for method in compared(folders):
                 self._rows.append({"patch": name, "method": method, **patch_metrics(arrays["GT"], arrays[method])})
             if len(self._preview) < self.preview_patches:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 
 import dm4isl
+from dm4isl.io.provenance import git_revision as io_git_revision
 
 #: Key of the provenance block inside a Lightning checkpoint dict.
 PROVENANCE_KEY = "dm4isl"
@@ -18,15 +18,7 @@ FITTED_WINDOWS_KEY = "fitted_windows"
 
 def git_revision(path: Path | None = None) -> str:
     """The git commit of the dm4isl source tree (with ``-dirty`` when modified), or ``"unknown"``."""
-    where = path or Path(dm4isl.__file__).resolve().parent
-    try:
-        rev = subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=where, capture_output=True, text=True,
-            timeout=10, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return rev or "unknown"
+    return io_git_revision(path or Path(dm4isl.__file__).resolve().parent)
 
 
 def model_class_path(module: L.LightningModule) -> str:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from dm4isl.evaluation.ensembles import CRPS, load_ensembles, score_ensembles
 from dm4isl.evaluation.inputs import DEFAULT_BASELINES, DEFAULT_EXCLUDE, EvaluationInputs, load_inputs
 from dm4isl.evaluation.report import write_report
 from dm4isl.evaluation.result import EvaluationResult
@@ -27,6 +28,7 @@ from dm4isl.metrics.registry import (
     resolve_metric_names,
     torch_threads,
 )
+from dm4isl.metrics.segmentation import SegmentationSettings
 from dm4isl.metrics.table import (
     DEFAULT_CONFIDENCE,
     DEFAULT_N_RESAMPLES,
@@ -59,14 +61,15 @@ def _patch_values(
     patch_names: Sequence[str],
     dataset_names: Sequence[str],
     classifier: ClassifierSpec | None = None,
+    segmentation: SegmentationSettings | None = None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     """Per-method metric values of one patch and the ground truth's companion values of dataset-level metrics."""
-    gt = VolumeFeatures(job.gt, job.gt_name)
+    gt = VolumeFeatures(job.gt, job.gt_name, segmentation)
     features = cached_feature_extractor(classifier) if classifier is not None else None
     companions = {k: METRICS[METRICS[k].companion].fn(PairContext(gt, gt, voxel_size)) for k in dataset_names}
     values: dict[str, dict[str, float]] = {}
     for m, pred_volume in job.preds.items():
-        ctx = PairContext(gt, VolumeFeatures(pred_volume, job.pred_names[m]), voxel_size, features)
+        ctx = PairContext(gt, VolumeFeatures(pred_volume, job.pred_names[m], segmentation), voxel_size, features)
         values[m] = {k: METRICS[k].fn(ctx) for k in patch_names}
     return values, companions
 
@@ -78,10 +81,11 @@ def _chunk_values(
     dataset_names: Sequence[str],
     n_threads: int,
     classifier: ClassifierSpec | None = None,
+    segmentation: SegmentationSettings | None = None,
 ) -> list[tuple[dict[str, dict[str, float]], dict[str, float]]]:
     """:func:`_patch_values` of several patches (the unit of work of a worker process)."""
     with torch_threads(n_threads):
-        return [_patch_values(job, voxel_size, patch_names, dataset_names, classifier) for job in jobs]
+        return [_patch_values(job, voxel_size, patch_names, dataset_names, classifier, segmentation) for job in jobs]
 
 
 def _jobs(inputs: EvaluationInputs) -> Iterator[_PatchJob]:
@@ -103,6 +107,7 @@ def compute_results(
     n_threads: int = DEFAULT_TORCH_THREADS,
     n_workers: int = 1,
     classifier: ClassifierSpec | None = None,
+    segmentation: SegmentationSettings | None = None,
 ) -> tuple[list[str], dict[str, MethodValues], dict[str, np.ndarray]]:
     """Compute per-patch, pooled and dataset-level metric values for every method of ``inputs``.
 
@@ -112,7 +117,8 @@ def compute_results(
     ``n_threads`` threads. ``n_workers`` > 1 spreads patches over that many worker processes (spawned, so each
     pays a few seconds of start-up: worth it for many patches); results do not depend on it. With a
     ``classifier`` (:class:`~dm4isl.prediction.classifier.ClassifierSpec`) ``cls_lpips`` is computed too; the
-    classifier is loaded (and checked) before any patch is measured.
+    classifier is loaded (and checked) before any patch is measured. ``segmentation`` chooses the masks of the
+    segmentation metrics.
     """
     names = resolve_metric_names(metrics, with_classifier=classifier is not None)
     if classifier is not None:
@@ -126,7 +132,8 @@ def compute_results(
     outcomes: list[tuple[dict[str, dict[str, float]], dict[str, float]]] = []
     if n_workers <= 1:
         for job in jobs:
-            outcomes += _chunk_values([job], voxel_size, patch_names, dataset_names, n_threads, classifier)
+            outcomes += _chunk_values([job], voxel_size, patch_names, dataset_names, n_threads, classifier,
+                                      segmentation)
             bar.update(1)
     else:
         size = max(1, math.ceil(n / (CHUNKS_PER_WORKER * n_workers)))
@@ -134,7 +141,8 @@ def compute_results(
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
             futures = [
-                pool.submit(_chunk_values, c, tuple(voxel_size), patch_names, dataset_names, n_threads, classifier)
+                pool.submit(_chunk_values, c, tuple(voxel_size), patch_names, dataset_names, n_threads, classifier,
+                            segmentation)
                 for c in chunks
             ]
             for future, chunk in zip(futures, chunks, strict=True):
@@ -174,6 +182,8 @@ def evaluate_folder(
     n_threads: int = DEFAULT_TORCH_THREADS,
     n_workers: int = 1,
     classifier: ClassifierSpec | str | os.PathLike | None = None,
+    ensembles: bool = True,
+    segmentation: SegmentationSettings | None = None,
 ) -> EvaluationResult:
     """Evaluate every method folder of ``input_dir`` against ``input_dir/<gt_name>`` and write the report.
 
@@ -185,19 +195,29 @@ def evaluate_folder(
     and ``report.html``. ``voxel_size`` is (Z, Y, X) in µm; ``n_threads`` and ``n_workers`` as in
     :func:`compute_results`. ``classifier``: an organelle classifier for ``cls_lpips`` (a
     :class:`~dm4isl.prediction.classifier.ClassifierSpec`, or a path read with its defaults); None: the perceptual
-    distance is the random-feature one only.
+    distance is the random-feature one only. With ``ensembles``, a method folder ``M/`` with member folders
+    ``M_seeds/<seed>/`` is scored as an ensemble: every method gets the per-patch ``crps`` (fair-ensemble CRPS
+    of the members; the mean absolute error of a point prediction) and the report a spread–skill plot.
+    ``segmentation`` chooses the masks of the segmentation metrics.
     """
     if classifier is not None and not isinstance(classifier, ClassifierSpec):
         classifier = ClassifierSpec(path=str(classifier))
     inputs = load_inputs(input_dir, gt_name, methods, exclude, gt_window, pred_window)
+    members = load_ensembles(inputs, pred_window) if ensembles else {}
     log.info("evaluating %d patches of %d methods: %s", len(inputs.patches), len(inputs.methods), inputs.methods)
-    names, results, gt_companions = compute_results(
-        inputs, metrics, voxel_size, progress, n_threads, n_workers, classifier
-    )
+    names, results, gt_companions = compute_results(inputs, metrics, voxel_size, progress, n_threads, n_workers,
+                                                    classifier, segmentation)
+    ensemble_scores = {}
+    if members:
+        log.info("seed ensembles (CRPS, spread–skill): %s", {m: e.size for m, e in members.items()})
+        ensemble_scores = score_ensembles(inputs, members, results)
+        names = [*names, CRPS] if CRPS not in names else names
     present = [b for b in baselines if b in results]
     if not present:
         log.warning("no baseline folder among %s: improvement %% and statistics are not computed", list(baselines))
-    result = EvaluationResult(Path(input_dir), gt_name, inputs.patches, names, results, gt_companions, present)
+    result = EvaluationResult(Path(input_dir), gt_name, inputs.patches, names, results, gt_companions, present,
+                              ensembles=ensemble_scores,
+                              segmentation=(segmentation or SegmentationSettings()).describe())
     result.summary = summarize(results, names, present, gt_companions, confidence, n_resamples, seed)
     if output_dir is not None:
         write_report(result, output_dir)

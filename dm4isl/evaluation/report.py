@@ -20,6 +20,7 @@ from dm4isl.metrics.table import (
     CI_LOW,
     IMPROVEMENT,
     MEAN,
+    POOLED,
     STD,
     WILCOXON_P,
     SummaryRow,
@@ -30,7 +31,11 @@ PER_PATCH_CSV = "metrics_per_patch.csv"
 SUMMARY_CSV = "metrics_summary.csv"
 SUMMARY_MD = "metrics_summary.md"
 REPORT_HTML = "report.html"
+SPREAD_SKILL_CSV = "spread_skill.csv"
+SPREAD_SKILL_PNG = "spread_skill.png"
 FIGURE_DIR = "figures"
+#: Spread–skill plot size in inches (square: the calibrated diagonal at 45°).
+SPREAD_SKILL_SIZE_IN = (4.4, 4.0)
 #: Box-plot size in inches and resolution.
 FIGURE_SIZE_IN = (5.0, 3.2)
 FIGURE_DPI = 100
@@ -118,13 +123,26 @@ def _metric_label(metric: str) -> str:
 def _confidence_note(result: EvaluationResult) -> str:
     """One paragraph saying which values the tables show and how the statistics were computed."""
     return (
-        f"{len(result.patches)} patches. Values: pooled over all voxels for PCC and MSE, dataset-level (Pearson "
-        "across patches) for GLCM correlation, mean ± std over patches otherwise. Improvement % = "
-        "100·((method/baseline)^sign − 1) of these values against the better baseline per metric "
-        f"(baselines present: {', '.join(result.baselines) or 'none'}); p: paired two-sided Wilcoxon "
-        "signed-rank test of per-patch values; Δ CI: percentile bootstrap 95 % interval of the mean paired "
-        "per-patch difference method − baseline (for GLCM correlation: of the difference of the dataset values)."
+        f"{len(result.patches)} patches. Values: mean ± std over patches (the paper's figures are means over its "
+        "test patches); GLCM correlation is dataset-level (Pearson across patches); PCC and MSE pooled over all "
+        "voxels of all patches are extra rows. Improvement % = 100·((method/baseline)^sign − 1) of the means "
+        f"against the better baseline per metric (baselines present: {', '.join(result.baselines) or 'none'}); "
+        "p: paired two-sided Wilcoxon signed-rank test of per-patch values; Δ CI: percentile bootstrap 95 % "
+        "interval of the mean paired per-patch difference method − baseline (for GLCM correlation: of the "
+        "difference of the dataset values)."
+        + (f" Masks of the segmentation metrics: {result.segmentation}." if result.segmentation else "")
     )
+
+
+def _pooled_rows(result: EvaluationResult) -> list[tuple[str, dict[str, str]]]:
+    """(label, formatted value per method) of the pooled-over-voxels rows (PCC, MSE) present in the summary."""
+    rows = _rows_by(result)
+    out = []
+    for metric in result.metric_names:
+        pooled = rows.get((metric, POOLED))
+        if pooled is not None:
+            out.append((f"{_metric_label(metric)} · pooled", {m: _fmt(pooled.values[m]) for m in result.methods}))
+    return out
 
 
 def markdown_summary(result: EvaluationResult) -> str:
@@ -137,6 +155,13 @@ def markdown_summary(result: EvaluationResult) -> str:
         stat, cells, best = _headline_cells(result, metric)
         shown = [f"**{cells[m]}**" if m == best else cells[m] for m in methods]
         lines.append(f"| {_metric_label(metric)} | {stat} | " + " | ".join(shown) + " |")
+    for label, cells in _pooled_rows(result):
+        lines.append(f"| {label} | {POOLED} | " + " | ".join(cells[m] for m in methods) + " |")
+    if result.ensembles:
+        lines += ["", "## Seed ensembles", "", _ensemble_note(result), "", "| method | bin | spread | RMSE | voxels |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['method']} | {r['bin']} | {_fmt(r['spread'])} | {_fmt(r['rmse'])} | {r['voxels']} |"
+                  for r in spread_skill_rows(result)]
     comparisons = [(m, _comparison_cells(result, m)) for m in result.metric_names]
     comparisons = [(m, c) for m, c in comparisons if c is not None]
     if comparisons:
@@ -168,6 +193,56 @@ def boxplot_png(result: EvaluationResult, metric: str) -> bytes:
     return buf.getvalue()
 
 
+def spread_skill_rows(result: EvaluationResult) -> list[dict[str, object]]:
+    """``spread_skill.csv`` rows: per ensemble method and spread bin, the std range, predicted spread, observed RMSE
+    of the ensemble mean and voxel count (intensity units)."""
+    rows: list[dict[str, object]] = []
+    for method, score in result.ensembles.items():
+        curve = score.spread_skill
+        for b in range(len(curve.spread)):
+            rows.append({
+                "method": method, "members": score.n_members, "bin": b, "spread": float(curve.spread[b]),
+                "rmse": float(curve.rmse[b]), "voxels": int(curve.count[b]),
+            })
+    return rows
+
+
+def spread_skill_png(result: EvaluationResult) -> bytes:
+    """PNG of the spread–skill curves: RMSE of the ensemble mean against the predicted spread, per spread bin, one
+    line per ensemble method; the diagonal is perfect calibration (below it: over-dispersed, above: over-confident)."""
+    fig = Figure(figsize=SPREAD_SKILL_SIZE_IN, dpi=FIGURE_DPI)
+    fig.subplots_adjust(left=0.17, right=0.96, top=0.9, bottom=0.14)
+    ax = fig.add_subplot()
+    top = 0.0
+    for method, score in result.ensembles.items():
+        curve = score.spread_skill
+        ax.plot(curve.spread, curve.rmse, marker="o", label=f"{method} ({score.n_members} members)")
+        top = max(top, float(np.max(curve.spread)), float(np.max(curve.rmse)))
+    top = top * 1.05 or 1.0
+    ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1, label="calibrated")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("predicted spread √((M+1)/M · var)")
+    ax.set_ylabel("RMSE of the ensemble mean")
+    ax.set_title("spread–skill (binned by ensemble std)")
+    ax.legend(fontsize="small")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _ensemble_note(result: EvaluationResult) -> str:
+    """One paragraph on the ensembles scored with the CRPS."""
+    sizes = ", ".join(f"{m} ({s.n_members} members: {', '.join(s.member_names)})" for m, s in result.ensembles.items())
+    return (
+        f"Seed ensembles: {sizes}. crps = fair-ensemble continuous ranked probability score per voxel, averaged per "
+        "patch (scoringrules, estimator 'fair'); for a method without members it is the CRPS of its point "
+        "prediction, i.e. its mean absolute error, so every method is ranked by the same proper scoring rule. The "
+        "spread–skill plot bins voxels by the members' standard deviation: a calibrated ensemble lies on the "
+        "diagonal."
+    )
+
+
 def _html_table(header: list[str], body: list[list[str]], bold: list[int | None] | None = None) -> str:
     """An escaped HTML table; ``bold[r]`` is the column index to emphasise in row ``r`` (or None)."""
     out = ["<table>", "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>"]
@@ -190,6 +265,9 @@ def html_report(result: EvaluationResult, figures: dict[str, bytes]) -> str:
         stat, cells, best = _headline_cells(result, metric)
         body.append([_metric_label(metric), stat] + [cells[m] for m in methods])
         bold.append(methods.index(best) + 2 if best is not None else None)
+    for label, cells in _pooled_rows(result):
+        body.append([label, POOLED] + [cells[m] for m in methods])
+        bold.append(None)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>dm4isl evaluation</title>',
@@ -216,6 +294,13 @@ def html_report(result: EvaluationResult, figures: dict[str, bytes]) -> str:
         [s.name, DIRECTION_WORD[s.higher_is_better], s.unit or "–", s.level, "yes" if s.pooled else "no"]
         for s in (METRICS[m] for m in result.metric_names)
     ]
+    if result.ensembles:
+        data = base64.b64encode(spread_skill_png(result)).decode("ascii")
+        parts += [
+            "<h2>Seed ensembles</h2>", f"<p>{html.escape(_ensemble_note(result))}</p>",
+            f'<figure><img alt="spread-skill plot" src="data:image/png;base64,{data}">'
+            "<figcaption>spread–skill</figcaption></figure>",
+        ]
     parts += ["<h2>Definitions</h2>", _html_table(["metric", "better", "unit", "level", "pooled"], defs)]
     parts.append("<h2>Per-patch distributions</h2>")
     for metric, png in figures.items():
@@ -232,7 +317,8 @@ def write_report(result: EvaluationResult, output_dir: str | os.PathLike) -> lis
     """Render every output in memory, then write each atomically into ``output_dir``; returns the paths written.
 
     Files: ``metrics_per_patch.csv`` (long: method, patch, metric, value), ``metrics_summary.csv``,
-    ``metrics_summary.md``, ``figures/boxplot_<metric>.png`` (per-patch metrics) and ``report.html``.
+    ``metrics_summary.md``, ``figures/boxplot_<metric>.png`` (per-patch metrics) and ``report.html``; with seed
+    ensembles also ``spread_skill.csv`` and ``figures/spread_skill.png``.
     """
     output_dir = Path(output_dir)
     figures = {m: boxplot_png(result, m) for m in result.metric_names if METRICS[m].level == PATCH}
@@ -247,5 +333,9 @@ def write_report(result: EvaluationResult, output_dir: str | os.PathLike) -> lis
         write_text(output_dir / SUMMARY_MD, md),
     ]
     written += [write_bytes(output_dir / FIGURE_DIR / f"boxplot_{m}.png", png) for m, png in figures.items()]
+    if result.ensembles:
+        written.append(write_csv(output_dir / SPREAD_SKILL_CSV, spread_skill_rows(result),
+                                 ["method", "members", "bin", "spread", "rmse", "voxels"]))
+        written.append(write_bytes(output_dir / FIGURE_DIR / SPREAD_SKILL_PNG, spread_skill_png(result)))
     written.append(write_text(output_dir / REPORT_HTML, page))
     return written

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dm4isl.metrics.registry import METRICS
+
+if TYPE_CHECKING:
+    from dm4isl.evaluation.ensembles import EnsembleScore
 from dm4isl.metrics.table import MethodValues, SummaryRow
 
 
@@ -16,7 +20,8 @@ class EvaluationResult:
     """Metric values of every method and the summary rows.
 
     ``results[method]`` holds per-patch arrays (patch order of ``patches``) and pooled/dataset values;
-    ``gt_companions[metric]`` the ground truth's per-patch companion values of dataset-level metrics.
+    ``gt_companions[metric]`` the ground truth's per-patch companion values of dataset-level metrics;
+    ``ensembles[method]`` the size and spread–skill curve of each method scored as a seed ensemble.
     """
 
     input_dir: Path
@@ -27,6 +32,8 @@ class EvaluationResult:
     gt_companions: dict[str, np.ndarray]
     baselines: list[str]
     summary: list[SummaryRow] = field(default_factory=list)
+    ensembles: dict[str, EnsembleScore] = field(default_factory=dict)
+    segmentation: str = ""  #: how the masks of the segmentation metrics were made (one phrase, for the report)
 
     @property
     def methods(self) -> list[str]:

@@ -85,10 +85,13 @@ def write_tiff(
     array: np.ndarray,
     voxel_size_zyx: Sequence[float] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    channel_name: str | None = None,
 ) -> Path:
     """Write a 3-D ``(Z, Y, X)`` array as an OME-TIFF atomically.
 
-    ``voxel_size_zyx`` (µm) is stored as OME PhysicalSize{Z,Y,X}; ``metadata`` (JSON-serialisable) is stored twice:
+    ``voxel_size_zyx`` (µm) is stored as OME PhysicalSize{Z,Y,X} — it must be the true voxel size of ``array``;
+    ``channel_name`` (e.g. ``DDPMavg (nuclear envelope)``) as the OME Channel Name; ``metadata`` (JSON-serialisable)
+    is stored twice:
     as one JSON object in the image's OME ``Description`` (read back whole by :func:`read_tiff_info`) and as an OME
     ``MapAnnotation`` of key → value strings (non-string values as JSON), which Fiji/Bio-Formats and OMERO list as
     key-value pairs. Readable by tifffile, napari and Fiji.
@@ -107,6 +110,8 @@ def write_tiff(
             PhysicalSizeYUnit="µm",
             PhysicalSizeXUnit="µm",
         )
+    if channel_name:
+        ome["Channel"] = {"Name": str(channel_name)}
     if metadata:
         ome["Description"] = json.dumps(dict(metadata), default=str)
         ome["MapAnnotation"] = {
@@ -117,18 +122,32 @@ def write_tiff(
     return Path(path)
 
 
+def _ome_image(path: str | os.PathLike) -> dict[str, Any]:
+    """The first OME ``Image`` element of a TIFF as a dict (empty for a plain TIFF)."""
+    with tifffile.TiffFile(path) as tif:
+        xml = tif.ome_metadata
+    if not xml:
+        return {}
+    image = tifffile.xml2dict(xml).get("OME", {}).get("Image", {})
+    return image[0] if isinstance(image, list) else image
+
+
+def read_channel_names(path: str | os.PathLike) -> list[str]:
+    """OME channel names of a TIFF (empty for a plain TIFF or unnamed channels)."""
+    channels = _ome_image(path).get("Pixels", {}).get("Channel", [])
+    channels = channels if isinstance(channels, list) else [channels]
+    return [str(c["Name"]) for c in channels if isinstance(c, dict) and "Name" in c]
+
+
 def read_tiff_info(path: str | os.PathLike) -> tuple[tuple[float, float, float] | None, dict[str, Any]]:
     """``(voxel size (Z, Y, X) in µm or None, metadata dict)`` of a TIFF written by :func:`write_tiff` or any OME-TIFF.
 
     The voxel size comes from OME ``PhysicalSize{Z,Y,X}`` (None unless all three are present); the metadata from
     the JSON ``Description`` (empty when absent or not JSON). Plain TIFFs give ``(None, {})``.
     """
-    with tifffile.TiffFile(path) as tif:
-        xml = tif.ome_metadata
-    if not xml:
+    image = _ome_image(path)
+    if not image:
         return None, {}
-    image = tifffile.xml2dict(xml).get("OME", {}).get("Image", {})
-    image = image[0] if isinstance(image, list) else image
     pixels = image.get("Pixels", {})
     sizes = [pixels.get(f"PhysicalSize{axis}") for axis in "ZYX"]
     voxel = tuple(float(v) for v in sizes) if all(v is not None for v in sizes) else None

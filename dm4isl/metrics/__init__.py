@@ -1,9 +1,18 @@
 """Image-comparison metrics on ``(Z, Y, X)`` arrays in [0, 1]: plain functions, no Lightning inside."""
 
-from dm4isl.metrics.basic import ms_ssim, ms_ssim_batch, mse, pcc, pooled_mse, pooled_pcc
-from dm4isl.metrics.instances import area_error, centroid_distance, compare_instances, instance_f1, nn_distance_error
-from dm4isl.metrics.intensity import jsd, mi, psnr, ssim
-from dm4isl.metrics.overlap import dice, hausdorff, iou, precision, recall, volume_error
+from dm4isl.metrics.basic import mae, ms_ssim, ms_ssim_batch, mse, pcc, pooled_mse, pooled_pcc
+from dm4isl.metrics.instances import (
+    area_error,
+    centroid_distance,
+    compare_instances,
+    hausdorff,
+    instance_f1,
+    nn_distance_error,
+)
+from dm4isl.metrics.intensity import jsd, jsd_histogram, mi, mi_fixed_range, psnr, ssim
+from dm4isl.metrics.objects import link_objects, volume_error
+from dm4isl.metrics.overlap import dice, hausdorff_3d, iou, precision, recall, volume_error_relative
+from dm4isl.metrics.probabilistic import SpreadSkill, crps, crps_map, spread_skill
 from dm4isl.metrics.registry import (
     METRIC_SETS,
     METRICS,
@@ -21,23 +30,31 @@ __all__ = [
     "METRICS",
     "METRIC_SETS",
     "MetricSpec",
+    "SpreadSkill",
     "VolumeFeatures",
     "area_error",
     "best_baseline",
     "bootstrap_ci",
     "centroid_distance",
     "compare_instances",
+    "crps",
+    "crps_map",
     "dataset_metrics",
     "dice",
     "glcm_correlation",
     "glcm_feature",
     "hausdorff",
+    "hausdorff_3d",
     "hog_distance",
     "improvement_pct",
     "instance_f1",
     "iou",
     "jsd",
+    "jsd_histogram",
+    "link_objects",
+    "mae",
     "mi",
+    "mi_fixed_range",
     "ms_ssim",
     "ms_ssim_batch",
     "mse",
@@ -53,7 +70,9 @@ __all__ = [
     "recall",
     "resolve_metric_names",
     "segment_volume",
+    "spread_skill",
     "ssim",
     "summarize",
     "volume_error",
+    "volume_error_relative",
 ]

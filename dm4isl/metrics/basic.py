@@ -44,6 +44,12 @@ def mse(gt: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean((gt - pred) ** 2))
 
 
+def mae(gt: np.ndarray, pred: np.ndarray) -> float:
+    """Mean absolute error over all voxels (= the CRPS of a point forecast). Lower is better; unit: intensity."""
+    gt, pred = _check_pair(gt, pred)
+    return float(np.mean(np.abs(gt - pred)))
+
+
 def pooled_pcc(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray]) -> float:
     """Pearson correlation of all voxels of all patches pooled (the reference's reporting)."""
     return pcc(np.concatenate([np.ravel(g) for g in gts]), np.concatenate([np.ravel(p) for p in preds]))

@@ -11,7 +11,8 @@ from torchmetrics.functional.classification import binary_stat_scores
 
 from dm4isl.metrics.volume import VolumeFeatures, as_pair
 
-#: Voxel size (Z, Y, X) in µm when none is given: the resampled Allen pixel (SPEC §1).
+#: Voxel size (Z, Y, X) in µm of the metrics when none is given: the paper's convention, 0.29 µm per voxel along every
+#: axis (SPEC §5). Files record the true voxel size instead (organelle `voxel_size`).
 DEFAULT_VOXEL_SIZE_UM = (0.29, 0.29, 0.29)
 
 
@@ -73,12 +74,15 @@ def recall(gt: np.ndarray | VolumeFeatures, pred: np.ndarray | VolumeFeatures) -
     return tp / (tp + fn)
 
 
-def hausdorff(
+def hausdorff_3d(
     gt: np.ndarray | VolumeFeatures,
     pred: np.ndarray | VolumeFeatures,
     voxel_size: Sequence[float] = DEFAULT_VOXEL_SIZE_UM,
 ) -> float:
-    """Symmetric Hausdorff distance between the foreground voxels of the two masks ``(Z, Y, X)``, in µm.
+    """Symmetric Hausdorff distance between the whole foreground masks ``(Z, Y, X)`` in 3-D, in µm.
+
+    A variant of the paper's per-instance :func:`dm4isl.metrics.instances.hausdorff`: one distance for the whole
+    patch, dominated by its single worst voxel.
 
     ``max(max_{p∈P} d(p, G), max_{g∈G} d(g, P))`` with Euclidean distances on the voxel grid scaled by
     ``voxel_size`` (Z, Y, X) µm, computed exactly with scipy's Euclidean distance transform (equal to skimage
@@ -97,8 +101,11 @@ def hausdorff(
     return float(max(to_gt[mp].max(), to_pred[mg].max()))
 
 
-def volume_error(gt: np.ndarray | VolumeFeatures, pred: np.ndarray | VolumeFeatures) -> float:
+def volume_error_relative(gt: np.ndarray | VolumeFeatures, pred: np.ndarray | VolumeFeatures) -> float:
     """Relative foreground-volume error ``|V_pred − V_gt| / V_gt`` of the masks ``(Z, Y, X)`` (voxel counts).
+
+    A variant of the paper's :func:`dm4isl.metrics.objects.volume_error` (mean object volume difference, µm³):
+    the denominator is the ground truth's total foreground volume.
 
     Lower is better; unitless fraction (0.1 = 10 %); 0 when both masks are empty; NaN (documented) when only the
     ground-truth mask is empty (relative error undefined).

@@ -111,3 +111,140 @@ def match_instances(gt_labels: np.ndarray, pred_labels: np.ndarray) -> SliceMatc
     rows, cols = linear_sum_assignment(iou, maximize=True)
     pairs = [(int(r) + 1, int(c) + 1) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= MATCH_IOU_THRESHOLD]
     return SliceMatch(pairs=pairs, n_gt=n_gt, n_pred=n_pred)
+
+
+# --- 8-bit operations of the reference's segmentation (``segmentation_pipeline_per_patch``) ----------------------
+
+#: Grey levels of the reference's 8-bit images: ``(x * 255).astype("uint8")``.
+UINT8_MAX = 255
+#: 8-connected components (OpenCV's contour tracing and connected components).
+CONNECTIVITY_8 = np.ones((3, 3), dtype=bool)
+
+
+def to_uint8(values: np.ndarray) -> np.ndarray:
+    """``values`` in [0, 1] as the reference's 8-bit image: ``(x · 255)`` truncated (not rounded) to uint8."""
+    return (np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0) * UINT8_MAX).astype(np.uint8)
+
+
+def otsu_threshold_8bit(values: np.ndarray) -> int:
+    """Otsu's threshold of 8-bit ``values`` (any shape) with OpenCV's conventions: the grey level t maximising the
+    between-class variance of {≤ t} and {> t} (the first one on ties); 0 for a constant image, so that every
+    non-zero voxel of a constant image lies above it. Foreground is ``values > t``."""
+    hist = np.bincount(np.asarray(values, dtype=np.uint8).ravel(), minlength=UINT8_MAX + 1).astype(np.float64)
+    scale = 1.0 / hist.sum()
+    p = hist * scale
+    mu = 0.0
+    for t in range(UINT8_MAX + 1):
+        mu += t * hist[t]
+    mu *= scale
+    best_t, best_sigma = 0, 0.0
+    q1 = mu1 = 0.0
+    eps = float(np.finfo(np.float32).eps)
+    for t in range(UINT8_MAX + 1):
+        weighted = mu1 * q1 + t * p[t]
+        q1 += p[t]
+        q2 = 1.0 - q1
+        if min(q1, q2) < eps or max(q1, q2) > 1.0 - eps:
+            mu1 = weighted / q1 if q1 > 0 else 0.0
+            continue
+        mu1 = weighted / q1
+        mu2 = (mu - q1 * mu1) / q2
+        sigma = q1 * q2 * (mu1 - mu2) ** 2
+        if sigma > best_sigma:
+            best_t, best_sigma = t, sigma
+    return best_t
+
+
+def outline_area(component: np.ndarray) -> float:
+    """Area (px²) enclosed by the outer boundary of one 8-connected ``(Y, X)`` component, traced through the centres
+    of its border pixels — OpenCV's ``contourArea`` of its outer contour. Holes count as enclosed; a line one pixel
+    wide encloses 0. Computed as the 2×2 windows of the hole-filled component: 1 per window of four pixels,
+    1/2 per window of three."""
+    filled = ndi.binary_fill_holes(np.asarray(component, dtype=bool))
+    window = (
+        filled[:-1, :-1].astype(np.int8) + filled[1:, :-1] + filled[:-1, 1:] + filled[1:, 1:]
+    )
+    return float((window == 4).sum()) + 0.5 * float((window == 3).sum())
+
+
+def drop_small_outlines(mask: np.ndarray, max_area: float) -> np.ndarray:
+    """The reference's small-object rule on a boolean ``(Y, X)`` slice: keep every 8-connected component whose
+    :func:`outline_area` exceeds ``max_area`` px², with its holes filled (the reference redraws each kept contour
+    with ``fillPoly``); drop the others."""
+    components, n = ndi.label(np.asarray(mask, dtype=bool), structure=CONNECTIVITY_8)
+    out = np.zeros(components.shape, dtype=bool)
+    for i in range(1, n + 1):
+        filled = ndi.binary_fill_holes(components == i)
+        if outline_area(filled) > max_area:
+            out |= filled
+    return out
+
+
+#: How the foreground masks of the metrics are made: SPEC §5's pipeline, or the reference's newest one.
+SEGMENTATION_METHODS = ("spec", "reference")
+#: Median filter of the reference's segmentation, by organelle config name where it differs from 3×3 (DNA: 5×5,
+#: ``SegmentationParams('DNA').filter_kernel``).
+REFERENCE_MEDIAN_SIZE = 3
+ORGANELLE_MEDIAN_SIZE = {"dna": 5}
+#: Outline area (px²) up to which the reference drops an object (``cv2.contourArea(c) > 15`` keeps it).
+REFERENCE_MAX_SMALL_AREA = 15
+#: Background connectivity of the reference's hole filling (``binary_fill_holes(x, np.ones((3, 3)))``).
+REFERENCE_FILL_STRUCTURE = np.ones((3, 3), dtype=bool)
+
+
+@dataclass(frozen=True)
+class SegmentationSettings:
+    """Which segmentation the mask and instance metrics use: ``reference`` (default: :func:`segment_volume_reference`
+    with ``median_size``, what the paper's numbers used) or ``spec`` (:func:`segment_volume`, SPEC §5's
+    description)."""
+
+    method: str = "reference"
+    median_size: int = REFERENCE_MEDIAN_SIZE
+
+    def __post_init__(self) -> None:
+        if self.method not in SEGMENTATION_METHODS:
+            raise ValueError(f"segmentation {self.method!r}; expected one of {SEGMENTATION_METHODS}")
+
+    def describe(self) -> str:
+        """One phrase for reports, e.g. ``reference pipeline (8-bit, median 3 × 3, one Otsu level per patch, …)``."""
+        if self.method == "reference":
+            return (f"the reference's pipeline (8-bit, median {self.median_size} × {self.median_size} per slice, one "
+                    f"Otsu level per patch, outlines ≤ {REFERENCE_MAX_SMALL_AREA} px² dropped, holes filled)")
+        return "SPEC §5's pipeline (segmentation=spec)"
+
+    @classmethod
+    def for_organelle(cls, method: str, organelle: str | None) -> SegmentationSettings:
+        """``method`` with the reference's median size for ``organelle`` (a config name such as ``dna``)."""
+        return cls(method, ORGANELLE_MEDIAN_SIZE.get(str(organelle), REFERENCE_MEDIAN_SIZE))
+
+
+def segment_volume_reference(volume: np.ndarray, median_size: int = REFERENCE_MEDIAN_SIZE) -> Segmentation:
+    """Segment a ``(Z, Y, X)`` volume in [0, 1] as the reference's newest ``segmentation_pipeline_per_patch``.
+
+    8-bit image (``x · 255`` truncated) → median filter per Z slice (``median_size``) → one Otsu level for the whole
+    patch (:func:`otsu_threshold_8bit`) → per slice, objects whose outline encloses ≤ 15 px² dropped
+    (:func:`drop_small_outlines`) → holes filled (3×3 structure). Instances: the 4-connected components of each
+    slice's mask (``scipy.ndimage.label``, as the reference's ``avg_hd_per_slice``).
+    """
+    volume = np.asarray(volume)
+    if volume.ndim != 3:
+        raise ValueError(f"expected a (Z, Y, X) volume to segment, got shape {volume.shape}")
+    filtered = np.stack([
+        ndi.median_filter(s, size=median_size) if median_size > 1 else s for s in to_uint8(volume)
+    ])
+    above = filtered > otsu_threshold_8bit(filtered)
+    mask = np.zeros(volume.shape, dtype=bool)
+    labels = np.zeros(volume.shape, dtype=np.int32)
+    for z in range(volume.shape[0]):
+        mask[z] = ndi.binary_fill_holes(drop_small_outlines(above[z], REFERENCE_MAX_SMALL_AREA),
+                                        structure=REFERENCE_FILL_STRUCTURE)
+        labels[z] = ndi.label(mask[z])[0]
+    return Segmentation(mask=mask, labels=labels)
+
+
+def segment(volume: np.ndarray, settings: SegmentationSettings | None = None) -> Segmentation:
+    """Segment a ``(Z, Y, X)`` volume with the method of ``settings`` (default: the reference's pipeline)."""
+    settings = settings or SegmentationSettings()
+    if settings.method == "reference":
+        return segment_volume_reference(volume, settings.median_size)
+    return segment_volume(volume)

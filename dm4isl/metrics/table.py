@@ -120,20 +120,16 @@ class MethodValues:
 
 
 def headline_statistic(spec: MetricSpec) -> str:
-    """Which value a table reports for a metric: ``dataset`` for dataset-level metrics, ``pooled`` where the
-    reference pools (PCC, MSE), ``mean`` over patches otherwise."""
-    if spec.level == DATASET:
-        return DATASET_VALUE
-    return POOLED if spec.pooled else MEAN
+    """Which value a table reports for a metric: ``dataset`` for dataset-level metrics, the ``mean`` over patches
+    for every other one (SPEC §5: the paper's figures are means over its test patches). Values pooled over all
+    voxels (PCC, MSE) are extra rows, never the headline."""
+    return DATASET_VALUE if spec.level == DATASET else MEAN
 
 
 def headline_value(spec: MetricSpec, values: MethodValues) -> float:
     """The headline value (see :func:`headline_statistic`) of one method."""
-    stat = headline_statistic(spec)
-    if stat == DATASET_VALUE:
+    if headline_statistic(spec) == DATASET_VALUE:
         return values.dataset[spec.name]
-    if stat == POOLED:
-        return values.dataset[f"{spec.name}_pooled"]
     return _nanmean(values.per_patch[spec.name])
 
 

@@ -10,7 +10,7 @@ import torch
 from dm4isl.errors import DataError
 from dm4isl.metrics import descriptors
 from dm4isl.metrics.perceptual import ClassifierFeatures
-from dm4isl.metrics.segmentation import Segmentation, segment_volume
+from dm4isl.metrics.segmentation import Segmentation, SegmentationSettings, segment
 
 #: Values may exceed [0, 1] by this much (float rounding) before a volume is rejected.
 UNIT_RANGE_TOL = 1e-3
@@ -19,11 +19,14 @@ UNIT_RANGE_TOL = 1e-3
 class VolumeFeatures:
     """A ``(Z, Y, X)`` float volume in [0, 1] with its descriptors computed on first use and then kept.
 
+    ``segmentation`` chooses the pipeline of its foreground mask and instances (default: the reference's).
     Comparing one ground truth with several predictions reuses the ground truth's segmentation, histograms,
     HOG and network features. ``name`` (e.g. a file path) appears in error messages.
     """
 
-    def __init__(self, volume: np.ndarray, name: str = "<array>") -> None:
+    def __init__(
+        self, volume: np.ndarray, name: str = "<array>", segmentation: SegmentationSettings | None = None
+    ) -> None:
         volume = np.asarray(volume)
         if volume.ndim != 3:
             raise DataError(f"{name}: expected a (Z, Y, X) volume, got shape {volume.shape}")
@@ -38,6 +41,7 @@ class VolumeFeatures:
         self.volume = volume.astype(np.float32, copy=False)
         self.name = name
         self._classifier_features: dict[int, tuple[ClassifierFeatures, list[torch.Tensor]]] = {}
+        self.segmentation_settings = segmentation or SegmentationSettings()
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -74,20 +78,28 @@ class VolumeFeatures:
 
     @cached_property
     def segmentation(self) -> Segmentation:
-        """Per-slice foreground mask and instance labels (:func:`dm4isl.metrics.segmentation.segment_volume`)."""
-        return segment_volume(self.volume)
+        """Per-slice foreground mask and instance labels (:func:`dm4isl.metrics.segmentation.segment`, with this
+        volume's :class:`~dm4isl.metrics.segmentation.SegmentationSettings`)."""
+        return segment(self.volume, self.segmentation_settings)
 
 
-def as_features(volume: np.ndarray | VolumeFeatures, name: str = "<array>") -> VolumeFeatures:
+def as_features(
+    volume: np.ndarray | VolumeFeatures, name: str = "<array>", segmentation: SegmentationSettings | None = None
+) -> VolumeFeatures:
     """Wrap a ``(Z, Y, X)`` array as :class:`VolumeFeatures` (a :class:`VolumeFeatures` is returned as is)."""
-    return volume if isinstance(volume, VolumeFeatures) else VolumeFeatures(volume, name)
+    return volume if isinstance(volume, VolumeFeatures) else VolumeFeatures(volume, name, segmentation)
 
 
 def as_pair(
     gt: np.ndarray | VolumeFeatures, pred: np.ndarray | VolumeFeatures
 ) -> tuple[VolumeFeatures, VolumeFeatures]:
-    """Wrap ground truth and prediction ``(Z, Y, X)`` and check that their shapes agree."""
-    g, p = as_features(gt, "ground truth"), as_features(pred, "prediction")
+    """Wrap ground truth and prediction ``(Z, Y, X)`` and check that their shapes and segmentations agree (an array
+    paired with a :class:`VolumeFeatures` gets its segmentation settings)."""
+    given = next((v.segmentation_settings for v in (gt, pred) if isinstance(v, VolumeFeatures)), None)
+    g, p = as_features(gt, "ground truth", given), as_features(pred, "prediction", given)
     if g.shape != p.shape:
         raise DataError(f"{p.name}: shape {p.shape} (Z, Y, X) differs from {g.name} shape {g.shape}")
+    if g.segmentation_settings != p.segmentation_settings:
+        raise ValueError(f"{p.name} and {g.name} are segmented differently: {p.segmentation_settings} vs "
+                         f"{g.segmentation_settings}")
     return g, p

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import os
 from pathlib import Path
@@ -13,11 +12,10 @@ import torch
 
 from dm4isl.callbacks.provenance import FITTED_WINDOWS_KEY, PROVENANCE_KEY
 from dm4isl.errors import CheckpointError
+from dm4isl.io.provenance import file_fingerprint
 
 #: Model classes a checkpoint may name; anything else is refused (a checkpoint must not import arbitrary code).
 ALLOWED_PREFIX = "dm4isl.models."
-#: Hash read size for the checkpoint fingerprint (whole file, streamed).
-_CHUNK = 1 << 20
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -96,8 +94,4 @@ def model_from_checkpoint(ckpt: dict[str, Any], path: str | os.PathLike = "<chec
 
 def fingerprint(path: str | os.PathLike) -> str:
     """SHA-256 (first 16 hex digits) of a checkpoint file, recorded with every prediction."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_CHUNK), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return file_fingerprint(path)

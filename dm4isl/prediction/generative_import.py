@@ -167,14 +167,15 @@ def reference_hparams(
     reference's [0, 1] model space, and samplers without the ε̂ mean correction (no training statistics travel with
     the weights)."""
     model = OmegaConf.load(CONF_DIR / "model" / "ddpm.yaml")
+    recipe = _config("recipe", "paper")["recipe"]
     sampler = {**_config("sampler", "ddpm"), "mean_correction": False}
     return {
         "net": dict(net),
         "organelle": dict(organelle),
         "patch_size": [int(s) for s in patch_size],
         "schedule": OmegaConf.to_container(model.schedule),
-        "loss": str(model.loss),
-        "lr": float(model.lr),
+        "loss": str(recipe["loss"]),
+        "lr": float(recipe["lr"]),
         "target_range": list(REFERENCE_TARGET_RANGE),
         "cond_first": bool(cond_first),
         "cond_norm": "none",

@@ -3,14 +3,16 @@
 Output layout (what ``dm4isl-evaluate`` reads next to a ``GT/`` folder), one file per input under the input's name::
 
     <output_dir>/DDPM/ DDPMavg/ std_intra/ std_inter/ error_mask/   (diffusion; std_inter only with n_seeds > 1)
+    <output_dir>/DDPM_seeds/seed<k>/ DDPMavg_seeds/seed<k>/        (save_seeds: each seed's products)
     <output_dir>/<Unet|GAN>/                                      (baselines: no uncertainty products)
     <output_dir>/GT/ BF/                                           (copied when the input has a ground truth)
     <output_dir>/predictions.csv                                   (one row per input)
 
 Inputs larger than a tile (default: the checkpoint's training patch) are predicted whole: baselines by
 Gaussian-weighted sliding windows, diffusion models by one reverse process over the whole volume whose ε̂ is
-blended from tiles at every step (:mod:`dm4isl.sampling.tiled`). Outputs are float32 OME-TIFFs ``(Z, Y, X)`` with
-voxel sizes and, in their metadata, the sampler, seeds, tiling, checkpoint hash and source revision.
+blended from tiles at every step (:mod:`dm4isl.sampling.tiled`). Outputs are float32 OME-TIFFs ``<name>.ome.tiff``
+``(Z, Y, X)`` with voxel sizes, a channel name (product and organelle) and, in their metadata, the sampler, seeds,
+tiling, checkpoint hash and source revision.
 
 Every file is written atomically and ``predictions.csv`` is rewritten after each batch, so a killed run keeps all
 finished inputs; a rerun with the same settings skips them.
@@ -35,6 +37,7 @@ from tqdm.auto import tqdm
 
 from dm4isl.errors import ConfigError
 from dm4isl.io.atomic import write_csv, write_tiff
+from dm4isl.io.layout import channel_name, product_file, seed_product
 from dm4isl.io.zarr import DEFAULT_CHUNKS, write_ome_zarr, zarr_path
 from dm4isl.models.inference import sliding_window_predict
 from dm4isl.models.unet import OUTPUT_RANGE
@@ -100,6 +103,7 @@ class UncertaintySettings:
     faithful: bool = False
     flag_fraction: float = 0.01
     calibration: str | None = None
+    rule: str = "reference"  # reference: continuous std → median → Otsu (the reference's order) | binary
 
 
 def collect_inputs(
@@ -149,10 +153,12 @@ def predict_arrays(
     n_seeds: int = 1,
     max_batch: int | None = None,
     tiles: TileSettings | None = None,
+    keep_seeds: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Products for a brightfield batch ``(B, 1, Z, Y, X)`` in [0, 1], as ``(B, 1, Z, Y, X)`` tensors by folder name.
 
-    Diffusion models give ``DDPM``, ``DDPMavg``, ``std_intra`` and, with ``n_seeds > 1``, ``std_inter``;
+    Diffusion models give ``DDPM``, ``DDPMavg``, ``std_intra`` and, with ``n_seeds > 1``, ``std_inter`` (and with
+    ``keep_seeds`` every seed's ``DDPM`` and ``DDPMavg`` under :func:`dm4isl.io.layout.seed_product` folders);
     a baseline gives its single prediction under its ``output_name``. Inputs larger than the tile (``tiles``, see
     :func:`tile_for`) are predicted whole from overlapping tiles; smaller ones in one network call as before.
     """
@@ -183,6 +189,10 @@ def predict_arrays(
     out = {"DDPM": ens.ddpm, "DDPMavg": ens.ddpmavg, "std_intra": ens.std_intra}
     if n_seeds > 1:
         out["std_inter"] = ens.std_inter
+        if keep_seeds:
+            for k, seed in enumerate(ens.seeds):
+                out[seed_product("DDPM", seed)] = ens.ddpm_seeds[k]
+                out[seed_product("DDPMavg", seed)] = ens.ddpmavg_seeds[k]
     return out
 
 
@@ -225,6 +235,7 @@ def run_predict(
     shard: Shard | None = None,
     output: OutputSettings | None = None,
     check: Callable[[tuple[int, ...], str], None] | None = None,
+    save_seeds: bool = False,
 ) -> list[dict[str, Any]]:
     """Predict ``inputs`` into ``output_dir`` (layout in the module docstring); returns the CSV rows.
 
@@ -236,7 +247,9 @@ def run_predict(
     shape are batched (``batch_size`` patches, × ``n_seeds`` rows, chunked to ``max_batch`` rows); inputs larger
     than a tile are tiled (``tiles``). Files get the voxel size ``voxel_size`` ``(Z, Y, X)`` µm if given, else the
     input's, else the organelle's; their metadata holds ``metadata`` plus the model, sampler settings, seeds,
-    tiling, input and settings hash. ``output`` chooses OME-TIFF folders and/or one OME-Zarr image per input.
+    tiling, input and settings hash. ``output`` chooses OME-TIFF folders (``<name>.ome.tiff``) and/or one OME-Zarr
+    image per input. ``save_seeds`` (ensembles of ``n_seeds > 1``) also writes every seed's DDPM and DDPMavg, which
+    ``dm4isl-evaluate`` scores with the CRPS.
     """
     out = Path(output_dir)
     unc = uncertainty or UncertaintySettings()
@@ -258,6 +271,10 @@ def run_predict(
         "uncertainty": [source, None if threshold is None else threshold.value, unc.faithful],
         "tiling": tiles.to_dict(),
     }
+    if unc.rule != "reference":
+        config["mask_rule"] = unc.rule
+    if save_seeds:
+        config["save_seeds"] = True
     key = settings_hash(config)
     done = all_rows(out)
     mine = shard.select(inputs)
@@ -266,7 +283,7 @@ def run_predict(
         row = done.get(name)
         if row is None or row.get("settings_hash") != key:
             return False
-        tiffs = not output.tiff or all((out / p / f"{name}.tiff").is_file() for p in row["products"].split(";") if p)
+        tiffs = not output.tiff or all(product_file(out, p, name).is_file() for p in row["products"].split(";") if p)
         return tiffs and (not output.zarr or zarr_path(out, name).is_dir())
 
     todo = [inp for inp in mine if not finished(inp.name)]
@@ -296,7 +313,9 @@ def run_predict(
                                                      "valid_for": threshold.setting},
         **({} if shard.single else {"shard": f"{shard.index}/{shard.count}"}),
     }
-    mask_settings = MaskSettings.faithful() if unc.faithful else MaskSettings(flag_fraction=unc.flag_fraction)
+    mask_settings = MaskSettings.faithful() if unc.faithful else MaskSettings.for_organelle(
+        organelle.get("name"), unc.rule, flag_fraction=unc.flag_fraction
+    )
     steps = ""
     if settings is not None:
         steps = str(settings.num_steps if settings.method == "ddim" else model.schedule.num_train_timesteps)
@@ -310,7 +329,9 @@ def run_predict(
             batch = [kept.pop(inp.name, None) or inp.load(announce=False) for inp in group[start : start + batch_size]]
             tic = time.perf_counter()
             bf = torch.from_numpy(np.stack([b.bf for b in batch])[:, None])
-            products = predict_arrays(model, bf, [b.patch_id for b in batch], settings, n_seeds, max_batch, tiles)
+            products = predict_arrays(
+                model, bf, [b.patch_id for b in batch], settings, n_seeds, max_batch, tiles, keep_seeds=save_seeds
+            )
             arrays = {k: v[:, 0].float().cpu().numpy() for k, v in products.items()}
             seconds = (time.perf_counter() - tic) / len(batch)
             for i, inp in enumerate(batch):
@@ -327,7 +348,8 @@ def run_predict(
                               if arr is not None}
                 if output.tiff:
                     for name, arr in {**images, **companions}.items():
-                        write_tiff(out / name / f"{inp.name}.tiff", arr, voxel, meta)
+                        write_tiff(product_file(out, name, inp.name), arr, voxel, meta,
+                                   channel_name(name, organelle.get("name")))
                 if output.zarr:
                     channels = {**{k: companions[k] for k in ZARR_CHANNEL_ORDER if k in companions}, **images}
                     write_ome_zarr(zarr_path(out, inp.name), channels, voxel, {**meta, "products": list(channels)},

@@ -13,6 +13,9 @@ from dm4isl.sampling.sampler import SamplerSettings, TargetRange, sample
 from dm4isl.sampling.schedule import NoiseSchedule
 
 log = logging.getLogger(__name__)
+#: Delta degrees of freedom of the inter-process std across the seeds' DDPMavg: 0 (population), as the reference's
+#: NumPy ``std(axis=0)`` over its 5 seeds.
+INTER_STD_DDOF = 0
 #: Text of the RuntimeError that PyTorch raises when an allocation fails (CUDA, MPS and CPU allocators).
 OOM_MESSAGE = "out of memory"
 
@@ -29,8 +32,9 @@ class EnsemblePrediction:
     """Products of a K-seed ensemble for a batch of B patches.
 
     Per-seed tensors are ``(K, B, C, Z, Y, X)``; summaries ``(B, C, Z, Y, X)``. ``ddpmavg`` is the mean of the
-    per-seed DDPMavg, ``std_inter`` their population std across seeds (the inter-process uncertainty) and
-    ``std_intra`` the mean over seeds of the intra-process std maps. ``ddpm`` is the final sample of the first seed.
+    per-seed DDPMavg, ``std_inter`` their population std across seeds (ddof 0, as the reference; the inter-process
+    uncertainty) and ``std_intra`` the mean over seeds of the intra-process std maps. ``ddpm`` is the final sample
+    of the first seed.
     """
 
     ddpm_seeds: torch.Tensor
@@ -50,7 +54,7 @@ class EnsemblePrediction:
 
     @property
     def std_inter(self) -> torch.Tensor:
-        return self.ddpmavg_seeds.std(dim=0, unbiased=False)
+        return self.ddpmavg_seeds.std(dim=0, correction=INTER_STD_DDOF)
 
     @property
     def std_intra(self) -> torch.Tensor:

@@ -15,7 +15,7 @@ import torch
 from dm4isl.errors import ConfigError
 from dm4isl.sampling.noise import randn_per_patch
 from dm4isl.sampling.schedule import NoiseSchedule
-from dm4isl.sampling.stats import RunningStats
+from dm4isl.sampling.stats import INTRA_STD_DDOF, RunningStats
 
 #: An ε-predictor: ``eps_fn(x_t (B, C, Z, Y, X), t (B,) int64, cond (B, Cc, Z, Y, X)) -> ε̂ (B, C, Z, Y, X)``.
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -138,8 +138,9 @@ def reverse_process(
 
     ``generators[b]`` draws all noise of patch b (x_T first, then one draw per stochastic step), so a patch's
     result does not depend on its batch-mates. x̂0(t) of every visited t with ``window[0] ≤ t < window[1]``
-    enters a running mean and population std (nothing of the chain is stored). ``target_mean`` (model space)
-    switches on the ε̂ mean correction (:func:`correct_eps_mean`). One ``eps_fn`` call per visited timestep.
+    enters a running mean and sample std (ddof 1, as the reference; nothing of the chain is stored).
+    ``target_mean`` (model space) switches on the ε̂ mean correction (:func:`correct_eps_mean`). One ``eps_fn`` call
+    per visited timestep.
     """
     if len(generators) != cond.shape[0]:
         raise ValueError(f"{len(generators)} noise generators for a batch of {cond.shape[0]}; expected one each")
@@ -147,7 +148,7 @@ def reverse_process(
     timesteps = sampling_timesteps(schedule, method, num_steps)
     shape = (out_channels, *cond.shape[2:])
     x = randn_per_patch(generators, shape, cond.device)
-    stats = RunningStats()
+    stats = RunningStats(ddof=INTRA_STD_DDOF)
     in_window = []
     for i, t in enumerate(timesteps.tolist()):
         t_batch = torch.full((cond.shape[0],), t, dtype=torch.int64, device=cond.device)

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 import torch
 
+#: Delta degrees of freedom of the intra-process std over the window's x̂0(t): 1 (sample std), as the reference's
+#: newest ``predict_FL`` (``torch.std`` of the stacked x̂0(t)); its earlier sample files used NumPy's 0.
+INTRA_STD_DDOF = 1
+
 
 class RunningStats:
-    """Per-element running mean and population standard deviation (ddof 0, as ``numpy.std``).
+    """Per-element running mean and standard deviation (``ddof`` 0: population, as ``numpy.std``; 1: sample).
 
     ``update`` takes tensors of one fixed shape (e.g. x̂0 ``(B, C, Z, Y, X)``); memory is two tensors of that shape.
     Accumulates in float64 for exactness over long chains.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ddof: int = 0) -> None:
+        if ddof not in (0, 1):
+            raise ValueError(f"ddof={ddof}; expected 0 (population) or 1 (sample)")
+        self.ddof = ddof
         self.count = 0
         self._mean: torch.Tensor | None = None
         self._m2: torch.Tensor | None = None
@@ -41,6 +48,6 @@ class RunningStats:
 
     @property
     def std(self) -> torch.Tensor:
-        """Element-wise population standard deviation (float32)."""
+        """Element-wise standard deviation with ``ddof`` (float32); 0 for a single value (no spread to estimate)."""
         self._check()
-        return (self._m2 / self.count).clamp_min(0.0).sqrt().to(torch.float32)
+        return (self._m2 / max(self.count - self.ddof, 1)).clamp_min(0.0).sqrt().to(torch.float32)

@@ -14,6 +14,7 @@ from dm4isl.data.patches import PatchSet
 from dm4isl.prediction.runner import predict_arrays
 from dm4isl.sampling.sampler import SamplerSettings
 from dm4isl.uncertainty.evaluation import ERROR_TAU, calibrate_threshold, evaluate_uncertainty
+from dm4isl.uncertainty.masks import MaskSettings
 from dm4isl.uncertainty.thresholds import describe, organelle_threshold, same_setting, sampling_setting
 
 
@@ -66,7 +67,8 @@ def calibrate_and_score(
             thr = entry[f"{label}_threshold"]
             if thr is None:
                 continue
-            report = evaluate_uncertainty(test_pred[key], test_pred["DDPMavg"], test.fl, thr, test.mask, tau)
+            report = evaluate_uncertainty(test_pred[key], test_pred["DDPMavg"], test.fl, thr, test.mask, tau,
+                                          MaskSettings.for_organelle(organelle.get("name")))
             entry[f"test_{label}"] = asdict(report)
         result["maps"][source] = entry
     return result
