@@ -249,16 +249,19 @@ def load_average() -> float:
 
 
 def timed(fn: Callable[[], dict], device: torch.device) -> dict:
-    """Run ``fn``; adds ``seconds``, the load averages before and after, and CUDA ``peak_mb`` (NaN on CPU)."""
+    """Run ``fn``; adds wall ``seconds``, this process's ``cpu_seconds`` (all its threads), the load averages before
+    and after, and CUDA ``peak_mb`` (NaN on CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     load_before = load_average()
+    cpu_tic = time.process_time()
     tic = time.perf_counter()
     out = fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     out["seconds"] = time.perf_counter() - tic
+    out["cpu_seconds"] = time.process_time() - cpu_tic
     out["load"] = (load_before, load_average())
     out["peak_mb"] = torch.cuda.max_memory_allocated(device) / BYTES_PER_MIB if device.type == "cuda" else math.nan
     return out
@@ -323,6 +326,7 @@ class Reference:
 
     n_patches: int
     seconds: float
+    cpu_seconds: float
     passes: int
     load: tuple[float, float]
     maxdiff: float
@@ -332,6 +336,10 @@ class Reference:
     def per_patch(self) -> float:
         return self.seconds / self.n_patches
 
+    @property
+    def cpu_per_patch(self) -> float:
+        return self.cpu_seconds / self.n_patches
+
 
 def reference_check(model: Any, bf: np.ndarray, base: SamplerSettings, n_seeds: int, device: torch.device,
                     ours: dict) -> Reference:
@@ -340,7 +348,7 @@ def reference_check(model: Any, bf: np.ndarray, base: SamplerSettings, n_seeds: 
     n = len(bf)
     agreement = {k: mean_pcc(ref[k], ours[k][:n]) for k in PRODUCTS}
     maxdiff = float(max(np.abs(ref[k] - ours[k][:n]).max() for k in PRODUCTS))
-    return Reference(n, ref["seconds"], ref["passes"], ref["load"], maxdiff, agreement)
+    return Reference(n, ref["seconds"], ref["cpu_seconds"], ref["passes"], ref["load"], maxdiff, agreement)
 
 
 class PeakTensorMemory(TorchDispatchMode):
@@ -510,6 +518,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bf16", action="store_true", help="also every DDIM candidate with bf16 network calls")
     parser.add_argument("--ref-patches", type=int, default=None, help="patches the reference procedure runs on")
     parser.add_argument("--window", type=_ints, default=None, help="t_low,t_high (default: the checkpoint's)")
+    parser.add_argument("--mean-correction", choices=["on", "off"], default=None,
+                        help="the ε̂ mean correction of every sampler (default: the checkpoint's)")
     parser.add_argument("--tau", type=float, default=ERROR_TAU, help="|DDPMavg − GT| above this is an error")
     parser.add_argument("--n-resamples", type=int, default=9999, help="bootstrap resamples")
     parser.add_argument("--max-batch", type=int, default=None, help="rows per network call (memory budget)")
@@ -527,6 +537,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.n_seeds < 2:
         parser.error(f"--n-seeds {args.n_seeds}; the inter-process std needs at least 2")
     return args
+
+
+#: Table columns: per patch wall seconds, speedup vs the reference (wall and CPU time), load average after the run,
+#: then per metric the candidate's value and candidate − DDPM-1000 with its CI (AUROCi/e: intra/inter std maps).
+TABLE_HEADER = (f"{'checkpoint':<28}{'sampler':<20}{'calls':>6}{'s/patch':>9}{'speedup':>9}{'cpu x':>8}{'load':>6}"
+                + "".join(f"{name:>8}  {'d [95% CI]':<27}" for name in ("PCC", "MS-SSIM", "AUROCi", "AUROCe"))
+                + f"{'counts':>6}")
 
 
 def _ci_text(d: Any) -> str:
@@ -561,6 +578,8 @@ def main(argv: list[str] | None = None) -> float:
         base.pop("name", None)
         if args.window:
             base["window"] = list(args.window)
+        if args.mean_correction:
+            base["mean_correction"] = args.mean_correction == "on"
         n_scales = max_ms_ssim_scales(min(patches.bf.shape[-2:]))
         scale_note = "" if n_scales == MS_SSIM_SCALES else f" (MS-SSIM with {n_scales} scales: crop below 64 px)"
         resolved = SamplerSettings.from_dict(base)
@@ -581,28 +600,27 @@ def main(argv: list[str] | None = None) -> float:
                                                           args.n_seeds, device, out)
                     ref = references[net_key]
                     print(f"# reference procedure on {ref.n_patches} patch(es) x (1 + {args.n_seeds}) runs: "
-                          f"{ref.passes} calls of batch 1, {ref.seconds:.1f} s = {ref.per_patch:.2f} s/patch (load "
+                          f"{ref.passes} calls of batch 1, {ref.seconds:.1f} s = {ref.per_patch:.2f} s/patch, CPU "
+                          f"{ref.cpu_per_patch:.2f} s/patch (load "
                           f"{ref.load[0]:.1f} -> {ref.load[1]:.1f}); vs ours {COMPARATOR}: max |diff| "
                           f"{ref.maxdiff:.2e}, PCC " + ", ".join(f"{k} {v:.6f}" for k, v in ref.agreement.items()),
                           flush=True)
-                    print(f"{'checkpoint':<28}{'sampler':<20}{'calls':>6}{'s/patch':>9}{'speedup':>9}{'load':>6}"
-                          f"{'PCC':>7}  {'dPCC [95% CI]':<27}{'MS-SSIM':>8}  {'dMS-SSIM [95% CI]':<27}"
-                          f"{'AUROCi':>7}  {'dAUROC intra [95% CI]':<27}{'AUROCe':>7}  {'dAUROC inter [95% CI]':<27}"
-                          f"{'counts':>6}", flush=True)
+                    print(TABLE_HEADER, flush=True)
             ref = references[repr(hparams["net"])]
             result = compare(scores, comparator[1], args.n_resamples)
             per_patch = out["seconds"] / len(patches)
             speedup = ref.per_patch / per_patch
+            cpu_speedup = ref.cpu_per_patch / (out["cpu_seconds"] / len(patches))
             summary = scores.summary()
             counts = result.passes
-            print(f"{label[:27]:<28}{name:<20}{out['passes']:>6}{per_patch:>9.3f}{speedup:>9.1f}{out['load'][1]:>6.1f}"
-                  f"{summary['pcc']:>7.3f}  {_ci_text(result['pcc']):<27}{summary['ms_ssim']:>8.3f}  "
-                  f"{_ci_text(result['ms_ssim']):<27}{summary['auroc_intra']:>7.3f}  "
-                  f"{_ci_text(result['auroc_intra']):<27}{summary['auroc_inter']:>7.3f}  "
-                  f"{_ci_text(result['auroc_inter']):<27}{'yes' if counts else 'no':>6}", flush=True)
+            print(f"{label[:27]:<28}{name:<20}{out['passes']:>6}{per_patch:>9.3f}{speedup:>9.1f}{cpu_speedup:>8.1f}"
+                  f"{out['load'][1]:>6.1f}" + "".join(f"{summary[k]:>8.3f}  {_ci_text(result[k]):<27}" for k in MARGINS)
+                  + f"{'yes' if counts else 'no':>6}", flush=True)
             row = {"checkpoint": label, "sampler": name, "calls": out["passes"], "row_passes": out["row_passes"],
                    "seconds": out["seconds"], "s_per_patch": per_patch, "ref_s_per_patch": ref.per_patch,
-                   "ref_patches": ref.n_patches, "speedup": speedup, "load_before": out["load"][0],
+                   "ref_patches": ref.n_patches, "speedup": speedup, "cpu_seconds": out["cpu_seconds"],
+                   "cpu_s_per_patch": out["cpu_seconds"] / len(patches), "ref_cpu_s_per_patch": ref.cpu_per_patch,
+                   "cpu_speedup": cpu_speedup, "load_before": out["load"][0],
                    "load_after": out["load"][1], "peak_mb": out["peak_mb"], "counts": counts,
                    "ms_ssim_scales": n_scales, "n_patches": len(patches), "n_seeds": args.n_seeds}
             for key, value in summary.items():
@@ -618,8 +636,10 @@ def main(argv: list[str] | None = None) -> float:
         write_csv(args.out, rows)
     for label in speedups:
         best = max((r for r in rows if r["checkpoint"] == label and r["counts"]), key=lambda r: r["speedup"])
-        print(f"# {label}: fastest candidate that counts: {best['sampler']} ({best['s_per_patch']:.3f} s/patch vs "
-              f"reference {best['ref_s_per_patch']:.2f} s/patch on {best['ref_patches']} patch(es))", flush=True)
+        print(f"# {label}: fastest candidate that counts: {best['sampler']}, {best['s_per_patch']:.3f} s/patch vs the "
+              f"reference's {best['ref_s_per_patch']:.2f} s/patch on {best['ref_patches']} patch(es): "
+              f"{best['speedup']:.2f}x wall time, {best['cpu_speedup']:.2f}x CPU time "
+              f"({best['cpu_s_per_patch']:.3f} vs {best['ref_cpu_s_per_patch']:.2f} CPU s/patch)", flush=True)
     first = checkpoint_label(ckpts[0], read_checkpoint(ckpts[0])["hyper_parameters"])
     speedup = speedups.get(first, math.nan)
     print(f"speedup_vs_reference={speedup:.2f}", flush=True)
