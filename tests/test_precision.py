@@ -109,3 +109,25 @@ def test_sampler_precision_switch_runs_the_network_in_bf16_and_the_schedule_in_f
     assert 0.0 < diff < 0.05 * scale  # bf16 changes the numbers, by little
     with pytest.raises(ConfigError, match=r"sampler precision 'fp16'; expected one of \(None, 'fp32', 'bf16'\)"):
         SamplerSettings(precision="fp16")
+
+
+def test_channels_last_switch_reorders_weights_and_keeps_values(compose_cfg) -> None:
+    cfg = compose_cfg("train", ["model/net=tiny", "channels_last=true"])
+    torch.manual_seed(5)
+    model = build_model(cfg).eval()
+    torch.manual_seed(5)
+    plain = build_model(compose_cfg("train", ["model/net=tiny"])).eval()
+    convs = [p for p in model.net.parameters() if p.dim() == 5]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in convs)
+    assert not all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in plain.net.parameters() if p.dim() == 5)
+    state, plain_state = model.state_dict(), plain.state_dict()
+    assert list(state) == list(plain_state) and all(torch.equal(state[k], plain_state[k]) for k in state)
+    with torch.no_grad():
+        for param in (*model.net.parameters(), *plain.net.parameters()):  # a non-zero output convolution, alike
+            param.copy_(torch.linspace(-0.05, 0.05, param.numel()).reshape(param.shape))
+        gen = torch.Generator().manual_seed(6)
+        x_t, bf = torch.randn(SHAPE, generator=gen), torch.rand(SHAPE, generator=gen)
+        t = torch.tensor([10, 900])
+        reordered, contiguous = model.eps(x_t, t, bf), plain.eps(x_t, t, bf)
+    assert float(contiguous.abs().max()) > 0
+    assert float((reordered - contiguous).abs().max()) <= 1e-5 * float(contiguous.abs().max())
