@@ -119,7 +119,8 @@ def test_channels_last_switch_reorders_weights_and_keeps_values(compose_cfg) -> 
     plain = build_model(compose_cfg("train", ["model/net=tiny"])).eval()
     convs = [p for p in model.net.parameters() if p.dim() == 5]
     assert convs and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in convs)
-    assert not all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in plain.net.parameters() if p.dim() == 5)
+    plain_convs = [p for p in plain.net.parameters() if p.dim() == 5]
+    assert not all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in plain_convs)
     state, plain_state = model.state_dict(), plain.state_dict()
     assert list(state) == list(plain_state) and all(torch.equal(state[k], plain_state[k]) for k in state)
     with torch.no_grad():
