@@ -19,6 +19,7 @@ from dm4isl.callbacks.provenance import git_revision
 from dm4isl.cli import console_script, report_expected_errors
 from dm4isl.data.readers import auto_window, to_unit
 from dm4isl.errors import CheckpointError
+from dm4isl.models.nets import to_channels_last
 from dm4isl.prediction.checkpoint import fingerprint, load_model
 from dm4isl.prediction.distributed import start_processes
 from dm4isl.prediction.inputs import InputSettings, ReadSettings, discover_inputs
@@ -95,6 +96,8 @@ def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
     if not (is_diffusion(model) or hasattr(model, "predict_fluorescence")):
         raise CheckpointError(f"{ckpt}: a {type(model).__name__} checkpoint predicts no fluorescence (an organelle "
                               "classifier is used by dm4isl-evaluate perceptual.classifier=<checkpoint>)")
+    if cfg.get("channels_last", False):
+        to_channels_last(model)
     sampler_cfg = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.get("sampler") else {}
     _require_diffusion(model, str(ckpt), {
         "n_seeds": int(cfg.n_seeds) if int(cfg.n_seeds) > 1 else None,
@@ -162,15 +165,18 @@ def predict_array(
     patch_id: int = 0,
     device: str = "auto",
     tiling: dict[str, Any] | TileSettings | None = None,
+    channels_last: bool = False,
 ) -> dict[str, np.ndarray]:
     """Predict one brightfield volume ``(Z, Y, X)`` (uint8, float in [0, 1] or raw grey levels) with a checkpoint.
 
     Returns ``(Z, Y, X)`` float32 arrays by product name (``DDPM``, ``DDPMavg``, ``std_intra`` [, ``std_inter``]
     for diffusion models; the baseline's name otherwise). ``sampler`` overrides the checkpoint's sampler settings;
     ``tiling`` (``size``, ``overlap``, ``batch``, ``mean_correction``: :class:`TileSettings`) how volumes larger than
-    the training patch are tiled.
+    the training patch are tiled; ``channels_last`` puts the network's weights in channels-last order (speed only).
     """
     model = load_model(checkpoint, _device(device))
+    if channels_last:
+        to_channels_last(model)
     _require_diffusion(model, str(checkpoint), {"n_seeds": n_seeds if n_seeds > 1 else None, "sampler": sampler})
     organelle = dict(model.hparams.get("organelle") or {})
     bf = np.asarray(bf)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from dm4isl.models.ddpm import DDPMModule
@@ -69,3 +71,64 @@ def test_compile_switch_compiles_in_place(compose_cfg) -> None:
     plain = build_model(compose_cfg("train", ["model/net=tiny"]))
     assert plain.net._compiled_call_impl is None
     assert list(model.state_dict()) == list(plain.state_dict())  # checkpoints stay interchangeable
+
+
+def test_sampler_precision_switch_runs_the_network_in_bf16_and_the_schedule_in_float32() -> None:
+    import pytest
+
+    from dm4isl.errors import ConfigError
+    from dm4isl.sampling import SamplerSettings, sample
+
+    torch.manual_seed(3)
+    model = DDPMModule(net=MICRO_NET, prediction_type="sample", schedule={"num_train_timesteps": 20}).eval()
+    with torch.no_grad():
+        for param in model.net.parameters():  # MONAI zero-initialises the output convolution
+            param.add_(0.05 * torch.randn_like(param))
+    seen: list[torch.dtype] = []
+
+    def eps_fn(x_t: torch.Tensor, t: torch.Tensor, bf: torch.Tensor) -> torch.Tensor:
+        seen.append(model.net_output(x_t, t, bf).dtype)
+        return model.eps(x_t, t, bf)
+
+    bf = torch.rand(SHAPE, generator=torch.Generator().manual_seed(4))
+    base = {"method": "ddim", "num_steps": 5, "window": [0, 20], "mean_correction": False, "clip_x0": None}
+    runs = {}
+    for precision in (None, "bf16", "fp32"):
+        seen.clear()
+        settings = SamplerSettings.from_dict({**base, "precision": precision})
+        outer = _bf16() if precision == "fp32" else contextlib.nullcontext()  # fp32 wins over an outer autocast
+        with outer:
+            runs[precision] = sample(eps_fn, bf, [0, 1], model.schedule, settings, model.target, 0.3)
+        assert set(seen) == {torch.bfloat16 if precision == "bf16" else torch.float32}
+    for precision in ("bf16", "fp32"):
+        for name in ("ddpm", "ddpmavg", "std_intra"):
+            assert getattr(runs[precision], name).dtype == torch.float32
+    assert torch.equal(runs["fp32"].std_intra, runs[None].std_intra)
+    scale = float(runs[None].std_intra.abs().max())
+    diff = float((runs["bf16"].std_intra - runs[None].std_intra).abs().max())
+    assert 0.0 < diff < 0.05 * scale  # bf16 changes the numbers, by little
+    with pytest.raises(ConfigError, match=r"sampler precision 'fp16'; expected one of \(None, 'fp32', 'bf16'\)"):
+        SamplerSettings(precision="fp16")
+
+
+def test_channels_last_switch_reorders_weights_and_keeps_values(compose_cfg) -> None:
+    cfg = compose_cfg("train", ["model/net=tiny", "channels_last=true"])
+    torch.manual_seed(5)
+    model = build_model(cfg).eval()
+    torch.manual_seed(5)
+    plain = build_model(compose_cfg("train", ["model/net=tiny"])).eval()
+    convs = [p for p in model.net.parameters() if p.dim() == 5]
+    assert convs and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in convs)
+    plain_convs = [p for p in plain.net.parameters() if p.dim() == 5]
+    assert not all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in plain_convs)
+    state, plain_state = model.state_dict(), plain.state_dict()
+    assert list(state) == list(plain_state) and all(torch.equal(state[k], plain_state[k]) for k in state)
+    with torch.no_grad():
+        for param in (*model.net.parameters(), *plain.net.parameters()):  # a non-zero output convolution, alike
+            param.copy_(torch.linspace(-0.05, 0.05, param.numel()).reshape(param.shape))
+        gen = torch.Generator().manual_seed(6)
+        x_t, bf = torch.randn(SHAPE, generator=gen), torch.rand(SHAPE, generator=gen)
+        t = torch.tensor([10, 900])
+        reordered, contiguous = model.eps(x_t, t, bf), plain.eps(x_t, t, bf)
+    assert float(contiguous.abs().max()) > 0
+    assert float((reordered - contiguous).abs().max()) <= 1e-5 * float(contiguous.abs().max())

@@ -52,24 +52,62 @@ def random_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_benchmark_table_and_speedup_line(random_ckpt: Path, data_cache_dir: Path, capsys) -> None:
+def test_benchmark_equivalence_table_exactness_memory_and_speedup_line(
+    random_ckpt: Path, data_cache_dir: Path, tmp_path: Path, capsys
+) -> None:
     bench = load_script("benchmark_sampling")
-    speedup = bench.main(["--ckpt", str(random_ckpt), "--n-patches", "1", "--patch-size", CROP, "--n-seeds", "2",
-                          "--ddim", "4,10", "--workdir", str(data_cache_dir), "--in-process", "--threads", "1"])
+    out_csv = tmp_path / "bench.csv"
+    speedup = bench.main(["--ckpt", str(random_ckpt), "--n-patches", "3", "--patch-size", CROP, "--n-seeds", "2",
+                          "--ddim", "4,10", "--etas", "0,1", "--ref-patches", "1", "--n-resamples", "199",
+                          "--workdir", str(data_cache_dir), "--threads", "1", "--memory", "--out", str(out_csv)])
     lines = capsys.readouterr().out.strip().splitlines()
-    header = lines[1].split()
-    assert header == ["setting", "calls", "row_passes", "wall_s", "peak_MB", "pcc_avg", "pcc_avgK", "vs_ref_avg",
-                      "vs_ref_intra", "vs_ref_inter", "maxdiff_avg"]
-    rows = {line[:20].strip(): line[20:].split() for line in lines[2:-1]}
-    assert list(rows) == ["reference DDPM", "ours DDPM", "ours DDIM-4", "ours DDIM-10"]
-    # calls: the reference makes (1 + K) runs of T calls per patch, ours one batched run of T (or n) calls
-    assert [int(r[0]) for r in rows.values()] == [3 * T_SMOKE, T_SMOKE, 4, 10]
-    assert [int(r[1]) for r in rows.values()] == [3 * T_SMOKE, 2 * T_SMOKE, 8, 20]
-    # same noise streams, same settings: our DDPM equals the reference procedure voxel for voxel (up to rounding)
-    assert float(rows["ours DDPM"][9]) < 1e-5
-    assert float(rows["reference DDPM"][9]) == 0.0
-    assert re.fullmatch(r"speedup_vs_reference=(\d+\.\d\d|nan)", lines[-1])
-    assert lines[-1] == f"speedup_vs_reference={speedup:.2f}"
+    # same noise streams, same settings: our batched DDPM equals the reference procedure voxel for voxel
+    exact = next(line for line in lines if line.startswith("# reference procedure on 1 patch(es) x (1 + 2) runs"))
+    assert f"{3 * T_SMOKE} calls of batch 1" in exact
+    assert float(re.search(r"max \|diff\| (\S+),", exact).group(1)) < 1e-5
+    with open(out_csv, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["sampler"] for r in rows] == ["ddpm-1000", "ddim-4 eta0", "ddim-4 eta1", "ddim-10 eta0", "ddim-10 eta1"]
+    assert [int(r["calls"]) for r in rows] == [T_SMOKE, 4, 4, 10, 10]
+    assert [int(r["row_passes"]) for r in rows] == [6 * T_SMOKE, 24, 24, 60, 60]  # 3 patches x 2 seeds per call
+    assert {r["ms_ssim_scales"] for r in rows} == {"3"}  # 16 px crops: 3 scales
+    comparator = rows[0]
+    assert comparator["counts"] == "True"  # the comparator against itself: every difference and bound is 0
+    for key in ("pcc", "ms_ssim", "auroc_intra", "auroc_inter"):
+        assert float(comparator[f"d_{key}"]) == float(comparator[f"d_{key}_low"]) == 0.0
+    for r in rows:
+        assert float(r["s_per_patch"]) == pytest.approx(float(r["seconds"]) / 3, rel=1e-3)
+        assert float(r["speedup"]) == pytest.approx(float(r["ref_s_per_patch"]) / float(r["s_per_patch"]), rel=1e-6)
+        assert r["counts"] == str(all(float(r[f"d_{k}_low"]) > m for k, m in bench.MARGINS.items()))
+    best = max(float(r["speedup"]) for r in rows if r["counts"] == "True")
+    assert lines[-1] == f"speedup_vs_reference={speedup:.2f}" and speedup == pytest.approx(best)
+    # memory: the running statistics make the peak independent of the number of averaged steps
+    memory = next(line for line in lines if line.startswith("# memory (peak tensor MiB"))
+    peaks = dict(re.findall(r"ours (\S+) ([0-9.]+)", memory))
+    assert set(peaks) == {"ddpm-1000", "ddim-10-eta1"}
+    # equal up to the int64 list of visited timesteps (8 bytes a step)
+    assert float(peaks["ddpm-1000"]) == pytest.approx(float(peaks["ddim-10-eta1"]), abs=0.002)
+    ours_state, ref_state = (int(v) for v in re.findall(r"state (?:beyond the network call )?(\d+) B per", memory))
+    assert ref_state >= 10 * 4 and ref_state > ours_state  # the reference keeps its 10 averaged x̂0 in a list
+    paper = next(line for line in lines if line.startswith("# memory, paper net"))
+    fixed, per_row = (float(v) for v in re.search(r"= (\d+) MiB \+ (\d+) MiB/row", paper).groups())
+    assert 700 < fixed < 900 and 300 < per_row < 600  # 192.8 M fp32 weights ≈ 735 MiB; activations per row
+    rows_8gib = int(re.search(r"within 8 GiB: (\d+) rows", paper).group(1))
+    assert rows_8gib == int((8 * 1024 - fixed) // per_row) or abs(rows_8gib - (8 * 1024 - fixed) / per_row) < 1
+
+
+def test_benchmark_presets_and_candidates() -> None:
+    bench = load_script("benchmark_sampling")
+    cpu = bench.parse_args(["--preset", "cpu"])
+    assert (cpu.n_patches, cpu.patch_size, cpu.n_seeds, cpu.device, cpu.ref_patches) == (16, [8, 32, 32], 2, "cpu", 1)
+    gpu = bench.parse_args(["--preset", "gpu", "--n-seeds", "3"])
+    assert (gpu.n_patches, gpu.patch_size, gpu.n_seeds, gpu.device) == (32, None, 3, "cuda")
+    assert gpu.n_patches >= 16 and cpu.n_patches >= 16
+    names = [n for n, _ in bench.candidate_settings({"window": [300, 800]}, [10, 50], [0.0, 1.0], bf16=True)]
+    assert names == ["ddpm-1000", "ddim-10 eta0", "ddim-10 eta1", "ddim-50 eta0", "ddim-50 eta1",
+                     "ddim-10 eta0 bf16", "ddim-10 eta1 bf16", "ddim-50 eta0 bf16", "ddim-50 eta1 bf16"]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--n-seeds", "1"])
 
 
 def test_center_crop_and_test_set(random_ckpt: Path, data_cache_dir: Path) -> None:
@@ -126,3 +164,23 @@ def test_window_recorder_matches_sampler(random_ckpt: Path) -> None:
         study.parse_sampler("ddim50")
     with pytest.raises(ValueError, match=r"window '800-300'; expected"):
         study.parse_windows("300-800,800-300")
+
+
+def test_peak_tensor_memory_counts_live_storages() -> None:
+    bench = load_script("benchmark_sampling")
+    mib = 2**20
+    weights = torch.nn.Linear(256, 256)  # 256·256 + 256 float32 parameters, made before the mode
+
+    def work() -> None:
+        a = torch.zeros(mib // 4)  # 1 MiB
+        b = torch.ones(2 * mib // 4)  # 2 MiB: 3 MiB live
+        view = b[:10]  # a view adds no storage
+        del a
+        c = torch.empty(mib // 4)  # 1 MiB: 3 MiB live again, not 4
+        del b, c, view
+
+    peak = bench.tensor_peak_mib(work, weights)
+    assert peak == pytest.approx(3.0 + (256 * 256 + 256) * 4 / mib)
+    with bench.PeakTensorMemory() as tracker:
+        kept = torch.zeros(mib // 4)
+    assert tracker.live == tracker.peak == mib and kept.numel() == mib // 4

@@ -12,6 +12,8 @@ from monai.metrics import MultiScaleSSIMMetric
 MS_SSIM_KERNEL_SIZE = 4
 MS_SSIM_DATA_RANGE = 1.0
 MS_SSIM_SCALES = 5
+#: MONAI's default scale weights (Wang et al. 2003), finest scale first.
+MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 #: MONAI's MS-SSIM needs Y and X of at least kernel · 2^(scales − 1) = 64 voxels.
 MS_SSIM_MIN_SIZE = MS_SSIM_KERNEL_SIZE * 2 ** (MS_SSIM_SCALES - 1)
 
@@ -60,20 +62,42 @@ def pooled_mse(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray]) -> float:
     return mse(np.concatenate([np.ravel(g) for g in gts]), np.concatenate([np.ravel(p) for p in preds]))
 
 
-def ms_ssim_batch(gts: np.ndarray | torch.Tensor, preds: np.ndarray | torch.Tensor) -> np.ndarray:
+def ms_ssim_min_size(n_scales: int = MS_SSIM_SCALES) -> int:
+    """Smallest Y and X (voxels) MONAI's MS-SSIM accepts with ``n_scales`` scales of kernel size 4.
+
+    MONAI requires ``size // max(1, n_scales − 1)² > kernel − 1``: 64 px for 5 scales, 36 for 4, 16 for 3, 4 for 2.
+    """
+    if not 1 <= n_scales <= MS_SSIM_SCALES:
+        raise ValueError(f"MS-SSIM scales {n_scales}; expected 1 to {MS_SSIM_SCALES}")
+    return MS_SSIM_KERNEL_SIZE * max(1, (n_scales - 1) ** 2)
+
+
+def max_ms_ssim_scales(size: int) -> int:
+    """Most MS-SSIM scales (≤ 5) that patches of ``size`` voxels in Y and X allow; 0 when none does."""
+    return max((n for n in range(1, MS_SSIM_SCALES + 1) if ms_ssim_min_size(n) <= size), default=0)
+
+
+def ms_ssim_batch(
+    gts: np.ndarray | torch.Tensor, preds: np.ndarray | torch.Tensor, n_scales: int = MS_SSIM_SCALES
+) -> np.ndarray:
     """MS-SSIM per patch for a stack of patches ``(N, Z, Y, X)``; returns ``(N,)``.
 
     Definition (reference): MONAI ``MultiScaleSSIMMetric(spatial_dims=2, data_range=1, kernel_size=4)`` with the
     Z slices as channels, default 5 scale weights. Higher is better; unitless. Undefined (NaN, documented) when Y
-    or X is below ``MS_SSIM_MIN_SIZE`` = 64 px (5 scales of kernel 4); 64×64 patches work.
+    or X is below ``MS_SSIM_MIN_SIZE`` = 64 px (5 scales of kernel 4); 64×64 patches work. ``n_scales`` < 5 keeps
+    the finest ``n_scales`` of the default weights, renormalised to sum 1 — a variant for small patches (e.g. 3
+    scales from 16 px, :func:`ms_ssim_min_size`), not the paper's metric; say so wherever it is reported.
     """
     g = torch.as_tensor(np.asarray(gts, dtype=np.float32))
     p = torch.as_tensor(np.asarray(preds, dtype=np.float32))
     if g.shape != p.shape or g.ndim != 4:
         raise ValueError(f"expected two (N, Z, Y, X) stacks of equal shape, got {tuple(g.shape)} and {tuple(p.shape)}")
-    if min(g.shape[-2:]) < MS_SSIM_MIN_SIZE:
+    if min(g.shape[-2:]) < ms_ssim_min_size(n_scales):
         return np.full(g.shape[0], np.nan)
-    metric = MultiScaleSSIMMetric(spatial_dims=2, data_range=MS_SSIM_DATA_RANGE, kernel_size=MS_SSIM_KERNEL_SIZE)
+    weights = np.asarray(MS_SSIM_WEIGHTS[:n_scales], dtype=np.float64)
+    metric = MultiScaleSSIMMetric(spatial_dims=2, data_range=MS_SSIM_DATA_RANGE, kernel_size=MS_SSIM_KERNEL_SIZE,
+                                  weights=tuple(weights / weights.sum()) if n_scales < MS_SSIM_SCALES
+                                  else MS_SSIM_WEIGHTS)
     return metric(p, g).reshape(-1).double().numpy()
 
 

@@ -7,6 +7,7 @@ precision the ε-predictor uses.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,9 @@ from dm4isl.sampling.stats import INTRA_STD_DDOF, RunningStats
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 #: Reverse processes.
 METHODS = ("ddpm", "ddim")
+#: Precisions of the network calls: None (as the caller runs them: float32, or bf16 inside a bf16-mixed Lightning
+#: trainer), "fp32" (autocast switched off) or "bf16" (bfloat16 autocast). Schedule arithmetic is float32 in all.
+PRECISIONS = (None, "fp32", "bf16")
 #: Axes reduced for a per-patch mean of a ``(B, C, Z, Y, X)`` tensor.
 _PATCH_AXES = (1, 2, 3, 4)
 
@@ -40,6 +44,18 @@ def correct_eps_mean(eps: torch.Tensor, x_t: torch.Tensor, abar_t: float, target
     dims = tuple(range(1, eps.ndim))
     wanted = (x_t.mean(dim=dims, keepdim=True) - abar_t**0.5 * target_mean) / (1.0 - abar_t) ** 0.5
     return eps - eps.mean(dim=dims, keepdim=True) + wanted
+
+
+def network_precision(device: torch.device | str, precision: str | None) -> contextlib.AbstractContextManager:
+    """Context for the network calls on ``device``: nothing (None), autocast off ("fp32") or bf16 autocast ("bf16")."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"network precision {precision!r}; expected one of {PRECISIONS}")
+    if precision is None:
+        return contextlib.nullcontext()
+    device_type = torch.device(device).type
+    if precision == "fp32":
+        return torch.autocast(device_type, enabled=False)
+    return torch.autocast(device_type, dtype=torch.bfloat16)
 
 
 def _clip(x0: torch.Tensor, clip_x0: Sequence[float] | None) -> torch.Tensor:
@@ -133,6 +149,7 @@ def reverse_process(
     window: Sequence[int] = (300, 800),
     clip_x0: Sequence[float] | None = (-1.0, 1.0),
     target_mean: float | None = None,
+    precision: str | None = None,
 ) -> ReverseResult:
     """Run a reverse process from pure noise for the batch ``cond`` ``(B, Cc, Z, Y, X)``.
 
@@ -140,19 +157,23 @@ def reverse_process(
     result does not depend on its batch-mates. x̂0(t) of every visited t with ``window[0] ≤ t < window[1]``
     enters a running mean and sample std (ddof 1, as the reference; nothing of the chain is stored).
     ``target_mean`` (model space) switches on the ε̂ mean correction (:func:`correct_eps_mean`). One ``eps_fn`` call
-    per visited timestep.
+    per visited timestep, in ``precision`` (:func:`network_precision`); ε̂ is cast to float32 before any schedule
+    arithmetic.
     """
     if len(generators) != cond.shape[0]:
         raise ValueError(f"{len(generators)} noise generators for a batch of {cond.shape[0]}; expected one each")
     t_low, t_high = int(window[0]), int(window[1])
     timesteps = sampling_timesteps(schedule, method, num_steps)
+    net_precision = network_precision(cond.device, precision)
     shape = (out_channels, *cond.shape[2:])
     x = randn_per_patch(generators, shape, cond.device)
     stats = RunningStats(ddof=INTRA_STD_DDOF)
     in_window = []
     for i, t in enumerate(timesteps.tolist()):
         t_batch = torch.full((cond.shape[0],), t, dtype=torch.int64, device=cond.device)
-        eps = eps_fn(x, t_batch, cond).float()
+        with net_precision:
+            eps = eps_fn(x, t_batch, cond)
+        eps = eps.float()
         if target_mean is not None:
             eps = correct_eps_mean(eps, x, schedule.abar(t), target_mean)
         if method == "ddpm":

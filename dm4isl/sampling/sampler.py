@@ -10,7 +10,7 @@ import torch
 
 from dm4isl.errors import ConfigError
 from dm4isl.sampling.noise import NOISE_MODES, patch_generators
-from dm4isl.sampling.reverse import METHODS, EpsFn, reverse_process
+from dm4isl.sampling.reverse import METHODS, PRECISIONS, EpsFn, reverse_process
 from dm4isl.sampling.schedule import NoiseSchedule
 
 #: How predictions are brought to [0, 1]: per-voxel clipping (batch-independent default) or min–max over the
@@ -55,7 +55,8 @@ class SamplerSettings:
     ``method`` "ddpm" (ancestral, all T steps) or "ddim" (``num_steps`` respaced steps, noise weight ``eta``);
     ``window`` [t_low, t_high) of the timesteps whose x̂0 is averaged; ``clip_x0`` model-space clip of x̂0
     (``None``: none); ``mean_correction`` the ε̂ mean fix; ``noise`` "per_patch" or "shared"; ``output`` "clip"
-    or "batch_minmax".
+    or "batch_minmax"; ``precision`` of the network calls: None (as the caller runs them), "fp32" or "bf16"
+    (autocast: faster where the hardware has bf16 units, slightly different numbers).
     """
 
     method: str = "ddpm"
@@ -67,6 +68,7 @@ class SamplerSettings:
     noise: str = "per_patch"
     seed: int = 0
     output: str = "clip"
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -75,6 +77,8 @@ class SamplerSettings:
             raise ConfigError(f"sampler noise {self.noise!r}; expected one of {NOISE_MODES}")
         if self.output not in OUTPUT_MODES:
             raise ConfigError(f"sampler output {self.output!r}; expected one of {OUTPUT_MODES}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"sampler precision {self.precision!r}; expected one of {PRECISIONS}")
         if not 0 <= self.window[0] < self.window[1]:
             raise ConfigError(f"averaging window {list(self.window)}; expected 0 ≤ t_low < t_high")
 
@@ -169,6 +173,7 @@ def sample(
         window=settings.window,
         clip_x0=settings.clip_x0,
         target_mean=float(target.to_model(target_mean)) if settings.mean_correction else None,
+        precision=settings.precision,
     )
     return Prediction(
         ddpm=to_unit_range(target.to_data(result.sample), settings.output),

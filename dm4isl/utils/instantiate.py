@@ -14,13 +14,14 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from dm4isl.callbacks.config_logger import ConfigLogger
+from dm4isl.models.nets import to_channels_last
 from dm4isl.utils.resume import wandb_run_id
 
 log = logging.getLogger(__name__)
 
 #: ``_target_`` of the W&B logger (its run id is kept in the run folder so that a resumed run continues it).
 WANDB_TARGET = "lightning.pytorch.loggers.WandbLogger"
-#: Attributes holding the networks that ``compile=true`` compiles.
+#: Attributes holding the networks that ``compile=true`` compiles (and ``channels_last=true`` reorders).
 COMPILED_NETS = ("net",)
 
 
@@ -84,12 +85,17 @@ def config_logger(loggers: list[Any], cfg: DictConfig) -> list[Callback]:
 def build_model(cfg: DictConfig) -> L.LightningModule:
     """Instantiate ``cfg.model`` and hand it what makes its checkpoint self-describing (organelle, patch size).
 
-    With ``cfg.compile`` true the networks are compiled in place (``nn.Module.compile``: the state dict keeps its
-    keys, checkpoints stay interchangeable with uncompiled runs).
+    With ``cfg.channels_last`` true the networks' weights are put in channels-last 3-D order
+    (:func:`dm4isl.models.nets.to_channels_last`); with ``cfg.compile`` true the networks are compiled in place
+    (``nn.Module.compile``: the state dict keeps its keys, checkpoints stay interchangeable with uncompiled runs).
     """
     model = instantiate(
         cfg.model, organelle=to_plain(cfg.organelle), patch_size=list(to_plain(cfg.data.patch_size)), _convert_="all"
     )
+    if cfg.get("channels_last", False):
+        for name in COMPILED_NETS:
+            if hasattr(model, name):
+                to_channels_last(getattr(model, name))
     if cfg.get("compile", False):
         for name in COMPILED_NETS:
             if hasattr(model, name):
