@@ -116,7 +116,7 @@ def sample_scores(model: Any, patches: Any, sampler: dict[str, Any], correction:
                   keep: bool = False) -> dict[str, Any]:
     """Sample every patch of a set; per-patch DDPMavg PCC/MSE/MS-SSIM and final-sample PCC (``(N,)`` arrays)."""
     from dm4isl.metrics.basic import ms_ssim_batch, mse, pcc
-    from dm4isl.uncertainty.report import predict_patch_set
+    from dm4isl.prediction.calibration import predict_patch_set
 
     settings = replace(model.test_settings, **sampler, mean_correction=correction)
     if correction and model.fl_mean is None:

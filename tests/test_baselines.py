@@ -14,10 +14,10 @@ from torch.utils.data import DataLoader
 
 from conftest import CONF_DIR
 from dm4isl.models.gan import GANModule
-from dm4isl.models.inference import predict_volume, sliding_window_predict
 from dm4isl.models.nets.patchgan import build_patchgan, patchgan_output_shape
 from dm4isl.models.nets.unet3d import build_unet3d, downsampling_factor, unet3d_channels
 from dm4isl.models.unet import UNetModule
+from dm4isl.sampling.inference import predict_volume, sliding_window_predict
 from dm4isl.train import train
 
 ORGANELLES = ["actin", "dna", "microtubules", "mitochondria", "nuclear_envelope", "nucleoli"]

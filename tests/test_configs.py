@@ -131,6 +131,9 @@ def test_fast_recipe_and_demo_deviate_only_where_documented(compose_cfg) -> None
     demo = compose_cfg("train", ["experiment=demo"])
     OmegaConf.resolve(demo)
     assert demo.recipe.name == "fast" and demo.trainer.max_time is None and demo.trainer.max_steps > 0
+    # budgeted in steps, and validated (checkpoint choice) at least twice, the last time at the final step
+    steps_per_val = demo.data.samples_per_epoch // demo.data.batch_size * demo.trainer.check_val_every_n_epoch
+    assert demo.trainer.max_steps % steps_per_val == 0 and demo.trainer.max_steps // steps_per_val >= 2
 
 
 def test_recipe_does_not_touch_baselines(compose_cfg) -> None:

@@ -130,7 +130,7 @@ def test_training_loss_is_l1_between_noise_and_its_prediction_and_overfits_one_b
     x_t = √ᾱ_t x0 + √(1 − ᾱ_t) ε at the drawn t, ᾱ from the paper's scaled-linear betas — and falls when the same
     batch is fitted repeatedly."""
     import dm4isl.models.ddpm as ddpm_module
-    from dm4isl.utils.resume import training_noise
+    from dm4isl.sampling.noise import training_noise
 
     drawn: list[tuple[torch.Tensor, torch.Tensor]] = []
 

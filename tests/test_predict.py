@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -129,9 +130,31 @@ def test_predict_folder_products_skip_and_csv(compose_cfg, tiny_run: dict, tmp_p
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.tiff")}
     predict_command(_predict_cfg(compose_cfg, tiny_run, out, ["uncertainty.threshold=0.1"]))
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.tiff")} == mtimes
-    # other sampler settings are not skipped
+    # other sampler settings are not skipped, and what they do not produce does not stay behind
     rows = predict_command(_predict_cfg(compose_cfg, tiny_run, out, ["sampler.num_steps=4", "n_seeds=1"]))
     assert all(r["steps"] == "4" for r in rows)
+    assert not list((out / "std_inter").glob("*.tiff")) and not list((out / "error_mask").glob("*.tiff"))
+    assert len(list((out / "std_intra").glob("*.tiff"))) == 4
+    assert all(r["products"] == "DDPM;DDPMavg;std_intra" for r in rows)
+
+
+def test_changed_input_under_an_old_name_is_predicted_again(compose_cfg, tiny_run: dict, tmp_path: Path) -> None:
+    """The skip key holds a content hash of the input: a new brightfield file with an old name is not skipped."""
+    patches = tmp_path / "patches"
+    shutil.copytree(tiny_run["patches"], patches)
+    run = {**tiny_run, "patches": patches}
+    out = tmp_path / "pred"
+    first = predict_command(_predict_cfg(compose_cfg, run, out, ["n_seeds=1"]))
+    before = tifffile.imread(out / "DDPMavg" / "1.ome.tiff")
+    bf = tifffile.imread(patches / "BF" / "1.tiff")
+    tifffile.imwrite(patches / "BF" / "1.tiff", np.ascontiguousarray(bf[:, ::-1]))  # another image, same name
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (out / "DDPMavg").glob("*.tiff")}
+    second = predict_command(_predict_cfg(compose_cfg, run, out, ["n_seeds=1"]))
+    changed = {p.name for p in (out / "DDPMavg").glob("*.tiff") if p.stat().st_mtime_ns != mtimes[p.name]}
+    assert changed == {"1.ome.tiff"}  # only the changed input is predicted again
+    assert not np.array_equal(tifffile.imread(out / "DDPMavg" / "1.ome.tiff"), before)
+    hashes = {r["name"]: r["input_hash"] for r in first}, {r["name"]: r["input_hash"] for r in second}
+    assert [n for n in hashes[0] if hashes[0][n] != hashes[1][n]] == ["1"]
 
 
 def test_crash_mid_run_then_restart_completes(compose_cfg, tiny_run: dict, tmp_path: Path, monkeypatch) -> None:
@@ -211,8 +234,8 @@ def test_predict_with_unet_checkpoint(compose_cfg, tiny_run: dict, tmp_path: Pat
 def test_calibrate_on_validation_and_score_on_test(tiny_run: dict, monkeypatch: pytest.MonkeyPatch) -> None:
     """Thresholds are fitted on the validation patches only and scored on the test patches only (distinct sets)."""
     from dm4isl.data.patches import PatchSet
+    from dm4isl.prediction import calibration as uncertainty_report
     from dm4isl.sampling import SamplerSettings
-    from dm4isl.uncertainty import report as uncertainty_report
 
     model = load_model(tiny_run["ckpt"])
     cache = tiny_run["root"] / "data" / "cache" / "eval_sets"

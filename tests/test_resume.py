@@ -16,13 +16,13 @@ import torch
 from dm4isl.data.datamodule import RandomCropDataset
 from dm4isl.data.patches import Volume
 from dm4isl.errors import CheckpointError
+from dm4isl.sampling.noise import training_noise
 from dm4isl.train import train
 from dm4isl.utils.resume import (
     LAST_CKPT,
     AtomicCheckpointIO,
     checkpoint_dir,
     resolve_ckpt_path,
-    training_noise,
     wandb_run_id,
 )
 

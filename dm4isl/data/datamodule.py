@@ -176,6 +176,7 @@ class ZStackDataModule(L.LightningDataModule):
         n_val_patches: int = 16,
         n_test_patches: int = 128,
         eval_patch_size: Sequence[int] | None = None,
+        val_patch_size: Sequence[int] | None = None,
         filter_max_tries: int = 50,
         augment: Mapping[str, float] | None = None,
         batch_size: int = 4,
@@ -191,6 +192,8 @@ class ZStackDataModule(L.LightningDataModule):
         self.organelle = dict(_plain(organelle))
         self.patch_size = [int(s) for s in _plain(patch_size)]
         self.eval_patch_size = [int(s) for s in _plain(eval_patch_size or patch_size)]
+        #: Validation crops (default: ``eval_patch_size``); smaller ones make each validation cheaper.
+        self.val_patch_size = [int(s) for s in _plain(val_patch_size or self.eval_patch_size)]
         self.samples_per_epoch = int(samples_per_epoch)
         self.n_val_patches = int(n_val_patches)
         self.n_test_patches = int(n_test_patches)
@@ -250,11 +253,10 @@ class ZStackDataModule(L.LightningDataModule):
 
     def _eval_set(self, which: str, n: int, salt: int) -> PatchSet:
         vols = self.volumes[which]
+        size = self.val_patch_size if which == "val" else self.eval_patch_size
 
         def build() -> PatchSet:
-            return fixed_patch_set(
-                vols, n, self.eval_patch_size, self.threshold, self.seed, salt, self.filter_max_tries, which
-            )
+            return fixed_patch_set(vols, n, size, self.threshold, self.seed, salt, self.filter_max_tries, which)
 
         if self.cache_dir is None:
             return build()
@@ -267,7 +269,7 @@ class ZStackDataModule(L.LightningDataModule):
             **self.cache_key(),
             "which": which,
             "n": n,
-            "size": self.eval_patch_size,
+            "size": size,
             "seed": self.seed,
             "salt": salt,
             "tries": self.filter_max_tries,

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
-from dm4isl.callbacks.metrics import collect_outputs, collect_scores, log_scores
 from dm4isl.errors import CheckpointError, ConfigError
 from dm4isl.metrics.basic import ms_ssim, mse, pcc
 from dm4isl.models.nets import build_net, downsampling_factor
+from dm4isl.models.outputs import collect_outputs, collect_scores, log_scores
 from dm4isl.sampling import NoiseSchedule, Prediction, SamplerSettings, TargetRange, sample
-from dm4isl.utils.resume import training_noise
+from dm4isl.sampling.noise import training_noise
 
 #: Checkpoint key of the training-data sums not yet merged into ``data_stats`` (mid-epoch checkpoints).
 PENDING_STATS_KEY = "ddpm_pending_stats"

@@ -9,11 +9,11 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from dm4isl.callbacks.metrics import collect_outputs, collect_scores, log_scores
 from dm4isl.errors import CheckpointError
 from dm4isl.models.ddpm import ARRAY_AXES, TENSOR_AXES, patch_metrics
-from dm4isl.models.inference import predict_volume
 from dm4isl.models.nets.unet3d import build_unet3d, downsampling_factor
+from dm4isl.models.outputs import collect_outputs, collect_scores, log_scores
+from dm4isl.sampling.inference import predict_volume
 
 #: Reconstruction losses of the U-Net baseline (fnet: MSE).
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}

@@ -52,6 +52,39 @@ MANIFEST_ALIASES = {
 }
 
 
+#: Bytes read per chunk when hashing an input file.
+_HASH_CHUNK = 1 << 20
+
+
+def _hash_path(digest: Any, path: Path) -> None:
+    """Feed the bytes of a file, or of every file under a folder (OME-Zarr) with its relative path, to ``digest``."""
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        digest.update(str(f.relative_to(path)).encode() if f != path else b"")
+        with open(f, "rb") as fh:
+            while chunk := fh.read(_HASH_CHUNK):
+                digest.update(chunk)
+
+
+def input_fingerprint(inp: PredictInput | InputSource) -> str:
+    """SHA-256 (16 hex digits) of what an input is made of: its file(s) and what is taken from them, or its arrays.
+
+    Part of the skip key of ``dm4isl-predict``: a changed file under an old name is predicted again.
+    """
+    digest = hashlib.sha256()
+    if isinstance(inp, InputSource):
+        for path in (inp.path, inp.gt_path):
+            if path is not None:
+                _hash_path(digest, Path(path))
+        digest.update(repr((inp.scene, inp.channel, inp.gt_channel, inp.timepoint, inp.read)).encode())
+    else:
+        for arr in (inp.bf, inp.gt):
+            if arr is not None:
+                digest.update(repr((arr.shape, str(arr.dtype))).encode())
+                digest.update(np.ascontiguousarray(arr).tobytes())
+    return digest.hexdigest()[:16]
+
+
 @dataclass
 class PredictInput:
     """One input volume; ``bf``/``gt`` are ``(Z, Y, X)`` float32 in [0, 1] (``gt`` None when unknown).

@@ -37,9 +37,8 @@ from tqdm.auto import tqdm
 
 from dm4isl.errors import ConfigError
 from dm4isl.io.atomic import write_csv, write_tiff
-from dm4isl.io.layout import channel_name, product_file, seed_product
+from dm4isl.io.layout import SEEDS_SUFFIX, channel_name, product_file, seed_product
 from dm4isl.io.zarr import DEFAULT_CHUNKS, write_ome_zarr, zarr_path
-from dm4isl.models.inference import sliding_window_predict
 from dm4isl.models.unet import OUTPUT_RANGE
 from dm4isl.prediction.inputs import (
     InputSettings,
@@ -47,9 +46,11 @@ from dm4isl.prediction.inputs import (
     PredictInput,
     ReadSettings,
     discover_inputs,
+    input_fingerprint,
 )
 from dm4isl.prediction.sharding import Shard, all_rows, merge_csvs
 from dm4isl.sampling.ensemble import sample_ensemble
+from dm4isl.sampling.inference import sliding_window_predict
 from dm4isl.sampling.sampler import SamplerSettings
 from dm4isl.sampling.tiled import TileSettings, effective_tile, needs_tiling, sample_ensemble_tiled
 from dm4isl.uncertainty.masks import MaskSettings, error_mask, flag
@@ -58,8 +59,8 @@ from dm4isl.uncertainty.thresholds import Threshold, resolve_threshold, sampling
 log = logging.getLogger(__name__)
 
 CSV_FIELDS = [
-    "name", "input", "model", "checkpoint", "sampler", "steps", "seeds", "settings_hash", "products", "flagged",
-    "mask_fraction", "uncertainty_source", "threshold", "threshold_source", "seconds",
+    "name", "input", "input_hash", "model", "checkpoint", "sampler", "steps", "seeds", "settings_hash", "products",
+    "flagged", "mask_fraction", "uncertainty_source", "threshold", "threshold_source", "seconds",
 ]
 #: ``output_format`` values: OME-TIFF folders per product, one OME-Zarr image per input, or both.
 OUTPUT_FORMATS = ("tiff", "ome-zarr", "both")
@@ -279,9 +280,11 @@ def run_predict(
     done = all_rows(out)
     mine = shard.select(inputs)
 
+    fingerprints = {inp.name: input_fingerprint(inp) for inp in mine}
+
     def finished(name: str) -> bool:
         row = done.get(name)
-        if row is None or row.get("settings_hash") != key:
+        if row is None or row.get("settings_hash") != key or row.get("input_hash") != fingerprints[name]:
             return False
         tiffs = not output.tiff or all(product_file(out, p, name).is_file() for p in row["products"].split(";") if p)
         return tiffs and (not output.zarr or zarr_path(out, name).is_dir())
@@ -347,6 +350,7 @@ def run_predict(
                 companions = {name: arr.astype(np.float32) for name, arr in (("BF", inp.bf), ("GT", inp.gt))
                               if arr is not None}
                 if output.tiff:
+                    remove_stale_products(out, inp.name, {*images, *companions})
                     for name, arr in {**images, **companions}.items():
                         write_tiff(product_file(out, name, inp.name), arr, voxel, meta,
                                    channel_name(name, organelle.get("name")))
@@ -355,7 +359,8 @@ def run_predict(
                     write_ome_zarr(zarr_path(out, inp.name), channels, voxel, {**meta, "products": list(channels)},
                                    output.ngff_version, output.chunks)
                 rows[inp.name] = {
-                    "name": inp.name, "input": inp.source, "model": type(model).__name__, "checkpoint": checkpoint_id,
+                    "name": inp.name, "input": inp.source, "input_hash": fingerprints[inp.name],
+                    "model": type(model).__name__, "checkpoint": checkpoint_id,
                     "sampler": f"{settings.method}" if settings else "", "steps": steps,
                     "seeds": ";".join(str(s) for s in seeds),
                     "settings_hash": key, "products": ";".join(images), "flagged": flagged,
@@ -369,6 +374,27 @@ def run_predict(
     if not todo and not shard.single:
         write_csv(csv_path, list(rows.values()), CSV_FIELDS)
     return list(rows.values())
+
+
+def remove_stale_products(output_dir: str | os.PathLike, name: str, products: set[str]) -> list[Path]:
+    """Delete the OME-TIFFs of input ``name`` in ``output_dir`` that belong to no product of ``products``.
+
+    A rerun into the same folder with other settings (fewer seeds, no uncertainty source, no per-seed products)
+    would otherwise leave an earlier run's ``std_inter``, ``error_mask`` or seed files beside the new products.
+    Looks at ``<product>/<name>.ome.tiff`` and ``<product>_seeds/seed<k>/<name>.ome.tiff``; returns what it removed.
+    """
+    out = Path(output_dir)
+    target = product_file(out, "_", name).name
+    removed = []
+    for path in [*out.glob(f"*/{target}"), *out.glob(f"*{SEEDS_SUFFIX}/*/{target}")]:
+        product = path.parent.relative_to(out).as_posix()
+        if product not in products:
+            path.unlink()
+            removed.append(path)
+    if removed:
+        log.info("%s: removed %d products of an earlier run with other settings: %s", name, len(removed),
+                 ", ".join(p.parent.relative_to(out).as_posix() for p in removed))
+    return removed
 
 
 def merge_predictions(output_dir: str | os.PathLike) -> list[dict[str, Any]]:

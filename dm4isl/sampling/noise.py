@@ -44,3 +44,18 @@ def randn_per_patch(
     return torch.stack(
         [torch.randn(tuple(shape), generator=g, device=device, dtype=torch.float32) for g in generators]
     )
+
+
+def training_noise(
+    patch_ids: torch.Tensor, like: torch.Tensor, num_timesteps: int, seed: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise ``(B, C, Z, Y, X)`` (shaped like ``like``) and timesteps ``(B,)`` of one training batch.
+
+    Row ``b`` comes from its own generator seeded by ``(seed, patch_ids[b])`` — the sample's global id, itself a
+    function of (epoch, index) — so a resumed run draws exactly the noise of an uninterrupted one, whatever the
+    global random state. ``seed`` defaults to ``torch.initial_seed()`` (the run's ``seed_everything`` value).
+    """
+    gens = patch_generators(torch.initial_seed() if seed is None else int(seed), patch_ids)
+    timesteps = torch.stack([torch.randint(0, int(num_timesteps), (), generator=g) for g in gens])
+    noise = randn_per_patch(gens, like.shape[1:])
+    return noise.to(device=like.device, dtype=like.dtype), timesteps.to(like.device)

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from dm4isl.models.inference import window_inferer
 from dm4isl.sampling.ensemble import EnsemblePrediction, sample_ensemble
+from dm4isl.sampling.inference import window_inferer
 from dm4isl.sampling.reverse import EpsFn, correct_eps_mean
 from dm4isl.sampling.sampler import SamplerSettings, TargetRange
 from dm4isl.sampling.schedule import NoiseSchedule

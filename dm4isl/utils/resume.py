@@ -9,13 +9,11 @@ import string
 from pathlib import Path
 from typing import Any
 
-import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from dm4isl.errors import CheckpointError
 from dm4isl.io.atomic import atomic_path, write_text
-from dm4isl.sampling.noise import patch_generators, randn_per_patch
 
 log = logging.getLogger(__name__)
 
@@ -100,19 +98,6 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             super().save_checkpoint(checkpoint, tmp, storage_options)
 
 
-def training_noise(
-    patch_ids: torch.Tensor, like: torch.Tensor, num_timesteps: int, seed: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise ``(B, C, Z, Y, X)`` (shaped like ``like``) and timesteps ``(B,)`` of one training batch.
-
-    Row ``b`` comes from its own generator seeded by ``(seed, patch_ids[b])`` — the sample's global id, itself a
-    function of (epoch, index) — so a resumed run draws exactly the noise of an uninterrupted one, whatever the
-    global random state. ``seed`` defaults to ``torch.initial_seed()`` (the run's ``seed_everything`` value).
-    """
-    gens = patch_generators(torch.initial_seed() if seed is None else int(seed), patch_ids)
-    timesteps = torch.stack([torch.randint(0, int(num_timesteps), (), generator=g) for g in gens])
-    noise = randn_per_patch(gens, like.shape[1:])
-    return noise.to(device=like.device, dtype=like.dtype), timesteps.to(like.device)
 
 
 def wandb_run_id(output_dir: str | os.PathLike, write: bool = True) -> str:
