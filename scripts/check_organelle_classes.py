@@ -21,8 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
 from dm4isl.data.classes import LabelledDataset, OrganelleClassesDataModule, labelled_arrays
@@ -34,8 +32,8 @@ from dm4isl.models.classifier import (
     summary_statistics,
 )
 from dm4isl.prediction.checkpoint import load_model
+from dm4isl.utils.compose import compose_config
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "dm4isl" / "conf"
 #: Patches per classifier forward pass.
 EVAL_BATCH = 16
 
@@ -44,11 +42,8 @@ log = logging.getLogger("check_organelle_classes")
 
 def build_datamodule(experiment: str, output_dir: Path, overrides: Sequence[str]) -> OrganelleClassesDataModule:
     """The set-up datamodule of ``experiment`` with ``overrides``; split files and data cache under ``output_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("train", overrides=[f"experiment={experiment}", *overrides, f"paths.root_dir={output_dir}",
-                                          f"paths.output_dir={output_dir}"])
-    GlobalHydra.instance().clear()
+    cfg = compose_config("train", [f"experiment={experiment}", *overrides, f"paths.root_dir={output_dir}",
+                                   f"paths.output_dir={output_dir}"])
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup("fit")
     return dm

@@ -23,19 +23,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from dm4isl.errors import DataError
 from dm4isl.io.atomic import write_text
+from dm4isl.utils.compose import compose_config
 
 log = logging.getLogger("prepare_allen")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = REPO_ROOT / "dm4isl" / "conf"
 #: The six organelles of the paper (SPEC §1); ``--organelles all`` prepares each one present in the manifest.
 ALL_ORGANELLES = ("dna", "mitochondria", "nuclear_envelope", "nucleoli", "actin", "microtubules")
 
@@ -44,14 +42,9 @@ def data_config(
     organelle: str, manifest: Path, data_dir: Path, data_root: Path | None, overrides: Sequence[str] = ()
 ) -> dict[str, Any]:
     """The resolved ``data=allen`` config of one organelle, as training composes it, with the prepare paths."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("train", overrides=[f"organelle={organelle}", "data=allen", *overrides])
-    GlobalHydra.instance().clear()
+    cfg = compose_config("train", [f"organelle={organelle}", "data=allen", *overrides], root_dir=Path.cwd(),
+                         data_dir=data_dir, log_dir=data_dir / "outputs")
     with open_dict(cfg):
-        cfg.paths.root_dir = str(Path.cwd())
-        cfg.paths.data_dir = str(data_dir)
-        cfg.paths.log_dir = str(data_dir / "outputs")
         cfg.paths.output_dir = str(data_dir / "allen")
         cfg.data.manifest = str(manifest)
         cfg.data.data_root = str(data_root) if data_root else cfg.data.data_root

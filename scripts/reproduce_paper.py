@@ -41,8 +41,6 @@ from typing import Any
 
 import lightning as L
 import numpy as np
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -57,11 +55,11 @@ from dm4isl.prediction.classifier import ClassifierSpec
 from dm4isl.prediction.runner import UncertaintySettings, inputs_from_patch_set, run_predict
 from dm4isl.sampling.sampler import SamplerSettings
 from dm4isl.train import train
+from dm4isl.utils.compose import compose_config
 from dm4isl.utils.instantiate import build_model
 
 log = logging.getLogger("reproduce_paper")
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "dm4isl" / "conf"
 MODELS = ("unet", "gan", "ddpm")
 #: Method folders in table order, with their column headings.
 METHODS = ("Unet", "GAN", "DDPM", "DDPMavg")
@@ -105,7 +103,7 @@ CLASSIFIER_EXPERIMENT = {True: "classifier_cpu", False: "classifier"}
 CLASSIFIER_RUN = "classifier"
 
 
-def compose_config(
+def run_config(
     organelle: str, model: str, run_dir: Path, root: Path, overrides: Sequence[str], experiment: str | None = None
 ) -> DictConfig:
     """The training config of ``experiment=<organelle>_<model>`` (or ``experiment``) with ``overrides``, writing
@@ -113,14 +111,10 @@ def compose_config(
 
     Composed with Hydra's compose API (no Hydra runtime): the paths are set explicitly.
     """
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        cfg = compose("train", overrides=[
-            f"experiment={experiment or f'{organelle}_{model}'}", *overrides, f"paths.root_dir={root}",
-            f"paths.log_dir={run_dir.parent}", f"paths.output_dir={run_dir}", f"run_name={run_dir.name}",
-            "test=false",
-        ])
-    GlobalHydra.instance().clear()
+    cfg = compose_config("train", [
+        f"experiment={experiment or f'{organelle}_{model}'}", *overrides, f"paths.root_dir={root}",
+        f"paths.log_dir={run_dir.parent}", f"paths.output_dir={run_dir}", f"run_name={run_dir.name}", "test=false",
+    ])
     return cfg
 
 
@@ -185,7 +179,7 @@ def classifier_checkpoint(
     if classifier != "train":
         return Path(classifier), f"- cls_lpips: classifier {classifier}"
     run_dir = output_dir / "runs" / CLASSIFIER_RUN
-    cfg = compose_config("", "", run_dir, root, overrides, experiment=CLASSIFIER_EXPERIMENT[synthetic])
+    cfg = run_config("", "", run_dir, root, overrides, experiment=CLASSIFIER_EXPERIMENT[synthetic])
     record = train_or_reuse(cfg, run_dir)
     best = Path(record["best_checkpoint"])
     return best, (f"- cls_lpips: classifier {best.name} ({cfg.model.net.name}-{cfg.model.net.depth}), "
@@ -350,7 +344,7 @@ def reproduce(
     for organelle in organelles:
         for model in MODELS:
             run_dir = output_dir / "runs" / f"{organelle}_{model}"
-            cfg = compose_config(organelle, model, run_dir, root, model_overrides(model, synthetic, overrides))
+            cfg = run_config(organelle, model, run_dir, root, model_overrides(model, synthetic, overrides))
             if throughput and organelle == organelles[0]:
                 speed.append(measure_throughput(cfg))
             record = train_or_reuse(cfg, run_dir)

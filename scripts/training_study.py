@@ -7,8 +7,8 @@ table with paired bootstrap CIs against the paper arm), each with and without th
 correction (a sampling-time switch) is measured on the very same networks.
 
     python scripts/training_study.py train [--arms paper,eps_lr] [--steps 4000] [--threads 1]
-    python scripts/training_study.py curves [--out docs/study]
-    python scripts/training_study.py test [--uncertainty paper:off,x0_pm1_z:on] [--n-seeds 5]
+    python scripts/training_study.py curves [--out docs/study] [--every 1000]
+    python scripts/training_study.py test [--at-step 2000] [--uncertainty paper:off,x0_pm1_z:on] [--n-seeds 5]
 
 ``train`` resumes every arm from its ``last.ckpt`` (``ckpt_path=auto``): a study killed at any point continues where
 it stopped, and arms already at their step budget are skipped. Results are CSV/PNG files, written atomically.
@@ -89,23 +89,19 @@ def train_arm(arm: str, steps: int, threads: int, precision: str) -> None:
 
 def study_datamodule(eval_patch_size: Sequence[int] | None = None, n_test: int | None = None) -> Any:
     """The study's datamodule (``experiment=study``: same FOV split, cached validation and test patches)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from hydra.utils import instantiate
     from omegaconf import open_dict
 
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(version_base="1.3", config_dir=str(ROOT / "dm4isl" / "conf")):
-        cfg = compose("train", overrides=["experiment=study"])
+    from dm4isl.utils.compose import compose_config
+
+    cfg = compose_config("train", ["experiment=study"], output_dir=RUNS.parent / "eval",
+                         data_dir=RUNS.parent.parent.parent / "data")
     with open_dict(cfg):
-        cfg.paths.output_dir = str(RUNS.parent / "eval")
-        cfg.paths.data_dir = str(RUNS.parent.parent.parent / "data")
         cfg.data.split_file = None
         if eval_patch_size is not None:
             cfg.data.eval_patch_size = list(eval_patch_size)
         if n_test is not None:
             cfg.data.n_test_patches = int(n_test)
-    GlobalHydra.instance().clear()
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup("fit")
     dm.setup("test")
@@ -145,8 +141,9 @@ def snapshots(arm: str) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def curves(arms: Sequence[str], out: Path, threads: int) -> list[dict[str, Any]]:
-    """Validation DDPMavg PCC/MSE of every snapshot of every arm, correction off and on; CSV + PNG (resumable)."""
+def curves(arms: Sequence[str], out: Path, threads: int, every: int = SNAPSHOT_EVERY) -> list[dict[str, Any]]:
+    """Validation DDPMavg PCC/MSE of the snapshots of every arm at multiples of ``every`` steps, correction off and
+    on; CSV + PNG (resumable)."""
     import torch
 
     from dm4isl.io.atomic import write_csv
@@ -160,6 +157,8 @@ def curves(arms: Sequence[str], out: Path, threads: int) -> list[dict[str, Any]]
     val = study_datamodule().val_set
     for arm in arms:
         for step, path in snapshots(arm):
+            if step % every:
+                continue
             for correction in ("off", "on"):
                 if (arm, step, correction) in done:
                     continue
@@ -245,8 +244,10 @@ def auroc_ci(std: np.ndarray, truth: np.ndarray, seed: int = 0) -> tuple[float, 
 
 
 def test_table(arms: Sequence[str], out: Path, threads: int, n_test: int, uncertainty_arms: Sequence[str],
-               n_seeds: int, tau: float) -> list[dict[str, Any]]:
-    """Last snapshot of each arm on the test patches: per-patch scores (CSV), paired CIs against the paper arm."""
+               n_seeds: int, tau: float, at_step: int | None = None) -> list[dict[str, Any]]:
+    """One snapshot of each arm on the test patches — the last, or the one after ``at_step`` steps (so that arms
+    trained for different budgets are compared at equal steps): per-patch scores (CSV), paired CIs against the paper
+    arm."""
     import torch
 
     from dm4isl.io.atomic import write_csv
@@ -260,7 +261,7 @@ def test_table(arms: Sequence[str], out: Path, threads: int, n_test: int, uncert
     per_patch = read_rows(per_patch_path)
     done = {(r["arm"], r["correction"]) for r in per_patch}
     for arm in arms:
-        found = snapshots(arm)
+        found = [(st, p) for st, p in snapshots(arm) if at_step is None or st == at_step]
         if not found:
             continue
         step, path = found[-1]
@@ -283,9 +284,10 @@ def test_table(arms: Sequence[str], out: Path, threads: int, n_test: int, uncert
     unc_rows = read_rows(unc_path)
     unc_done = {(r["arm"], r["correction"]) for r in unc_rows}
     for arm, correction in (a.split(":") for a in uncertainty_arms):
-        if (arm, correction) in unc_done or not snapshots(arm):
+        found = [(st, p) for st, p in snapshots(arm) if at_step is None or st == at_step]
+        if (arm, correction) in unc_done or not found:
             continue
-        step, path = snapshots(arm)[-1]
+        step, path = found[-1]
         scores = sample_scores(load_model(path), test, TEST_SAMPLER, correction == "on", n_seeds=n_seeds, keep=True)
         pred = scores["products"]
         errors = error_truth(pred["DDPMavg"], test.fl, tau)
@@ -344,7 +346,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         cmd.add_argument("--arms", default=",".join(DEFAULT_ORDER))
         cmd.add_argument("--out", type=Path, default=ROOT / "docs" / "study")
         cmd.add_argument("--threads", type=int, default=2)
+    sub.choices["curves"].add_argument("--every", type=int, default=SNAPSHOT_EVERY,
+                                       help="score the snapshots at multiples of this many steps")
     test = sub.choices["test"]
+    test.add_argument("--at-step", type=int, default=None, help="score every arm's snapshot after this many steps "
+                      "(default: each arm's last)")
     test.add_argument("--n-test", type=int, default=32, help="test patches (16 x 64 x 64)")
     test.add_argument("--uncertainty", default="paper:off", help="arm:correction pairs scored for uncertainty")
     test.add_argument("--n-seeds", type=int, default=5, help="seeds of the uncertainty ensembles")
@@ -364,10 +370,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if args.command == "curves":
-        curves(arms, args.out, args.threads)
+        curves(arms, args.out, args.threads, args.every)
     else:
         pairs = [p.strip() for p in args.uncertainty.split(",") if p.strip()]
-        for row in test_table(arms, args.out, args.threads, args.n_test, pairs, args.n_seeds, args.tau):
+        for row in test_table(arms, args.out, args.threads, args.n_test, pairs, args.n_seeds, args.tau, args.at_step):
             print(row)
 
 

@@ -141,3 +141,15 @@ def test_recipe_does_not_touch_baselines(compose_cfg) -> None:
         cfg = compose_cfg("train", [f"model={model}", "recipe=fast"])
         OmegaConf.resolve(cfg)
         assert "prediction_type" not in cfg.model and "target_range" not in cfg.model
+
+
+def test_compose_config_for_scripts(tmp_path) -> None:
+    """Scripts compose configs through one helper: overrides applied, run paths set, Hydra left clean."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from dm4isl.utils.compose import compose_config
+
+    cfg = compose_config("train", ["experiment=demo", "seed=3"], output_dir=tmp_path / "run", data_dir=tmp_path)
+    assert cfg.seed == 3 and cfg.task_name == "demo"
+    assert cfg.paths.output_dir == str(tmp_path / "run") and cfg.paths.data_dir == str(tmp_path)
+    assert not GlobalHydra.instance().is_initialized()

@@ -184,3 +184,25 @@ def test_peak_tensor_memory_counts_live_storages() -> None:
     with bench.PeakTensorMemory() as tracker:
         kept = torch.zeros(mib // 4)
     assert tracker.live == tracker.peak == mib and kept.numel() == mib // 4
+
+
+def test_training_study_table_pairs_patches_against_the_paper_arm() -> None:
+    """The study's table: means per arm × correction and paired differences from the paper arm with CIs."""
+    study = load_script("training_study")
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.6, 16)
+    rows = []
+    for arm, shift in (("paper", 0.0), ("x0_pm1_z", 0.1)):
+        for i, value in enumerate(base + shift):
+            rows.append({"arm": arm, "step": 2000, "correction": "off", "patch": i, "ddpmavg_pcc": value,
+                         "ddpmavg_mse": 0.05 - shift / 10, "ddpmavg_ms_ssim": value, "ddpm_pcc": value - 0.05,
+                         "brightness_error": -shift})
+    table = {r["arm"]: r for r in study.summarize(rows)}
+    assert table["paper"]["delta_ddpmavg_pcc_vs_paper"] == pytest.approx(0.0)
+    assert table["x0_pm1_z"]["delta_ddpmavg_pcc_vs_paper"] == pytest.approx(0.1)
+    low, high = (float(v) for v in table["x0_pm1_z"]["delta_ddpmavg_pcc_ci"].split(".."))
+    assert low == pytest.approx(0.1, abs=1e-3) and high == pytest.approx(0.1, abs=1e-3)  # a constant shift
+    assert table["x0_pm1_z"]["ddpmavg_pcc"] == pytest.approx(base.mean() + 0.1)
+    assert table["x0_pm1_z"]["abs_brightness_error"] == pytest.approx(0.1)
+    args = study.parse_args(["test", "--at-step", "2000", "--arms", "paper"])
+    assert args.at_step == 2000 and study.parse_args(["curves", "--every", "1000"]).every == 1000

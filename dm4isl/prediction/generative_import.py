@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 
 import dm4isl
 from dm4isl.callbacks.provenance import PROVENANCE_KEY, git_revision, model_class_path
+from dm4isl.conf import CONF_DIR
 from dm4isl.errors import CheckpointError
 from dm4isl.io.atomic import atomic_path
 from dm4isl.models.ddpm import ARRAY_AXES, DDPMModule
@@ -59,8 +60,6 @@ KERNEL_NDIM = 5
 #: [0, 1] as the model space, the brightfield as normalised, ε-prediction.
 REFERENCE_TARGET_RANGE = (0.0, 1.0)
 REFERENCE_PATCH_SIZE = (16, 64, 64)
-#: Hydra config folder (net, organelle, sampler and model defaults are read from it without Hydra).
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 def read_generative_state(path: str | os.PathLike) -> dict[str, torch.Tensor]:
