@@ -267,9 +267,9 @@ def test_summary_statistic_baseline_separates_what_it_can() -> None:
 
 @pytest.mark.slow
 def test_classifier_learns_beyond_the_summary_statistic_baseline(compose_cfg) -> None:
-    """A small classifier, 180 steps on the synthetic organelles, beats a logistic regression on patch mean/std."""
+    """A small classifier, 360 steps on the synthetic organelles, beats a logistic regression on patch mean/std."""
     cfg = compose_cfg("train", [*SMALL_CLASSES, "model.net.widen_factor=0.5", "data.datamodule.n_fovs=12",
-                                "trainer.max_steps=180", "trainer.max_epochs=25", "trainer.check_val_every_n_epoch=1",
+                                "trainer.max_steps=360", "trainer.max_epochs=50", "trainer.check_val_every_n_epoch=1",
                                 "trainer.max_time=null", "logger=csv"])
     metrics = train(cfg)
     dm = instantiate(cfg.data, _convert_="all")
