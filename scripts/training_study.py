@@ -163,6 +163,9 @@ def curves(arms: Sequence[str], out: Path, threads: int, every: int = SNAPSHOT_E
                 if (arm, step, correction) in done:
                     continue
                 model = load_model(path)
+                if correction == "on" and model.fl_mean is None:
+                    print(f"[curves] {arm} step {step}: no training statistics, correction on not scored", flush=True)
+                    continue
                 scores = sample_scores(model, val, CURVE_SAMPLER, correction == "on")
                 rows.append({"arm": arm, "step": step, "correction": correction, "n_patches": len(val),
                              "ddpmavg_pcc": float(np.nanmean(scores["ddpmavg_pcc"])),
