@@ -183,10 +183,10 @@ def test_dm4isl_predict_reads_a_manifest_of_lab_files(compose_cfg, lab_files, tm
     resampled = [r.getMessage() for r in caplog.records if "resampled to the training voxel size" in r.getMessage()]
     assert len(resampled) == 1 and "fine.ome.tiff" in resampled[0] and "(8, 32, 32) -> (8, 16, 16)" in resampled[0]
     for key, path in lab_files.items():
-        voxel, meta = read_tiff_info(out / "DDPMavg" / f"{key}.tiff")
+        voxel, meta = read_tiff_info(out / "DDPMavg" / f"{key}.ome.tiff")
         assert voxel == pytest.approx(TRAIN_VOXEL) and meta["input"] == str(path)
-        bf = tifffile.imread(out / "BF" / f"{key}.tiff")
-        gt = tifffile.imread(out / "GT" / f"{key}.tiff")
+        bf = tifffile.imread(out / "BF" / f"{key}.ome.tiff")
+        gt = tifffile.imread(out / "GT" / f"{key}.ome.tiff")
         assert bf.shape == gt.shape == PATCH
         if key != "ome_tiff":  # not resampled: exactly the normalised channels
             raw = fov(EXPECTED[path.name.split(".")[0]])
@@ -195,7 +195,7 @@ def test_dm4isl_predict_reads_a_manifest_of_lab_files(compose_cfg, lab_files, tm
     # the resampled brightfield is the 2x2 XY average of the fine one, up to the anti-aliasing blur
     fine = window_normalize(fov(10, (8, 32, 32))[1], ORGANELLE["bf_window"])
     coarse = fine.reshape(8, 16, 2, 16, 2).mean(axis=(2, 4))
-    bf = tifffile.imread(out / "BF" / "ome_tiff.tiff")
+    bf = tifffile.imread(out / "BF" / "ome_tiff.ome.tiff")
     assert np.corrcoef(bf.ravel(), coarse.ravel())[0, 1] > 0.8
 
 

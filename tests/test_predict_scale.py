@@ -87,9 +87,9 @@ def test_ome_zarr_output_read_by_an_independent_reader(compose_cfg, scale_setup,
             assert node.metadata["coordinateTransformations"][0][0]["scale"] == pytest.approx([1.0, *TRAIN_VOXEL])
             assert node.data[0].chunksize == (1, *PATCH)  # one channel per chunk (DEFAULT_CHUNKS, shrunk)
             for k, name in enumerate(["BF", *PRODUCTS]):
-                np.testing.assert_array_equal(data[k], tifffile.imread(out / name / f"{row['name']}.tiff"))
+                np.testing.assert_array_equal(data[k], tifffile.imread(out / name / f"{row['name']}.ome.tiff"))
             voxel, names, provenance = read_zarr_info(image)
-            tiff_voxel, tiff_meta = read_tiff_info(out / "DDPMavg" / f"{row['name']}.tiff")
+            tiff_voxel, tiff_meta = read_tiff_info(out / "DDPMavg" / f"{row['name']}.ome.tiff")
             assert voxel == pytest.approx(tiff_voxel) and names == ["BF", *PRODUCTS]
             assert provenance == {**tiff_meta, "products": ["BF", *PRODUCTS]}
             assert provenance["checkpoint_sha256_16"] and provenance["seeds"] == [0]
@@ -129,14 +129,14 @@ def test_two_processes_equal_one_and_write_each_output_once(compose_cfg, scale_s
     max_diff = 0.0
     for name in names:
         for product in PRODUCTS:
-            ref = tifffile.imread(one / product / f"{name}.tiff")
-            got = tifffile.imread(two / product / f"{name}.tiff")
+            ref = tifffile.imread(one / product / f"{name}.ome.tiff")
+            got = tifffile.imread(two / product / f"{name}.ome.tiff")
             max_diff = max(max_diff, float(np.abs(ref - got).max()))
-            assert read_tiff_info(two / product / f"{name}.tiff")[1]["shard"] == owners[name]
-        np.testing.assert_array_equal(tifffile.imread(two / "BF" / f"{name}.tiff"),
-                                      tifffile.imread(one / "BF" / f"{name}.tiff"))
+            assert read_tiff_info(two / product / f"{name}.ome.tiff")[1]["shard"] == owners[name]
+        np.testing.assert_array_equal(tifffile.imread(two / "BF" / f"{name}.ome.tiff"),
+                                      tifffile.imread(one / "BF" / f"{name}.ome.tiff"))
     assert max_diff <= ATOL, max_diff
-    expected = {f"{p}/{n}.tiff" for p in [*PRODUCTS, "BF"] for n in names}
+    expected = {f"{p}/{n}.ome.tiff" for p in [*PRODUCTS, "BF"] for n in names}
     written = {str(p.relative_to(two)) for p in two.rglob("*.tiff")}
     assert written == expected and not list(two.rglob("*.part"))
 
@@ -153,14 +153,14 @@ def test_cluster_jobs_one_shard_each_merge_into_one_csv(compose_cfg, scale_setup
     assert len(predict_command(compose_cfg("predict", _overrides(scale_setup, out)))) == N_INPUTS
     assert {read_tiff_info(p)[1].get("shard") for p in (out / "DDPMavg").iterdir()} == {"0/2", "1/2"}
     # resume: a lost file is predicted again by its owner only; every other file stays untouched
-    (out / "DDPMavg" / "fov3.tiff").unlink()
+    (out / "DDPMavg" / "fov3.ome.tiff").unlink()
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.tiff")}
     assert predict_command(compose_cfg("predict", _overrides(scale_setup, out, "shard=0", "num_shards=2")))
-    assert not (out / "DDPMavg" / "fov3.tiff").exists()  # fov3 belongs to shard 1
+    assert not (out / "DDPMavg" / "fov3.ome.tiff").exists()  # fov3 belongs to shard 1
     predict_command(compose_cfg("predict", _overrides(scale_setup, out, "shard=1", "num_shards=2")))
     after = {p: p.stat().st_mtime_ns for p in out.rglob("*.tiff")}
     changed = sorted(str(p.relative_to(out)) for p in after if before.get(p) != after[p])
-    assert changed == sorted(f"{p}/fov3.tiff" for p in [*PRODUCTS, "BF"])
+    assert changed == sorted(f"{p}/fov3.ome.tiff" for p in [*PRODUCTS, "BF"])
     assert [r["name"] for r in _rows(out / CSV_NAME)] == [f"fov{i}" for i in range(N_INPUTS)]
 
 
