@@ -99,21 +99,12 @@ COMPARATOR = "ddpm-1000"
 
 def train_quick_checkpoint(out: Path, steps: int) -> Path:
     """Train the demo (tiny net, synthetic nuclear envelope) for ``steps`` optimizer steps; returns last.ckpt."""
-    from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
-    import dm4isl
     from dm4isl.train import train
+    from dm4isl.utils.compose import compose_config
 
-    conf = Path(dm4isl.__file__).parent / "conf"
-    with initialize_config_dir(version_base="1.3", config_dir=str(conf)):
-        cfg = compose("train", overrides=[f"experiment={FALLBACK_EXPERIMENT}", "test=false", "trainer.max_time=null",
-                                          f"trainer.max_steps={steps}", "trainer.max_epochs=-1"])
-    with open_dict(cfg):
-        cfg.paths.root_dir = str(out)
-        cfg.paths.data_dir = str(out / "data")
-        cfg.paths.log_dir = str(out)
-        cfg.paths.output_dir = str(out / "run")
+    cfg = compose_config("train", [f"experiment={FALLBACK_EXPERIMENT}", "test=false", "trainer.max_time=null",
+                                   f"trainer.max_steps={steps}", "trainer.max_epochs=-1"],
+                         root_dir=out, data_dir=out / "data", log_dir=out, output_dir=out / "run")
     train(cfg)
     return out / "run" / "checkpoints" / "last.ckpt"
 
@@ -125,21 +116,16 @@ def run_data_settings(ckpt: Path) -> dict[str, Any]:
     :func:`train_quick_checkpoint` trains with); ``<run>/split.csv`` is reused when present, so the test patches
     are the run's own test split, never training data.
     """
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
     from omegaconf import OmegaConf
 
-    import dm4isl
+    from dm4isl.utils.compose import compose_config
 
     run_dir = ckpt.resolve().parent.parent
     saved = run_dir / ".hydra" / "config.yaml"
     if saved.is_file():
         cfg = OmegaConf.load(saved)
     else:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(version_base="1.3", config_dir=str(Path(dm4isl.__file__).parent / "conf")):
-            cfg = compose("train", overrides=[f"experiment={FALLBACK_EXPERIMENT}"])
-        GlobalHydra.instance().clear()
+        cfg = compose_config("train", [f"experiment={FALLBACK_EXPERIMENT}"])
     out = {}
     for key in _RUN_DATA_KEYS:
         if key in cfg.data:
