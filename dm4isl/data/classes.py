@@ -13,7 +13,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from dm4isl.data.datamodule import PatchSetDataset, ZStackDataModule
+from dm4isl.data.datamodule import PatchSetDataset, TrainingPosition, ZStackDataModule
 from dm4isl.errors import DataError
 
 #: Fewest classes a classifier can be trained on.
@@ -78,7 +78,7 @@ def labelled_arrays(dataset: Dataset) -> tuple[np.ndarray, np.ndarray]:
     return fl, np.array([int(item["label"]) for item in items], dtype=np.int64)
 
 
-class OrganelleClassesDataModule(L.LightningDataModule):
+class OrganelleClassesDataModule(TrainingPosition, L.LightningDataModule):
     """Fluorescence patches of every organelle in ``organelles`` with their class index, for a classifier.
 
     Each organelle gets its own FOV datamodule built from the ``datamodule`` config (any ``ZStackDataModule``:
@@ -159,25 +159,6 @@ class OrganelleClassesDataModule(L.LightningDataModule):
 
     def _loader(self, ds: Dataset, batch_size: int) -> DataLoader:
         return self.modules[self.class_names[0]]._loader(ds, batch_size)
-
-    def state_dict(self) -> dict[str, int]:
-        """Training position (saved in checkpoints): epoch and batches of it already trained on."""
-        if self.trainer is None:
-            return {}
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": int(self.trainer.current_epoch), "batches_done": int(done)}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        """Remember the checkpoint's position: the next training loader of that epoch skips the batches done."""
-        self._resume = dict(state_dict) or None
-
-    def _resume_offset(self, epoch: int) -> int:
-        """Crops to skip in ``epoch`` after a mid-epoch resume (all ranks together), then forget the position."""
-        resume, self._resume = self._resume, None
-        if not resume or int(resume["epoch"]) != epoch:
-            return 0
-        world = int(self.trainer.world_size) if self.trainer is not None else 1
-        return int(resume["batches_done"]) * self.batch_size * world
 
     @property
     def n_classes(self) -> int:

@@ -161,7 +161,37 @@ def load_patch_set(path: Path) -> PatchSet:
         raise DataError(f"{path}: corrupt cached patch set ({err}); delete it to rebuild") from err
 
 
-class ZStackDataModule(L.LightningDataModule):
+class TrainingPosition:
+    """Exact mid-epoch resume for a LightningDataModule: its training position travels in the checkpoint.
+
+    The host class sets ``self._resume = None`` and ``self.batch_size``; its training loader skips
+    :meth:`_resume_offset` crops of the resumed epoch.
+    """
+
+    _resume: dict[str, int] | None
+    batch_size: int
+
+    def state_dict(self) -> dict[str, int]:
+        """Training position (saved in checkpoints): epoch and batches of it already trained on."""
+        if self.trainer is None:
+            return {}
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        return {"epoch": int(self.trainer.current_epoch), "batches_done": int(done)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Remember the checkpoint's position: the next training loader of that epoch skips the batches done."""
+        self._resume = dict(state_dict) or None
+
+    def _resume_offset(self, epoch: int) -> int:
+        """Crops to skip in ``epoch`` after a mid-epoch resume (all ranks together), then forget the position."""
+        resume, self._resume = self._resume, None
+        if not resume or int(resume["epoch"]) != epoch:
+            return 0
+        world = int(self.trainer.world_size) if self.trainer is not None else 1
+        return int(resume["batches_done"]) * self.batch_size * world
+
+
+class ZStackDataModule(TrainingPosition, L.LightningDataModule):
     """Shared logic: load volumes, split them by FOV, serve training crops and fixed, cached evaluation sets.
 
     Subclasses implement :meth:`load_volumes`. Batches are dicts with ``bf``, ``fl``, ``mask`` of shape
@@ -284,25 +314,6 @@ class ZStackDataModule(L.LightningDataModule):
         patches = build()
         save_patch_set(path, patches)
         return patches
-
-    def state_dict(self) -> dict[str, int]:
-        """Training position (saved in checkpoints): epoch and batches of it already trained on."""
-        if self.trainer is None:
-            return {}
-        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
-        return {"epoch": int(self.trainer.current_epoch), "batches_done": int(done)}
-
-    def load_state_dict(self, state_dict: dict[str, int]) -> None:
-        """Remember the checkpoint's position: the next training loader of that epoch skips the batches done."""
-        self._resume = dict(state_dict) or None
-
-    def _resume_offset(self, epoch: int) -> int:
-        """Crops to skip in ``epoch`` after a mid-epoch resume (all ranks together), then forget the position."""
-        resume, self._resume = self._resume, None
-        if not resume or int(resume["epoch"]) != epoch:
-            return 0
-        world = int(self.trainer.world_size) if self.trainer is not None else 1
-        return int(resume["batches_done"]) * self.batch_size * world
 
     def train_dataloader(self) -> DataLoader:
         epoch = int(self.trainer.current_epoch) if self.trainer is not None else 0
