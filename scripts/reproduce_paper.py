@@ -1,6 +1,6 @@
 """Reproduce the paper's comparison: train (or reuse) U-Net, GAN and DDPM per organelle, predict, evaluate, tabulate.
 
-Per organelle: train ``experiment=<organelle>_<model>`` for model in unet, gan, ddpm (checkpoint chosen on the
+Per organelle: train ``organelle=<organelle> model=<model>`` for model in unet, gan, ddpm (checkpoint chosen on the
 validation split), predict the cached test split with each (DDPM final sample, DDPMavg, intra-process std and error
 mask for the diffusion model), evaluate the four methods with :func:`dm4isl.evaluation.evaluate_folder` (the paper's
 14 metrics, improvement % against the better baseline, Wilcoxon test, bootstrap CI), and assemble the paper-style
@@ -106,13 +106,13 @@ CLASSIFIER_RUN = "classifier"
 def run_config(
     organelle: str, model: str, run_dir: Path, root: Path, overrides: Sequence[str], experiment: str | None = None
 ) -> DictConfig:
-    """The training config of ``experiment=<organelle>_<model>`` (or ``experiment``) with ``overrides``, writing
+    """The training config of ``organelle=<organelle> model=<model>`` (or ``experiment``) with ``overrides``, writing
     into ``run_dir``.
 
     Composed with Hydra's compose API (no Hydra runtime): the paths are set explicitly.
     """
     cfg = compose_config("train", [
-        f"experiment={experiment or f'{organelle}_{model}'}", *overrides, f"paths.root_dir={root}",
+        *([f"experiment={experiment}"] if experiment else [f"organelle={organelle}", f"model={model}"]), *overrides, f"paths.root_dir={root}",
         f"paths.log_dir={run_dir.parent}", f"paths.output_dir={run_dir}", f"run_name={run_dir.name}", "test=false",
     ])
     return cfg

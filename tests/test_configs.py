@@ -104,8 +104,9 @@ def test_loggers_instantiate_and_log_offline(compose_cfg, logger: str) -> None:
 
 @pytest.mark.parametrize("organelle", ORGANELLES)
 def test_paper_recipe_is_the_ddpm_experiments_method(compose_cfg, organelle: str) -> None:
-    """Every <organelle>_ddpm experiment runs the published method (SPEC §2–3), value by value."""
-    cfg = compose_cfg("train", [f"experiment={organelle}_ddpm"])
+    """Every organelle's DDPM (organelle=<name> model=ddpm, the defaults) runs the published method (SPEC §2–3),
+    value by value."""
+    cfg = compose_cfg("train", [f"organelle={organelle}", "model=ddpm"])
     OmegaConf.resolve(cfg)
     m = cfg.model
     assert cfg.recipe.name == "paper"

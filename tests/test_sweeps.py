@@ -66,8 +66,8 @@ def _check_jobs(jobs: list[JobReturn], expected: list[tuple[str, str]]) -> None:
 
 
 def test_multirun_experiments(multirun, tmp_path: Path) -> None:
-    jobs = multirun(["experiment=demo,nucleoli_ddpm", *FAST, *SMALL_NET["ddpm"]])
-    _check_jobs(jobs, [("nuclear_envelope", "DDPMModule"), ("nucleoli", "DDPMModule")])
+    jobs = multirun(["experiment=demo,study", *FAST, *SMALL_NET["ddpm"]])
+    _check_jobs(jobs, [("nuclear_envelope", "DDPMModule"), ("nuclear_envelope", "DDPMModule")])
     assert [j.cfg.monitor for j in jobs] == ["val/ddpmavg_pcc"] * 2
     # fast_dev_run names the task "debug": one numbered folder per job under the sweep folder
     sweep = tmp_path / "outputs" / "debug" / "multiruns" / "sweep"
@@ -82,15 +82,11 @@ def test_multirun_organelles_by_model(multirun) -> None:
 
 
 @pytest.mark.slow
-def test_multirun_every_experiment(multirun) -> None:
+def test_multirun_every_organelle_and_model(multirun) -> None:
     targets = {"ddpm": "DDPMModule", "unet": "UNetModule", "gan": "GANModule"}
     for model, target in targets.items():
-        names = [f"{o}_{model}" for o in ORGANELLES] + (["demo"] if model == "ddpm" else [])
-        # model=<family> too: Hydra composes the sweep's base config without the swept experiment, and the network
-        # overrides must exist in it
-        jobs = multirun([f"experiment={','.join(names)}", f"model={model}", *FAST, *SMALL_NET[model]])
-        organelles = ORGANELLES + (["nuclear_envelope"] if model == "ddpm" else [])
-        _check_jobs(jobs, [(o, target) for o in organelles])
+        jobs = multirun([f"organelle={','.join(ORGANELLES)}", f"model={model}", *FAST, *SMALL_NET[model]])
+        _check_jobs(jobs, [(o, target) for o in ORGANELLES])
 
 
 def test_optuna_config_searches_the_validation_window(compose_cfg) -> None:
