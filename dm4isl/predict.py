@@ -22,6 +22,7 @@ from dm4isl.errors import CheckpointError
 from dm4isl.models.nets import to_channels_last
 from dm4isl.prediction.checkpoint import fingerprint, load_model
 from dm4isl.prediction.distributed import start_processes
+from dm4isl.models.predictor import Predictor
 from dm4isl.prediction.inputs import InputSettings, ReadSettings, discover_inputs
 from dm4isl.prediction.runner import (
     OutputSettings,
@@ -31,7 +32,6 @@ from dm4isl.prediction.runner import (
     merge_predictions,
     predict_arrays,
     run_predict,
-    tile_for,
 )
 from dm4isl.prediction.sharding import Shard
 from dm4isl.sampling.sampler import SamplerSettings, adjust_settings
@@ -52,7 +52,7 @@ def _check(
 ) -> None:
     """Compare the checkpoint's stored organelle and axes with the input, and (diffusion) the tile shape.
 
-    A diffusion network sees tiles of :func:`~dm4isl.prediction.runner.tile_for` (the whole input when it is no
+    A diffusion network sees tiles of :meth:`~dm4isl.models.predictor.Predictor.tile_for` (the whole input when it is no
     larger than a tile): their Z must be the training Z and every axis a multiple of the downsampling factor.
     Baselines predict any shape by Gaussian sliding windows, so only their organelle and axes are checked.
     """
@@ -61,7 +61,7 @@ def _check(
     patch_shape = None
     if is_diffusion(model):
         sized = model.hparams.get("patch_size") is not None or (tiles is not None and tiles.size is not None)
-        patch_shape = tile_for(model, shape, tiles) if sized else shape
+        patch_shape = model.tile_for(shape, tiles) if sized else shape
     check_compatible(dict(model.hparams), organelle=organelle, patch_shape=patch_shape, source=source)
 
 
@@ -93,7 +93,7 @@ def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
         shard = shard.split(fabric.global_rank, fabric.world_size)
     ckpt = Path(cfg.ckpt_path)
     model = load_model(ckpt, fabric.device if fabric is not None else _device(cfg.device))
-    if not (is_diffusion(model) or hasattr(model, "predict_fluorescence")):
+    if not isinstance(model, Predictor):
         raise CheckpointError(f"{ckpt}: a {type(model).__name__} checkpoint predicts no fluorescence (an organelle "
                               "classifier is used by dm4isl-evaluate perceptual.classifier=<checkpoint>)")
     if cfg.get("channels_last", False):

@@ -298,3 +298,51 @@ def test_prediction_types_convert_to_exact_noise(kind: str, monkeypatch: pytest.
     torch.testing.assert_close(module.eps(x_t, t, torch.zeros_like(x0)), noise, rtol=1e-3, atol=2e-3)
     with pytest.raises(ValueError, match="prediction_type 'x'"):
         _module(prediction_type="x")
+
+
+def test_one_prediction_interface_and_scores_computed_once(tmp_path: Path, monkeypatch) -> None:
+    """test_step goes through predict_products (the call dm4isl-predict makes), and each test patch's PCC/MSE/MS-SSIM
+    is computed once: the metrics callback and the prediction writer reuse the model's scores."""
+    from dm4isl.callbacks import metrics as metrics_callback
+    from dm4isl.callbacks import prediction_writer
+    from dm4isl.callbacks.metrics import MetricsCallback
+    from dm4isl.models import outputs
+    from dm4isl.models.predictor import PredictRequest, Predictor
+
+    model = _module()
+    model.data_stats += torch.tensor([1.0, 0.5, 0.3, 0.3, 0.2], dtype=torch.float64)
+    assert isinstance(model, Predictor) and model.has_uncertainty
+    bf = torch.rand(2, 1, *PATCH)
+    products = model.predict_products(bf, [0, 1], PredictRequest(n_seeds=2, keep_seeds=True))
+    assert sorted(products) == ["DDPM", "DDPM_seeds/seed0", "DDPM_seeds/seed1", "DDPMavg", "DDPMavg_seeds/seed0",
+                                "DDPMavg_seeds/seed1", "std_inter", "std_intra"]
+    single = model.predict_products(bf, [0, 1])
+    with torch.no_grad():
+        direct = model.predict_fluorescence(bf, [0, 1])
+    torch.testing.assert_close(single["DDPMavg"], direct.ddpmavg)  # one seed: the plain reverse process
+    torch.testing.assert_close(single["std_intra"], direct.std_intra)
+
+    calls = {"scores": 0}
+    real = outputs.patch_scores
+
+    def counted(gt, pred):
+        calls["scores"] += 1
+        return real(gt, pred)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a score was computed a second time")
+
+    monkeypatch.setattr(outputs, "patch_scores", counted)
+    monkeypatch.setattr(prediction_writer, "patch_scores", forbidden)
+    real_registry = metrics_callback.patch_metrics
+    monkeypatch.setattr(metrics_callback, "patch_metrics", lambda g, p, names, *a: (
+        forbidden() if set(names) & {"pcc", "mse", "ms_ssim"} else real_registry(g, p, names, *a)))
+    trainer = _trainer(tmp_path, callbacks=[PredictionWriter(str(tmp_path / "pred"), print_table=False),
+                                            MetricsCallback("fast")])
+    logged = trainer.test(model, dataloaders=_loader(3, seed=2), verbose=False)[0]
+    assert calls["scores"] == 3 * 3  # 3 patches × (DDPM, DDPMavg, linear)
+    with open(tmp_path / "pred" / "metrics.csv") as fh:
+        rows = {(r["patch"], r["method"]): float(r["pcc"]) for r in csv.DictReader(fh)}
+    assert len(rows) == 9
+    mean = np.mean([v for (_, method), v in rows.items() if method == "DDPMavg"])
+    assert logged["test/ddpmavg_pcc"] == pytest.approx(mean, abs=1e-6)

@@ -19,6 +19,7 @@ from conftest import REPO_ROOT, require
 from dm4isl.errors import CheckpointError, DataError
 from dm4isl.evaluation import evaluate_folder
 from dm4isl.io.atomic import read_channel_names, read_tiff_info
+from dm4isl.io import layout
 from dm4isl.predict import predict_command
 from dm4isl.prediction import runner
 from dm4isl.prediction.checkpoint import load_model, read_checkpoint
@@ -159,7 +160,7 @@ def test_changed_input_under_an_old_name_is_predicted_again(compose_cfg, tiny_ru
 
 def test_crash_mid_run_then_restart_completes(compose_cfg, tiny_run: dict, tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "pred"
-    real = runner.write_tiff
+    real = layout.write_tiff  # the one writer of prediction folders
     calls = {"n": 0}
 
     def dying_write(path, *args, **kwargs):
@@ -168,10 +169,10 @@ def test_crash_mid_run_then_restart_completes(compose_cfg, tiny_run: dict, tmp_p
             raise OSError(28, "No space left on device")
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(runner, "write_tiff", dying_write)
+    monkeypatch.setattr(layout, "write_tiff", dying_write)
     with pytest.raises(OSError, match="No space left"):
         predict_command(_predict_cfg(compose_cfg, tiny_run, out, ["n_seeds=1", "batch_size=1"]))
-    monkeypatch.setattr(runner, "write_tiff", real)
+    monkeypatch.setattr(layout, "write_tiff", real)
     assert not list(out.rglob("*.part")), "no partial file may be left behind"
     with open(out / "predictions.csv", newline="") as fh:
         done = [r["name"] for r in csv.DictReader(fh)]

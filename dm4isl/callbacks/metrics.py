@@ -18,21 +18,24 @@ from dm4isl.metrics.registry import (
     torch_threads,
 )
 from dm4isl.metrics.volume import VolumeFeatures
-from dm4isl.models.outputs import OUTPUT_ATTRS, stack_outputs
+from dm4isl.models.outputs import OUTPUT_ATTRS, patch_rows, stack_outputs
 
 
 def compute_stage_metrics(
     outputs: Mapping[str, tuple[np.ndarray, np.ndarray]],
     metrics: str | Iterable[str] = "fast",
     voxel_size: Sequence[float] = DEFAULT_VOXEL_SIZE_UM,
+    known: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
 ) -> dict[str, float]:
     """Summaries of ``outputs[method] = (gts, preds)``, two ``(N, Z, Y, X)`` stacks in [0, 1].
 
     Keys ``"<method>_<metric>"``: mean over patches of patch-level metrics (NaN patches left out; descriptors
     such as ``glcm_feature`` are skipped), ``"<method>_<metric>_pooled"`` for pooled metrics (PCC, MSE) and
-    ``"<method>_<metric>"`` for dataset-level metrics (GLCM correlation).
+    ``"<method>_<metric>"`` for dataset-level metrics (GLCM correlation). ``known[method][metric]`` holds per-patch
+    values (stack order) already computed elsewhere: those are averaged, not computed again.
     """
     names = resolve_metric_names(metrics)
+    known = known or {}
     logged: dict[str, float] = {}
     for method, (gts, preds) in outputs.items():
         gts, preds = np.asarray(gts), np.asarray(preds)
@@ -43,16 +46,34 @@ def compute_stage_metrics(
             )
         g_feats = [VolumeFeatures(g, f"{method} ground truth {i}") for i, g in enumerate(gts)]
         p_feats = [VolumeFeatures(p, f"{method} prediction {i}") for i, p in enumerate(preds)]
-        rows = [patch_metrics(g, p, names, voxel_size) for g, p in zip(g_feats, p_feats, strict=True)]
+        given = {name: values for name, values in known.get(method, {}).items()
+                 if name in names and len(values) == len(gts)}
+        todo = [name for name in names if name not in given]
+        rows = [patch_metrics(g, p, todo, voxel_size) if todo else {}
+                for g, p in zip(g_feats, p_feats, strict=True)]
         for name in names:
             spec = METRICS[name]
             if spec.level == PATCH and spec.is_score:
-                values = np.array([r[name] for r in rows], dtype=np.float64)
+                values = np.array(given[name] if name in given else [r[name] for r in rows], dtype=np.float64)
                 values = values[~np.isnan(values)]
                 logged[f"{method}_{name}"] = float(values.mean()) if values.size else float("nan")
         for key, value in dataset_metrics(g_feats, p_feats, names).items():
             logged[f"{method}_{key}"] = value
     return logged
+
+
+def known_scores(pl_module: pl.LightningModule, stage: str) -> dict[str, dict[str, list[float]]]:
+    """The per-patch scores the module computed itself (:func:`~dm4isl.models.outputs.score_patches`), as
+    ``{output key: {score: values in patch-id order}}`` under the keys of its recorded outputs (lower case for
+    the diffusion model's products). Collective under DDP."""
+    rows = patch_rows(pl_module, stage)
+    known: dict[str, dict[str, list[float]]] = {}
+    for by_product in rows.values():
+        for product, scores in by_product.items():
+            entry = known.setdefault(product, {})
+            for name, value in scores.items():
+                entry.setdefault(name, []).append(value)
+    return {key: value for product, value in known.items() for key in {product, product.lower()}}
 
 
 class MetricsCallback(pl.Callback):
@@ -87,7 +108,7 @@ class MetricsCallback(pl.Callback):
             return {}
         stacked = stack_outputs(outputs)
         with torch_threads(self.n_threads):
-            values = compute_stage_metrics(stacked, self.metrics, self.voxel_size)
+            values = compute_stage_metrics(stacked, self.metrics, self.voxel_size, known_scores(pl_module, stage))
         logged = {f"{stage}/{self.prefix}{key}": value for key, value in values.items()}
         pl_module.log_dict(logged, sync_dist=True)
         outputs.clear()

@@ -13,31 +13,35 @@ import numpy as np
 import torch.distributed as dist
 
 import dm4isl
-from dm4isl.io.atomic import atomic_path, write_csv, write_text, write_tiff
-from dm4isl.io.layout import channel_name, product_file
+from dm4isl.io.atomic import atomic_path, write_csv, write_text
+from dm4isl.io.layout import (
+    BF,
+    DDPM,
+    DDPMAVG,
+    GAN,
+    GT,
+    LINEAR,
+    STD_INTER,
+    STD_INTRA,
+    UNCERTAINTY_PREFIX,
+    UNET,
+    compared,
+    write_products,
+)
 from dm4isl.io.provenance import file_fingerprint, source_revision
-from dm4isl.models.ddpm import patch_metrics
+from dm4isl.models.outputs import PATCH_SCORES, patch_rows, patch_scores
 
 log = logging.getLogger(__name__)
 
-#: Folders that are inputs, not predictions.
-INPUTS = ("BF", "GT")
-#: Folder-name prefix of uncertainty maps (written, shown, but not scored against GT).
-UNCERTAINTY_PREFIX = "std_"
 #: Preferred order of the preview panels (mid-Z slice of each); baselines' folders are placed before the std maps.
-PREVIEW_ORDER = ("BF", "GT", "Unet", "GAN", "DDPM", "DDPMavg", "std_intra", "std_inter")
-
-
-def compared(folders: Sequence[str]) -> list[str]:
-    """Folders scored against GT: every output except the inputs and the uncertainty maps."""
-    return [f for f in folders if f not in INPUTS and not f.startswith(UNCERTAINTY_PREFIX)]
+PREVIEW_ORDER = (BF, GT, UNET, GAN, DDPM, DDPMAVG, STD_INTRA, STD_INTER)
 
 
 def preview_panels(folders: Sequence[str]) -> list[str]:
     """Panels of the preview figure: the known folders in :data:`PREVIEW_ORDER`, then any other prediction."""
     known = [f for f in PREVIEW_ORDER if f in folders]
-    return known + [f for f in compared(folders) if f not in known and f != "linear"]
-METRIC_KEYS = ("pcc", "mse", "ms_ssim")
+    return known + [f for f in compared(folders) if f not in known and f != LINEAR]
+METRIC_KEYS = PATCH_SCORES
 #: Preview panel size in inches.
 PANEL_INCHES = 2.2
 
@@ -84,8 +88,9 @@ class PredictionWriter(L.Callback):
 
     Files: ``<output_dir>/<folder>/<name>.ome.tiff`` (float32 OME-TIFF with the true voxel size, a channel name
     such as ``DDPMavg (nuclear envelope)`` and the provenance of :func:`test_provenance` in its metadata, as
-    ``dm4isl-predict`` writes) for every output of ``test_step`` (every key but ``name``); ``metrics.csv`` (one
-    row per patch and method), ``metrics_summary.csv`` and the printed table; ``preview.png`` (mid-Z slices of the
+    ``dm4isl-predict`` writes, through the same :func:`~dm4isl.io.layout.write_products`) for every output of
+    ``test_step`` (every key but ``name``); ``metrics.csv`` (one row per patch and method: the scores the model
+    computed once per patch, :func:`~dm4isl.models.outputs.patch_rows`), ``metrics_summary.csv`` and the table; ``preview.png`` (mid-Z slices of the
     first ``preview_patches`` patches). ``organelle`` (a config name) names the channels; default: the model's.
     """
 
@@ -104,11 +109,12 @@ class PredictionWriter(L.Callback):
         self.print_table = print_table
         self.organelle = organelle
         self._rows: list[dict[str, Any]] = []
+        self._names: dict[int, str] = {}
         self._preview: list[dict[str, np.ndarray]] = []
         self._provenance: dict[str, Any] = {}
 
     def on_test_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._rows, self._preview = [], []
+        self._rows, self._names, self._preview = [], {}, []
         self._provenance = test_provenance(trainer, pl_module)
         if self.organelle is None:
             self.organelle = (pl_module.hparams.get("organelle") or {}).get("name")
@@ -125,19 +131,27 @@ class PredictionWriter(L.Callback):
         if not outputs:
             return
         folders = [k for k in outputs if k != "name"]
+        ids = [int(i) for i in batch["index"]] if isinstance(batch, Mapping) and "index" in batch else []
         for b, name in enumerate(outputs["name"]):
-            arrays = {folder: np.asarray(outputs[folder][b], dtype=np.float32) for folder in folders}
-            for folder, array in arrays.items():
-                write_tiff(product_file(self.output_dir, folder, name), array, self.voxel_size,
-                           metadata={**self._provenance, "patch": name, "output": folder},
-                           channel_name=channel_name(folder, self.organelle))
-            for method in compared(folders):
-                self._rows.append({"patch": name, "method": method, **patch_metrics(arrays["GT"], arrays[method])})
+            arrays = {folder: np.asarray(outputs[folder][b]) for folder in folders}
+            write_products(self.output_dir, name, arrays, self.voxel_size, {**self._provenance, "patch": name},
+                           self.organelle, product_key="output")
+            if b < len(ids):
+                self._names[ids[b]] = name
+            else:  # a module that records no patch ids: score here
+                for method in compared(folders):
+                    self._rows.append({"patch": name, "method": method,
+                                       **patch_scores(arrays[GT], arrays[method])})
             if len(self._preview) < self.preview_patches:
                 self._preview.append({k: arrays[k] for k in preview_panels(folders)} | {"name": name})
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        rows = self._gather(self._rows)
+        names = self._gather_names(self._names)
+        scored = patch_rows(pl_module, "test")  # collective under DDP; computed by the model, once per patch
+        rows = self._gather(self._rows) + [
+            {"patch": names[pid], "method": method, **scores}
+            for pid, by_method in scored.items() if pid in names for method, scores in by_method.items()
+        ]
         if not trainer.is_global_zero or not rows:
             return
         summary = summarize(rows)
@@ -150,6 +164,14 @@ class PredictionWriter(L.Callback):
         if self._preview:
             self._write_preview(self.output_dir / "preview.png")
         log.info("predictions, metrics and preview written to %s", self.output_dir)
+
+    @staticmethod
+    def _gather_names(names: dict[int, str]) -> dict[int, str]:
+        if not (dist.is_available() and dist.is_initialized()):
+            return names
+        parts: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(parts, names)
+        return {pid: name for part in parts for pid, name in part.items()}
 
     @staticmethod
     def _gather(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -172,7 +194,7 @@ class PredictionWriter(L.Callback):
         fig, axes = plt.subplots(n, len(panels), figsize=(PANEL_INCHES * len(panels), PANEL_INCHES * n),
                                  squeeze=False)
         for i, item in enumerate(self._preview):
-            mid = item["BF"].shape[0] // 2
+            mid = item[BF].shape[0] // 2
             for j, key in enumerate(panels):
                 ax = axes[i, j]
                 is_std = key.startswith(UNCERTAINTY_PREFIX)

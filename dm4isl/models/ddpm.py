@@ -14,10 +14,13 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
 from dm4isl.errors import CheckpointError, ConfigError
-from dm4isl.metrics.basic import ms_ssim, mse, pcc
 from dm4isl.models.nets import build_net, downsampling_factor
-from dm4isl.models.outputs import collect_outputs, collect_scores, log_scores
+from dm4isl.io.layout import BF, DDPM, DDPMAVG, GT, LINEAR, STD_INTER, STD_INTRA, seed_product
+from dm4isl.models.outputs import clear_stage, log_scores, score_patches
+from dm4isl.models.predictor import PredictRequest, Predictor
 from dm4isl.sampling import NoiseSchedule, Prediction, SamplerSettings, TargetRange, sample
+from dm4isl.sampling.ensemble import sample_ensemble
+from dm4isl.sampling.tiled import sample_ensemble_tiled
 from dm4isl.sampling.noise import training_noise
 
 #: Checkpoint key of the training-data sums not yet merged into ``data_stats`` (mid-epoch checkpoints).
@@ -44,13 +47,6 @@ COMPATIBLE_KEYS = ("bf_window", "fl_window", "voxel_size")
 VOXEL_SIZE_RTOL = 1e-3
 #: Running sums over training batches: voxel count, Σbf, Σfl, Σbf², Σbf·fl (float64).
 _N, _SUM_BF, _SUM_FL, _SUM_BF2, _SUM_BFFL = range(5)
-#: Prediction outputs compared against the ground truth in validation/test, with their metric-key prefixes.
-EVALUATED = ("ddpm", "ddpmavg")
-
-
-def patch_metrics(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    """PCC, MSE and MS-SSIM of one ``(Z, Y, X)`` patch; MS-SSIM is NaN below 64 px in Y or X (see metrics.basic)."""
-    return {"pcc": pcc(gt, pred), "mse": mse(gt, pred), "ms_ssim": ms_ssim(gt, pred)}
 
 
 def lr_factor(kind: str, warmup_steps: int, total_steps: int, step: int) -> float:
@@ -114,7 +110,7 @@ def check_compatible(
             )
 
 
-class DDPMModule(L.LightningModule):
+class DDPMModule(Predictor, L.LightningModule):
     """Conditional DDPM around MONAI ``DiffusionModelUNet`` (SPEC §2–3); batches are dicts of ``(B, 1, Z, Y, X)``.
 
     The network sees ``[brightfield, x_t]`` on the channel axis (``cond_first=True``, the reference order) and
@@ -127,6 +123,9 @@ class DDPMModule(L.LightningModule):
     logs ``val/{ddpm,ddpmavg}_{pcc,mse,ms_ssim}``; test uses ``test_sampler`` and returns the arrays for the
     prediction writer.
     """
+
+    #: Its products include the intra-process (and, with several seeds, inter-process) std maps.
+    has_uncertainty = True
 
     def __init__(
         self,
@@ -304,19 +303,61 @@ class DDPMModule(L.LightningModule):
         return (slope * bf.float() + intercept).clamp(0.0, 1.0)
 
     # --- sampling --------------------------------------------------------------------------------------------------
+    def usable_settings(self, settings: SamplerSettings | None = None) -> SamplerSettings:
+        """``settings`` (default: the test sampler) with the ε̂ mean correction switched off, and a warning, when this
+        model has no training statistics yet (validation or test before any training batch)."""
+        settings = settings or self.test_settings
+        if settings.mean_correction and self.fl_mean is None:
+            rank_zero_warn("ε̂ mean correction skipped: no training statistics in this model yet")
+            settings = SamplerSettings.from_dict({**settings.to_dict(), "mean_correction": False})
+        return settings
+
     def predict_fluorescence(
         self, bf: torch.Tensor, patch_ids: torch.Tensor | Sequence[int], settings: SamplerSettings | None = None
     ) -> Prediction:
-        """Sample the fluorescence of brightfield ``bf`` ``(B, 1, Z, Y, X)`` in [0, 1]; see :func:`sample`."""
-        settings = settings or self.test_settings
-        target_mean = self.fl_mean
-        if settings.mean_correction and target_mean is None:
-            rank_zero_warn("ε̂ mean correction skipped: no training statistics in this model yet")
-            settings = SamplerSettings.from_dict({**settings.to_dict(), "mean_correction": False})
-        return sample(self.eps, bf.float(), patch_ids, self.schedule, settings, self.target, target_mean)
+        """One reverse process per patch of brightfield ``bf`` ``(B, 1, Z, Y, X)`` in [0, 1], untiled, with every
+        intermediate product of :func:`sample` (validation and the W&B panels use it)."""
+        return sample(self.eps, bf.float(), patch_ids, self.schedule, self.usable_settings(settings), self.target,
+                      self.fl_mean)
+
+    @torch.no_grad()
+    def predict_products(
+        self, bf: torch.Tensor, patch_ids: Sequence[int], request: PredictRequest | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``DDPM``, ``DDPMavg``, ``std_intra`` and, with ``n_seeds > 1``, ``std_inter`` (with ``keep_seeds`` also
+        every seed's ``DDPM`` and ``DDPMavg``), each ``(B, 1, Z, Y, X)``, for brightfield ``bf`` ``(B, 1, Z, Y, X)``
+        in [0, 1] (:class:`~dm4isl.models.predictor.Predictor`).
+
+        The patches × seeds rows run through the reverse process together (:func:`sample_ensemble`); inputs larger
+        than the tile are sampled whole, ε̂ blended from tiles at every step (:func:`sample_ensemble_tiled`).
+        """
+        request = request or PredictRequest()
+        settings = request.settings or self.test_settings
+        if settings.mean_correction and self.fl_mean is None:
+            raise ValueError("the checkpoint has no training statistics; the ε̂ mean correction needs them")
+        bf = bf.to(self.device).float()
+        shape = tuple(bf.shape[2:])
+        ids = [int(i) for i in (patch_ids.tolist() if isinstance(patch_ids, torch.Tensor) else patch_ids)]
+        if self.is_tiled(shape, request.tiles):
+            ens = sample_ensemble_tiled(
+                self.eps, bf, ids, self.schedule, settings, request.n_seeds, request.tiles,
+                self.tile_for(shape, request.tiles), self.target, self.fl_mean, request.max_batch,
+            )
+        else:
+            ens = sample_ensemble(self.eps, bf, ids, self.schedule, settings, request.n_seeds, self.target,
+                                  self.fl_mean, request.max_batch)
+        out = {DDPM: ens.ddpm, DDPMAVG: ens.ddpmavg, STD_INTRA: ens.std_intra}
+        if request.n_seeds > 1:
+            out[STD_INTER] = ens.std_inter
+            if request.keep_seeds:
+                for k, seed in enumerate(ens.seeds):
+                    out[seed_product(DDPM, seed)] = ens.ddpm_seeds[k]
+                    out[seed_product(DDPMAVG, seed)] = ens.ddpmavg_seeds[k]
+        return out
 
     def on_validation_epoch_start(self) -> None:
         self._merge_stats()
+        clear_stage(self, "val")
         self._val_seen = 0
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any] | None:
@@ -332,7 +373,7 @@ class DDPMModule(L.LightningModule):
         ids = torch.as_tensor(batch["index"])[keep]
         bf, fl = batch["bf"][keep], batch["fl"][keep]
         pred = self.predict_fluorescence(bf, ids, self.val_settings)
-        self._log_metrics("val", fl, {name: getattr(pred, name) for name in EVALUATED}, ids)
+        self._log_metrics("val", fl, {DDPM: pred.ddpm, DDPMAVG: pred.ddpmavg}, ids)
         return {"bf": bf, "fl": fl, "index": ids, "prediction": pred}
 
     def on_validation_epoch_end(self) -> None:
@@ -340,17 +381,16 @@ class DDPMModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._merge_stats()
+        clear_stage(self, "test")
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
-        """Predict a test batch; returns ``(B, Z, Y, X)`` float32 arrays by output folder name, plus ``name``."""
+        """Predict a test batch; returns ``(B, Z, Y, X)`` float32 arrays by product name, plus ``name``."""
         bf, gt = batch["bf"], batch["fl"]
-        pred = self.predict_fluorescence(bf, batch["index"], self.test_settings)
-        outputs = {"ddpm": pred.ddpm, "ddpmavg": pred.ddpmavg, "linear": self.linear_baseline(bf)}
-        self._log_metrics("test", gt, outputs, batch["index"])
-        arrays = {
-            "BF": bf, "GT": gt, "DDPM": pred.ddpm, "DDPMavg": pred.ddpmavg, "std_intra": pred.std_intra,
-            "linear": outputs["linear"],
-        }
+        request = PredictRequest(settings=self.usable_settings(self.test_settings))
+        products = self.predict_products(bf, batch["index"], request)
+        products[LINEAR] = self.linear_baseline(bf)
+        self._log_metrics("test", gt, {k: products[k] for k in (DDPM, DDPMAVG, LINEAR)}, batch["index"])
+        arrays = {BF: bf, GT: gt, **products}
         return {"name": list(batch["name"]), **{k: v[:, 0].float().cpu().numpy() for k, v in arrays.items()}}
 
     def on_test_epoch_end(self) -> None:
@@ -359,14 +399,8 @@ class DDPMModule(L.LightningModule):
     def _log_metrics(
         self, stage: str, gt: torch.Tensor, preds: Mapping[str, torch.Tensor], ids: torch.Tensor | Sequence[int]
     ) -> None:
-        """Record PCC/MSE/MS-SSIM of every patch and output by patch id (logged at epoch end, see :func:`log_scores`).
-
-        The arrays also go to the metrics callback (wider metric sets).
-        """
-        ids = [int(i) for i in torch.as_tensor(ids).tolist()]
+        """Score every patch and product once (:func:`score_patches`: logged at epoch end as
+        ``<stage>/<product>_<score>``, written by the prediction writer, the arrays to the metrics callback)."""
         gt_np = gt[:, 0].float().cpu().numpy()
         preds_np = {name: pred[:, 0].float().cpu().numpy() for name, pred in preds.items()}
-        collect_outputs(self, stage, gt_np, preds_np, ids)
-        for name, pred_np in preds_np.items():
-            rows = [patch_metrics(g, p) for g, p in zip(gt_np, pred_np, strict=True)]
-            collect_scores(self, stage, ids, {f"{name}_{key}": [r[key] for r in rows] for key in rows[0]})
+        score_patches(self, stage, gt_np, preds_np, torch.as_tensor(ids).tolist())

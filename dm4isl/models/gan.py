@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
+from dm4isl.io.layout import GAN
 from dm4isl.models.ddpm import ARRAY_AXES, TENSOR_AXES
 from dm4isl.models.nets.patchgan import build_patchgan, patchgan_output_shape
 from dm4isl.models.nets.unet3d import build_unet3d
@@ -35,7 +36,7 @@ class GANModule(BaselineModule):
     so ``trainer.global_step`` (and ``max_steps``) advance by two per batch (Lightning-AI/pytorch-lightning#17958).
     """
 
-    output_name = "GAN"
+    output_name = GAN
 
     def __init__(
         self,

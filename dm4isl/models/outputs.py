@@ -13,10 +13,70 @@ import lightning.pytorch as pl
 import numpy as np
 import torch.distributed as dist
 
+from dm4isl.metrics.basic import ms_ssim, mse, pcc
+
 #: Attribute of the LightningModule holding the outputs of each stage.
 OUTPUT_ATTRS = {"val": "val_outputs", "test": "test_outputs"}
 #: Attribute of the LightningModule holding the per-patch scores of each stage (see :func:`collect_scores`).
 SCORES_ATTR = "_patch_scores"
+#: Attribute holding the same scores by patch and product, for the metrics callback and the prediction writer.
+ROWS_ATTR = "_patch_rows"
+#: The scores every model computes on every validation/test patch (once; logged, written and tabulated from there).
+PATCH_SCORES = ("pcc", "mse", "ms_ssim")
+
+
+def patch_scores(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """PCC, MSE and MS-SSIM of one ``(Z, Y, X)`` patch; MS-SSIM is NaN below 64 px in Y or X (see metrics.basic)."""
+    return {"pcc": pcc(gt, pred), "mse": mse(gt, pred), "ms_ssim": ms_ssim(gt, pred)}
+
+
+def score_patches(
+    pl_module: pl.LightningModule,
+    stage: str,
+    gt: np.ndarray,
+    preds: Mapping[str, np.ndarray],
+    ids: Sequence[int],
+    prefixed: bool = True,
+) -> None:
+    """Score a batch once and record it for everything that reads scores.
+
+    ``gt`` and ``preds[product]`` are ``(B, Z, Y, X)`` in [0, 1], ``ids`` the B patch ids. :data:`PATCH_SCORES` of
+    every patch and product are computed here and only here; they go to the logger (:func:`collect_scores`, keys
+    ``<product>_<score>`` in lower case, or ``<score>`` when not ``prefixed``: a single-output baseline), to the
+    prediction writer and the metrics callback (:func:`patch_rows`), and the arrays to the metrics callback's wider
+    metric sets (:func:`collect_outputs`, under the same lower-case names).
+    """
+    ids = [int(i) for i in ids]
+    key = (lambda product: product.lower()) if prefixed else (lambda product: product)
+    collect_outputs(pl_module, stage, gt, {key(p): v for p, v in preds.items()}, ids)
+    rows = _stage_store(pl_module, ROWS_ATTR, stage)
+    logged: dict[str, list[float]] = {}
+    for product, pred in preds.items():
+        scores = [patch_scores(g, q) for g, q in zip(gt, pred, strict=True)]
+        for patch_id, row in zip(ids, scores, strict=True):
+            rows.setdefault(patch_id, {})[product] = row
+        prefix = f"{product.lower()}_" if prefixed else ""
+        logged.update({f"{prefix}{name}": [r[name] for r in scores] for name in PATCH_SCORES})
+    collect_scores(pl_module, stage, ids, logged)
+
+
+def patch_rows(pl_module: pl.LightningModule, stage: str) -> dict[int, dict[str, dict[str, float]]]:
+    """``{patch id: {product: {score: value}}}`` recorded by :func:`score_patches` in this stage, gathered across
+    processes (collective), sorted by patch id; empty when the module recorded none."""
+    return gather_by_index(getattr(pl_module, ROWS_ATTR, {}).get(stage, {}))
+
+
+def clear_stage(pl_module: pl.LightningModule, stage: str) -> None:
+    """Forget the per-patch rows of ``stage`` (at the start of a validation/test epoch)."""
+    getattr(pl_module, ROWS_ATTR, {}).pop(stage, None)
+
+
+def _stage_store(pl_module: pl.LightningModule, attr: str, stage: str) -> dict[int, Any]:
+    stages = getattr(pl_module, attr, None)
+    if stages is None:
+        stages = {}
+        setattr(pl_module, attr, stages)
+    return stages.setdefault(stage, {})
 
 
 def gather_by_index(items: Mapping[int, Any]) -> dict[int, Any]:

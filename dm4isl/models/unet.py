@@ -10,10 +10,13 @@ import torch
 import torch.nn.functional as F
 
 from dm4isl.errors import CheckpointError
-from dm4isl.models.ddpm import ARRAY_AXES, TENSOR_AXES, patch_metrics
+from dm4isl.io.layout import BF, GT, UNET
+from dm4isl.models.ddpm import ARRAY_AXES, TENSOR_AXES
 from dm4isl.models.nets.unet3d import build_unet3d, downsampling_factor
-from dm4isl.models.outputs import collect_outputs, collect_scores, log_scores
-from dm4isl.sampling.inference import predict_volume
+from dm4isl.models.outputs import clear_stage, log_scores, score_patches
+from dm4isl.models.predictor import PredictRequest, Predictor
+from dm4isl.sampling.inference import predict_volume, sliding_window_predict
+from dm4isl.sampling.tiled import TileSettings
 
 #: Reconstruction losses of the U-Net baseline (fnet: MSE).
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
@@ -27,7 +30,7 @@ def check_axes(array_axes: str, tensor_axes: str) -> None:
         raise CheckpointError(f"axes {array_axes}/{tensor_axes}; expected {ARRAY_AXES}/{TENSOR_AXES}")
 
 
-class BaselineModule(L.LightningModule):
+class BaselineModule(Predictor, L.LightningModule):
     """Deterministic brightfield → fluorescence network ``self.net`` with the baselines' prediction and evaluation.
 
     Subclasses build ``self.net`` (``(B, 1, Z, Y, X)`` → ``(B, 1, Z, Y, X)``) and set :attr:`output_name`, the
@@ -61,35 +64,55 @@ class BaselineModule(L.LightningModule):
         )
         return pred.clamp(*OUTPUT_RANGE)
 
+    @torch.no_grad()
+    def predict_products(
+        self, bf: torch.Tensor, patch_ids: Sequence[int], request: PredictRequest | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``{output_name: (B, 1, Z, Y, X)}`` in [0, 1] for brightfield ``bf`` ``(B, 1, Z, Y, X)``
+        (:class:`~dm4isl.models.predictor.Predictor`; no uncertainty products, ``patch_ids`` unused: deterministic).
+
+        Inputs larger than the tile (``request.tiles``, default the training patch) are tiled with Gaussian-weighted
+        sliding windows; smaller ones take :meth:`predict_fluorescence`.
+        """
+        request = request or PredictRequest()
+        bf = bf.to(self.device).float()
+        shape = tuple(bf.shape[2:])
+        if not self.is_tiled(shape, request.tiles):
+            return {self.output_name: self.predict_fluorescence(bf).float()}
+        tiles = request.tiles
+        pred = sliding_window_predict(self, bf, self.tile_for(shape, tiles), tiles.overlap, tiles.batch)
+        return {self.output_name: pred.clamp(*OUTPUT_RANGE).float()}
+
+    def on_validation_epoch_start(self) -> None:
+        clear_stage(self, "val")
+
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         self._log_metrics("val", batch["fl"], self.predict_fluorescence(batch["bf"]), batch["index"])
 
     def on_validation_epoch_end(self) -> None:
         log_scores(self, "val", prog_bar="pcc")
 
+    def on_test_epoch_start(self) -> None:
+        clear_stage(self, "test")
+
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any]:
         """Predict a test batch; returns ``(B, Z, Y, X)`` float32 arrays ``BF``, ``GT`` and :attr:`output_name`."""
         bf, gt = batch["bf"], batch["fl"]
-        pred = self.predict_fluorescence(bf)
+        tiles = TileSettings(overlap=self.hparams.sw_overlap, batch=self.hparams.sw_batch_size)
+        pred = self.predict_products(bf, batch["index"], PredictRequest(tiles=tiles))[self.output_name]
         self._log_metrics("test", gt, pred, batch["index"])
-        arrays = {"BF": bf, "GT": gt, self.output_name: pred}
+        arrays = {BF: bf, GT: gt, self.output_name: pred}
         return {"name": list(batch["name"]), **{k: v[:, 0].float().cpu().numpy() for k, v in arrays.items()}}
 
     def on_test_epoch_end(self) -> None:
         log_scores(self, "test")
 
     def _log_metrics(self, stage: str, gt: torch.Tensor, pred: torch.Tensor, ids: torch.Tensor | Sequence[int]) -> None:
-        """Record PCC, MSE and MS-SSIM of every patch by patch id; their means are logged at epoch end.
-
-        NaN MS-SSIM of small patches is left out of the mean; under DDP each patch counts once
-        (:func:`~dm4isl.callbacks.metrics.log_scores`). The arrays also go to
-        :class:`~dm4isl.callbacks.metrics.MetricsCallback` (wider metric sets).
-        """
-        ids = [int(i) for i in torch.as_tensor(ids).tolist()]
+        """Score every patch once (:func:`~dm4isl.models.outputs.score_patches`): logged at epoch end as
+        ``<stage>/{pcc,mse,ms_ssim}`` (NaN MS-SSIM of small patches left out; under DDP each patch counts once),
+        written by the prediction writer; the arrays go to the metrics callback (wider metric sets)."""
         gt_np, pred_np = gt[:, 0].float().cpu().numpy(), pred[:, 0].float().cpu().numpy()
-        collect_outputs(self, stage, gt_np, {self.output_name: pred_np}, ids)
-        rows = [patch_metrics(g, p) for g, p in zip(gt_np, pred_np, strict=True)]
-        collect_scores(self, stage, ids, {key: [r[key] for r in rows] for key in rows[0]})
+        score_patches(self, stage, gt_np, {self.output_name: pred_np}, torch.as_tensor(ids).tolist(), prefixed=False)
 
 
 class UNetModule(BaselineModule):
@@ -99,7 +122,7 @@ class UNetModule(BaselineModule):
     (:mod:`dm4isl.models.nets.unet3d`); ``organelle`` and ``patch_size`` ``(Z, Y, X)`` are stored in the checkpoint.
     """
 
-    output_name = "Unet"
+    output_name = UNET
 
     def __init__(
         self,

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from dm4isl.data.patches import PatchSet
-from dm4isl.prediction.runner import predict_arrays
+from dm4isl.io.layout import DDPMAVG
+from dm4isl.models.predictor import PredictRequest, Predictor
 from dm4isl.sampling.sampler import SamplerSettings
 from dm4isl.uncertainty.evaluation import ERROR_TAU, calibrate_threshold, evaluate_uncertainty
 from dm4isl.uncertainty.masks import MaskSettings
@@ -19,14 +20,15 @@ from dm4isl.uncertainty.thresholds import describe, organelle_threshold, same_se
 
 
 def predict_patch_set(
-    model: L.LightningModule, patches: PatchSet, settings: SamplerSettings, n_seeds: int, batch_size: int = 8
+    model: Predictor, patches: PatchSet, settings: SamplerSettings, n_seeds: int, batch_size: int = 8
 ) -> dict[str, np.ndarray]:
     """Sample every patch of a fixed set; returns ``(N, Z, Y, X)`` arrays by product name (patch id = position)."""
     out: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(patches), batch_size):
         bf = torch.from_numpy(patches.bf[start : start + batch_size])[:, None]
         ids = list(range(start, start + bf.shape[0]))
-        for name, arr in predict_arrays(model, bf, ids, settings, n_seeds).items():
+        request = PredictRequest(settings=settings, n_seeds=n_seeds)
+        for name, arr in model.predict_products(bf, ids, request).items():
             out.setdefault(name, []).append(arr[:, 0].float().cpu().numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
 
@@ -56,7 +58,7 @@ def calibrate_and_score(
         key = f"std_{source}"
         if key not in val_pred:
             continue
-        threshold, f1 = calibrate_threshold(val_pred[key], val_pred["DDPMavg"], val.fl, tau)
+        threshold, f1 = calibrate_threshold(val_pred[key], val_pred[DDPMAVG], val.fl, tau)
         own = organelle_threshold(organelle, source)
         valid = own is not None and same_setting(own.setting, setting)
         entry: dict[str, Any] = {"calibrated_threshold": threshold, "validation_f1": f1,
@@ -67,7 +69,7 @@ def calibrate_and_score(
             thr = entry[f"{label}_threshold"]
             if thr is None:
                 continue
-            report = evaluate_uncertainty(test_pred[key], test_pred["DDPMavg"], test.fl, thr, test.mask, tau,
+            report = evaluate_uncertainty(test_pred[key], test_pred[DDPMAVG], test.fl, thr, test.mask, tau,
                                           MaskSettings.for_organelle(organelle.get("name")))
             entry[f"test_{label}"] = asdict(report)
         result["maps"][source] = entry

@@ -36,10 +36,19 @@ import torch
 from tqdm.auto import tqdm
 
 from dm4isl.errors import ConfigError
-from dm4isl.io.atomic import write_csv, write_tiff
-from dm4isl.io.layout import SEEDS_SUFFIX, channel_name, product_file, seed_product
+from dm4isl.io.atomic import write_csv
+from dm4isl.io.layout import (
+    BF,
+    ERROR_MASK,
+    GT,
+    STD_INTER,
+    STD_INTRA,
+    product_file,
+    std_product,
+    write_products,
+)
 from dm4isl.io.zarr import DEFAULT_CHUNKS, write_ome_zarr, zarr_path
-from dm4isl.models.unet import OUTPUT_RANGE
+from dm4isl.models.predictor import PredictRequest, Predictor
 from dm4isl.prediction.inputs import (
     InputSettings,
     InputSource,
@@ -49,10 +58,8 @@ from dm4isl.prediction.inputs import (
     input_fingerprint,
 )
 from dm4isl.prediction.sharding import Shard, all_rows, merge_csvs
-from dm4isl.sampling.ensemble import sample_ensemble
-from dm4isl.sampling.inference import sliding_window_predict
 from dm4isl.sampling.sampler import SamplerSettings
-from dm4isl.sampling.tiled import TileSettings, effective_tile, needs_tiling, sample_ensemble_tiled
+from dm4isl.sampling.tiled import TileSettings
 from dm4isl.uncertainty.masks import MaskSettings, error_mask, flag
 from dm4isl.uncertainty.thresholds import Threshold, resolve_threshold, sampling_setting
 
@@ -67,7 +74,7 @@ OUTPUT_FORMATS = ("tiff", "ome-zarr", "both")
 #: Inputs read by the pre-flight check stay in memory up to this many bytes; the others are read again when predicted.
 KEEP_LOADED_BYTES = 1 << 30
 #: Order of the products as channels of an OME-Zarr image.
-ZARR_CHANNEL_ORDER = ("BF", "GT")
+ZARR_CHANNEL_ORDER = (BF, GT)
 
 
 @dataclass(frozen=True)
@@ -132,22 +139,13 @@ def settings_hash(payload: Mapping[str, Any]) -> str:
 
 
 def is_diffusion(model: L.LightningModule) -> bool:
-    """True for models that sample (and so have uncertainty products)."""
-    return hasattr(model, "schedule") and hasattr(model, "eps")
-
-
-def tile_for(model: L.LightningModule, shape: Sequence[int], tiles: TileSettings | None = None) -> tuple[int, ...]:
-    """The tile ``(Z, Y, X)`` ``model`` sees on an input of ``shape`` ``(Z, Y, X)``.
-
-    ``tiles.size``, else the checkpoint's training patch size, shrunk to the input along axes where it is smaller.
-    """
-    tiles = tiles or TileSettings()
-    return effective_tile(shape, tiles.resolve(model.hparams.get("patch_size")))
+    """True for models whose products include uncertainty maps (the diffusion models)."""
+    return bool(getattr(model, "has_uncertainty", False))
 
 
 @torch.no_grad()
 def predict_arrays(
-    model: L.LightningModule,
+    model: Predictor,
     bf: torch.Tensor,
     patch_ids: Sequence[int],
     settings: SamplerSettings | None = None,
@@ -156,45 +154,11 @@ def predict_arrays(
     tiles: TileSettings | None = None,
     keep_seeds: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """Products for a brightfield batch ``(B, 1, Z, Y, X)`` in [0, 1], as ``(B, 1, Z, Y, X)`` tensors by folder name.
-
-    Diffusion models give ``DDPM``, ``DDPMavg``, ``std_intra`` and, with ``n_seeds > 1``, ``std_inter`` (and with
-    ``keep_seeds`` every seed's ``DDPM`` and ``DDPMavg`` under :func:`dm4isl.io.layout.seed_product` folders);
-    a baseline gives its single prediction under its ``output_name``. Inputs larger than the tile (``tiles``, see
-    :func:`tile_for`) are predicted whole from overlapping tiles; smaller ones in one network call as before.
-    """
-    bf = bf.to(model.device).float()
-    shape = tuple(bf.shape[2:])
-    tiles = tiles or TileSettings()
-    tiled = (tiles.size is not None or model.hparams.get("patch_size") is not None) and needs_tiling(
-        shape, tiles.resolve(model.hparams.get("patch_size"))
-    )
-    if not is_diffusion(model):
-        if not tiled:
-            return {model.output_name: model.predict_fluorescence(bf).float()}
-        pred = sliding_window_predict(model, bf, tile_for(model, shape, tiles), tiles.overlap, tiles.batch)
-        return {model.output_name: pred.clamp(*OUTPUT_RANGE).float()}
-    settings = settings or model.test_settings
-    target_mean = model.fl_mean
-    if settings.mean_correction and target_mean is None:
-        raise ValueError("the checkpoint has no training statistics; the ε̂ mean correction needs them")
-    if tiled:
-        ens = sample_ensemble_tiled(
-            model.eps, bf, list(patch_ids), model.schedule, settings, n_seeds, tiles, tile_for(model, shape, tiles),
-            model.target, target_mean, max_batch,
-        )
-    else:
-        ens = sample_ensemble(
-            model.eps, bf, list(patch_ids), model.schedule, settings, n_seeds, model.target, target_mean, max_batch
-        )
-    out = {"DDPM": ens.ddpm, "DDPMavg": ens.ddpmavg, "std_intra": ens.std_intra}
-    if n_seeds > 1:
-        out["std_inter"] = ens.std_inter
-        if keep_seeds:
-            for k, seed in enumerate(ens.seeds):
-                out[seed_product("DDPM", seed)] = ens.ddpm_seeds[k]
-                out[seed_product("DDPMavg", seed)] = ens.ddpmavg_seeds[k]
-    return out
+    """Products ``{name: (B, 1, Z, Y, X)}`` for a brightfield batch ``(B, 1, Z, Y, X)`` in [0, 1]: the model's
+    :meth:`~dm4isl.models.predictor.Predictor.predict_products` with these settings (keyword form for callers)."""
+    request = PredictRequest(settings=settings, n_seeds=n_seeds, max_batch=max_batch, tiles=tiles or TileSettings(),
+                             keep_seeds=keep_seeds)
+    return model.predict_products(bf, patch_ids, request)
 
 
 def _uncertainty_choice(
@@ -210,8 +174,8 @@ def _uncertainty_choice(
     if source == "none":
         return None, None, "error masks switched off (uncertainty.source=none)"
     if source == "auto":
-        source = "inter" if "std_inter" in available else "intra"
-    if f"std_{source}" not in available:
+        source = "inter" if STD_INTER in available else "intra"
+    if std_product(source) not in available:
         raise ConfigError(f"uncertainty source {source!r} needs the std_{source} product (inter needs n_seeds > 1)")
     threshold, reason = resolve_threshold(source, setting, organelle, calibrations, unc.threshold)
     return source, threshold, reason
@@ -261,7 +225,7 @@ def run_predict(
     settings = (settings or model.test_settings) if diffusion else None
     source, threshold = None, None
     if diffusion:
-        available = {"std_intra"} | ({"std_inter"} if n_seeds > 1 else set())
+        available = {STD_INTRA} | ({STD_INTER} if n_seeds > 1 else set())
         setting = sampling_setting(settings.to_dict(), (model.target.low, model.target.high),
                                    model.schedule.num_train_timesteps)
         source, threshold, reason = _uncertainty_choice(available, organelle, unc, setting, calibrations)
@@ -343,17 +307,14 @@ def run_predict(
                 images = {name: arr[i].astype(np.float32) for name, arr in arrays.items()}
                 flagged, fraction = "", ""
                 if source is not None and threshold is not None:
-                    mask = error_mask(images[f"std_{source}"], threshold.value, mask_settings)
-                    images["error_mask"] = mask.astype(np.uint8)
+                    mask = error_mask(images[std_product(source)], threshold.value, mask_settings)
+                    images[ERROR_MASK] = mask.astype(np.uint8)
                     is_flagged, frac = flag(mask, mask_settings.flag_fraction)
                     flagged, fraction = int(is_flagged), f"{frac:.6f}"
-                companions = {name: arr.astype(np.float32) for name, arr in (("BF", inp.bf), ("GT", inp.gt))
+                companions = {name: arr.astype(np.float32) for name, arr in ((BF, inp.bf), (GT, inp.gt))
                               if arr is not None}
                 if output.tiff:
-                    remove_stale_products(out, inp.name, {*images, *companions})
-                    for name, arr in {**images, **companions}.items():
-                        write_tiff(product_file(out, name, inp.name), arr, voxel, meta,
-                                   channel_name(name, organelle.get("name")))
+                    write_products(out, inp.name, {**images, **companions}, voxel, meta, organelle.get("name"))
                 if output.zarr:
                     channels = {**{k: companions[k] for k in ZARR_CHANNEL_ORDER if k in companions}, **images}
                     write_ome_zarr(zarr_path(out, inp.name), channels, voxel, {**meta, "products": list(channels)},
@@ -374,27 +335,6 @@ def run_predict(
     if not todo and not shard.single:
         write_csv(csv_path, list(rows.values()), CSV_FIELDS)
     return list(rows.values())
-
-
-def remove_stale_products(output_dir: str | os.PathLike, name: str, products: set[str]) -> list[Path]:
-    """Delete the OME-TIFFs of input ``name`` in ``output_dir`` that belong to no product of ``products``.
-
-    A rerun into the same folder with other settings (fewer seeds, no uncertainty source, no per-seed products)
-    would otherwise leave an earlier run's ``std_inter``, ``error_mask`` or seed files beside the new products.
-    Looks at ``<product>/<name>.ome.tiff`` and ``<product>_seeds/seed<k>/<name>.ome.tiff``; returns what it removed.
-    """
-    out = Path(output_dir)
-    target = product_file(out, "_", name).name
-    removed = []
-    for path in [*out.glob(f"*/{target}"), *out.glob(f"*{SEEDS_SUFFIX}/*/{target}")]:
-        product = path.parent.relative_to(out).as_posix()
-        if product not in products:
-            path.unlink()
-            removed.append(path)
-    if removed:
-        log.info("%s: removed %d products of an earlier run with other settings: %s", name, len(removed),
-                 ", ".join(p.parent.relative_to(out).as_posix() for p in removed))
-    return removed
 
 
 def merge_predictions(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
