@@ -20,9 +20,9 @@ from dm4isl.cli import console_script, report_expected_errors
 from dm4isl.data.readers import auto_window, to_unit
 from dm4isl.errors import CheckpointError
 from dm4isl.models.nets import to_channels_last
+from dm4isl.models.predictor import Predictor
 from dm4isl.prediction.checkpoint import fingerprint, load_model
 from dm4isl.prediction.distributed import start_processes
-from dm4isl.models.predictor import Predictor
 from dm4isl.prediction.inputs import InputSettings, ReadSettings, discover_inputs
 from dm4isl.prediction.runner import (
     OutputSettings,

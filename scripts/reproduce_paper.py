@@ -112,7 +112,8 @@ def run_config(
     Composed with Hydra's compose API (no Hydra runtime): the paths are set explicitly.
     """
     cfg = compose_config("train", [
-        *([f"experiment={experiment}"] if experiment else [f"organelle={organelle}", f"model={model}"]), *overrides, f"paths.root_dir={root}",
+        *([f"experiment={experiment}"] if experiment else [f"organelle={organelle}", f"model={model}"]),
+        *overrides, f"paths.root_dir={root}",
         f"paths.log_dir={run_dir.parent}", f"paths.output_dir={run_dir}", f"run_name={run_dir.name}", "test=false",
     ])
     return cfg

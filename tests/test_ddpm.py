@@ -307,7 +307,7 @@ def test_one_prediction_interface_and_scores_computed_once(tmp_path: Path, monke
     from dm4isl.callbacks import prediction_writer
     from dm4isl.callbacks.metrics import MetricsCallback
     from dm4isl.models import outputs
-    from dm4isl.models.predictor import PredictRequest, Predictor
+    from dm4isl.models.predictor import Predictor, PredictRequest
 
     model = _module()
     model.data_stats += torch.tensor([1.0, 0.5, 0.3, 0.3, 0.2], dtype=torch.float64)

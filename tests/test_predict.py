@@ -18,10 +18,9 @@ import dm4isl
 from conftest import REPO_ROOT, require
 from dm4isl.errors import CheckpointError, DataError
 from dm4isl.evaluation import evaluate_folder
-from dm4isl.io.atomic import read_channel_names, read_tiff_info
 from dm4isl.io import layout
+from dm4isl.io.atomic import read_channel_names, read_tiff_info
 from dm4isl.predict import predict_command
-from dm4isl.prediction import runner
 from dm4isl.prediction.checkpoint import load_model, read_checkpoint
 from dm4isl.train import train
 

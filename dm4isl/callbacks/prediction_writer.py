@@ -86,12 +86,13 @@ def test_provenance(trainer: L.Trainer, pl_module: L.LightningModule) -> dict[st
 class PredictionWriter(L.Callback):
     """Collect ``test_step`` outputs (``(B, Z, Y, X)`` arrays by folder name + ``name``) and write them.
 
-    Files: ``<output_dir>/<folder>/<name>.ome.tiff`` (float32 OME-TIFF with the true voxel size, a channel name
-    such as ``DDPMavg (nuclear envelope)`` and the provenance of :func:`test_provenance` in its metadata, as
+    Files: ``<output_dir>/<folder>/<name>.ome.tiff`` (float32 OME-TIFF with the true voxel size, a channel name such
+    as ``DDPMavg (nuclear envelope)`` and the provenance of :func:`test_provenance` in its metadata, as
     ``dm4isl-predict`` writes, through the same :func:`~dm4isl.io.layout.write_products`) for every output of
     ``test_step`` (every key but ``name``); ``metrics.csv`` (one row per patch and method: the scores the model
-    computed once per patch, :func:`~dm4isl.models.outputs.patch_rows`), ``metrics_summary.csv`` and the table; ``preview.png`` (mid-Z slices of the
-    first ``preview_patches`` patches). ``organelle`` (a config name) names the channels; default: the model's.
+    computed once per patch, :func:`~dm4isl.models.outputs.patch_rows`), ``metrics_summary.csv`` and the table;
+    ``preview.png`` (mid-Z slices of the first ``preview_patches`` patches). ``organelle`` (a config name) names the
+    channels; default: the model's.
     """
 
     def __init__(

@@ -14,6 +14,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from dm4isl.io.atomic import atomic_path
+from dm4isl.io.layout import BF, DDPM, DDPMAVG, GT, LINEAR
 from dm4isl.metrics.basic import mse, pcc
 from dm4isl.uncertainty.masks import error_mask
 from dm4isl.uncertainty.thresholds import resolve_threshold, sampling_setting
@@ -29,7 +30,7 @@ SEPARATOR_PX = 2
 IMAGE_KEY = "val/images"
 TABLE_KEY = "test/per_patch"
 #: Outputs of a test step compared with GT in the per-patch table.
-TABLE_METHODS = ("DDPM", "DDPMavg", "linear")
+TABLE_METHODS = (DDPM, DDPMAVG, LINEAR)
 
 
 def _unit(panel: np.ndarray) -> np.ndarray:
@@ -64,7 +65,7 @@ def per_patch_rows(outputs: Mapping[str, Any]) -> list[list[Any]]:
     """``[name, method, PCC, MSE]`` for every patch and method of a test step's outputs (``(B, Z, Y, X)`` arrays)."""
     rows = []
     for b, name in enumerate(outputs["name"]):
-        gt = np.asarray(outputs["GT"][b])
+        gt = np.asarray(outputs[GT][b])
         for method in TABLE_METHODS:
             if method in outputs:
                 pred = np.asarray(outputs[method][b])
@@ -130,10 +131,10 @@ class ImageGrid(pl.Callback):
         pred = outputs["prediction"]
         for b in torch.nonzero(keep).flatten().tolist():
             row = {
-                "BF": outputs["bf"][b, 0].float().cpu().numpy(),
-                "GT": outputs["fl"][b, 0].float().cpu().numpy(),
-                "DDPM": pred.ddpm[b, 0].float().cpu().numpy(),
-                "DDPMavg": pred.ddpmavg[b, 0].float().cpu().numpy(),
+                BF: outputs["bf"][b, 0].float().cpu().numpy(),
+                GT: outputs["fl"][b, 0].float().cpu().numpy(),
+                DDPM: pred.ddpm[b, 0].float().cpu().numpy(),
+                DDPMAVG: pred.ddpmavg[b, 0].float().cpu().numpy(),
                 "std": pred.std_intra[b, 0].float().cpu().numpy(),
             }
             if self.mask_threshold is not None:
@@ -161,7 +162,7 @@ class ImageGrid(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if isinstance(outputs, Mapping) and "GT" in outputs and "name" in outputs:
+        if isinstance(outputs, Mapping) and GT in outputs and "name" in outputs:
             self._table.extend(per_patch_rows(outputs))
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from dm4isl.io.atomic import write_bytes
+from dm4isl.io.layout import BF, ERROR_MASK, STD_INTER, STD_INTRA
 
 #: Size of one panel in inches, and the resolution of the PNG.
 PANEL_IN = 1.6
@@ -23,7 +24,7 @@ UNIT_RANGE = (0.0, 1.0)
 #: Colour maps by panel kind.
 CMAPS = {"bf": "gray", "intensity": "gray", "std": "magma", "mask": "gray"}
 #: How a column is displayed: brightfield (percentile stretch), std map (0 → its max), mask (0/1), else intensity.
-KIND_BY_COLUMN = {"BF": "bf", "std_intra": "std", "std_inter": "std", "error_mask": "mask"}
+KIND_BY_COLUMN = {BF: "bf", STD_INTRA: "std", STD_INTER: "std", ERROR_MASK: "mask"}
 MISSING_TEXT = "n/a"
 #: Fixed margins and gaps (figure fractions): no layout engine needed.
 GRID_MARGINS = {"left": 0.04, "right": 0.99, "top": 0.93, "bottom": 0.01, "wspace": 0.04, "hspace": 0.06}

@@ -120,9 +120,10 @@ def write_products(
 ) -> list[Path]:
     """Write every product of one input: ``images[product]`` ``(Z, Y, X)`` → ``<output_dir>/<product>/<name>.ome.tiff``.
 
-    Each file is written atomically, with the voxel size ``(Z, Y, X)`` µm, the channel name of
-    :func:`channel_name` and ``metadata`` (plus ``{product_key: product}`` when ``product_key`` is given). Files of this input left by an earlier run
-    for products not in ``images`` are removed first (:func:`remove_stale_products`). Returns the written paths.
+    Each file is written atomically, with the voxel size ``(Z, Y, X)`` µm, the channel name of :func:`channel_name`
+    and ``metadata`` (plus ``{product_key: product}`` when ``product_key`` is given). Files of this input left by an
+    earlier run for products not in ``images`` are removed first (:func:`remove_stale_products`). Returns the
+    written paths.
     """
     remove_stale_products(output_dir, name, set(images))
     paths = []

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from dm4isl.errors import DataError
+from dm4isl.io.layout import BF, DDPM, DDPMAVG, ERROR_MASK, GAN, GT, STD_INTER, STD_INTRA, UNET
 
 #: How to install the OME-Zarr writer.
 FORMATS_HINT = 'pip install -e ".[formats]"'
@@ -26,8 +27,8 @@ ZARR_SUFFIX = ".ome.zarr"
 #: Attribute (beside ``multiscales``/``omero``) that holds the run's provenance, as the OME-TIFF ``Description`` does.
 PROVENANCE_KEY = "dm4isl"
 #: Display colours (RRGGBB) of the products; others are grey.
-CHANNEL_COLORS = {"BF": "FFFFFF", "GT": "00FF00", "DDPM": "FF00FF", "DDPMavg": "FF00FF", "Unet": "FF00FF",
-                  "GAN": "FF00FF", "std_intra": "FFFF00", "std_inter": "FFA500", "error_mask": "FF0000"}
+CHANNEL_COLORS = {BF: "FFFFFF", GT: "00FF00", DDPM: "FF00FF", DDPMAVG: "FF00FF", UNET: "FF00FF",
+                  GAN: "FF00FF", STD_INTRA: "FFFF00", STD_INTER: "FFA500", ERROR_MASK: "FF0000"}
 
 
 def zarr_path(output_dir: str | os.PathLike, name: str) -> Path:

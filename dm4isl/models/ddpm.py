@@ -14,14 +14,14 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
 from dm4isl.errors import CheckpointError, ConfigError
-from dm4isl.models.nets import build_net, downsampling_factor
 from dm4isl.io.layout import BF, DDPM, DDPMAVG, GT, LINEAR, STD_INTER, STD_INTRA, seed_product
+from dm4isl.models.nets import build_net, downsampling_factor
 from dm4isl.models.outputs import clear_stage, log_scores, score_patches
-from dm4isl.models.predictor import PredictRequest, Predictor
+from dm4isl.models.predictor import Predictor, PredictRequest
 from dm4isl.sampling import NoiseSchedule, Prediction, SamplerSettings, TargetRange, sample
 from dm4isl.sampling.ensemble import sample_ensemble
-from dm4isl.sampling.tiled import sample_ensemble_tiled
 from dm4isl.sampling.noise import training_noise
+from dm4isl.sampling.tiled import sample_ensemble_tiled
 
 #: Checkpoint key of the training-data sums not yet merged into ``data_stats`` (mid-epoch checkpoints).
 PENDING_STATS_KEY = "ddpm_pending_stats"

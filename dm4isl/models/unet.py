@@ -14,7 +14,7 @@ from dm4isl.io.layout import BF, GT, UNET
 from dm4isl.models.ddpm import ARRAY_AXES, TENSOR_AXES
 from dm4isl.models.nets.unet3d import build_unet3d, downsampling_factor
 from dm4isl.models.outputs import clear_stage, log_scores, score_patches
-from dm4isl.models.predictor import PredictRequest, Predictor
+from dm4isl.models.predictor import Predictor, PredictRequest
 from dm4isl.sampling.inference import predict_volume, sliding_window_predict
 from dm4isl.sampling.tiled import TileSettings
 

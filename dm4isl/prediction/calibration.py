@@ -12,7 +12,7 @@ import torch
 
 from dm4isl.data.patches import PatchSet
 from dm4isl.io.layout import DDPMAVG
-from dm4isl.models.predictor import PredictRequest, Predictor
+from dm4isl.models.predictor import Predictor, PredictRequest
 from dm4isl.sampling.sampler import SamplerSettings
 from dm4isl.uncertainty.evaluation import ERROR_TAU, calibrate_threshold, evaluate_uncertainty
 from dm4isl.uncertainty.masks import MaskSettings

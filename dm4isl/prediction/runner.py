@@ -48,7 +48,7 @@ from dm4isl.io.layout import (
     write_products,
 )
 from dm4isl.io.zarr import DEFAULT_CHUNKS, write_ome_zarr, zarr_path
-from dm4isl.models.predictor import PredictRequest, Predictor
+from dm4isl.models.predictor import Predictor, PredictRequest
 from dm4isl.prediction.inputs import (
     InputSettings,
     InputSource,
