@@ -46,8 +46,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from dm4isl.data.readers import read_volume
 from dm4isl.evaluation import EvaluationResult, evaluate_folder
-from dm4isl.evaluation.figures import GridRow, prediction_grid
 from dm4isl.io.atomic import write_csv, write_text
+from dm4isl.io.figures import GridRow, prediction_grid
 from dm4isl.metrics.registry import METRICS
 from dm4isl.metrics.table import CI_HIGH, CI_LOW, IMPROVEMENT, WILCOXON_P, headline_statistic
 from dm4isl.prediction.checkpoint import fingerprint, load_model, read_checkpoint

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from conftest import REPO_ROOT
-from dm4isl.evaluation.figures import GridRow, mid_z, prediction_grid
+from dm4isl.io.figures import GridRow, mid_z, prediction_grid
 
 #: Minimal settings on top of --synthetic: small FOVs, 4 test patches of 16 x 32 x 32, one short epoch per model,
 #: 5 DDIM steps, cheap metrics and bootstrap.

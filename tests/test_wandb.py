@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dm4isl.callbacks.wandb_images import COLUMNS, SEPARATOR_PX, ImageGrid, grid_row, image_grid, per_patch_rows
+from dm4isl.callbacks.wandb_images import COLUMNS, ImageGrid, per_patch_table
+from dm4isl.io.figures import GridRow, grid_image
 from dm4isl.train import train
 from dm4isl.utils.resume import WANDB_ID_FILE
 
@@ -37,20 +38,21 @@ def _offline_runs(output_dir: Path) -> list[Path]:
     return sorted((output_dir / "wandb").glob("offline-run-*"))
 
 
-def test_grid_layout() -> None:
+def test_grid_image_layout() -> None:
     vol = np.zeros((3, 4, 5), np.float32)
-    row = grid_row({name: vol + 0.5 for name in COLUMNS})
-    assert row.shape == (4, 5 * len(COLUMNS) + SEPARATOR_PX * (len(COLUMNS) - 1))
-    grid = image_grid([{"GT": vol + 0.5}, {"GT": vol + 2.0}])
-    assert grid.shape == (2 * 4 + SEPARATOR_PX, 5) and grid.dtype == np.uint8
-    assert grid[0, 0] == 128 and grid[-1, 0] == 255  # fluorescence panels keep the [0, 1] scale (clipped)
+    one = grid_image([GridRow("a", {name: vol + 0.5 for name in COLUMNS})], list(COLUMNS))
+    two = grid_image([GridRow("a", {"GT": vol + 0.5}), GridRow("b", {"GT": vol})], ["GT"])
+    assert one.dtype == np.uint8 and one.ndim == 3 and one.shape[2] == 4
+    assert one.shape[1] > 5 * two.shape[1] and two.shape[0] > one.shape[0]  # columns widen, rows heighten
 
 
-def test_per_patch_rows() -> None:
-    gt = np.linspace(0, 1, 2 * 4 * 4 * 4, dtype=np.float32).reshape(2, 4, 4, 4)
-    rows = per_patch_rows({"name": ["a", "b"], "GT": gt, "DDPM": gt, "DDPMavg": 1 - gt})
-    assert [r[:2] for r in rows] == [["a", "DDPM"], ["a", "DDPMavg"], ["b", "DDPM"], ["b", "DDPMavg"]]
-    assert rows[0][2] == pytest.approx(1.0) and rows[0][3] == 0.0 and rows[1][2] == pytest.approx(-1.0)
+def test_per_patch_table_uses_the_models_scores() -> None:
+    rows = {0: {"DDPM": {"pcc": 1.0, "mse": 0.0, "ms_ssim": 0.9}, "DDPMavg": {"pcc": -1.0, "mse": 0.5,
+                                                                              "ms_ssim": 0.1}},
+            1: {"DDPM": {"pcc": 0.5, "mse": 0.1, "ms_ssim": float("nan")}}}
+    table = per_patch_table(rows, {0: "a"})
+    assert [r[:2] for r in table] == [["a", "DDPM"], ["a", "DDPMavg"], ["1", "DDPM"]]
+    assert table[1][2:] == [-1.0, 0.5, 0.1]
 
 
 def test_image_grid_without_wandb_writes_png(compose_cfg) -> None:

@@ -13,7 +13,8 @@ import numpy as np
 import torch.distributed as dist
 
 import dm4isl
-from dm4isl.io.atomic import atomic_path, write_csv, write_text
+from dm4isl.io.atomic import write_csv, write_text
+from dm4isl.io.figures import GridRow, prediction_grid
 from dm4isl.io.layout import (
     BF,
     DDPM,
@@ -23,7 +24,6 @@ from dm4isl.io.layout import (
     LINEAR,
     STD_INTER,
     STD_INTRA,
-    UNCERTAINTY_PREFIX,
     UNET,
     compared,
     write_products,
@@ -42,8 +42,6 @@ def preview_panels(folders: Sequence[str]) -> list[str]:
     known = [f for f in PREVIEW_ORDER if f in folders]
     return known + [f for f in compared(folders) if f not in known and f != LINEAR]
 METRIC_KEYS = PATCH_SCORES
-#: Preview panel size in inches.
-PANEL_INCHES = 2.2
 
 
 def summarize(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -185,28 +183,5 @@ class PredictionWriter(L.Callback):
         return list(unique.values())
 
     def _write_preview(self, path: Path) -> None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        n = len(self._preview)
-        panels = [k for k in self._preview[0] if k != "name"]
-        fig, axes = plt.subplots(n, len(panels), figsize=(PANEL_INCHES * len(panels), PANEL_INCHES * n),
-                                 squeeze=False)
-        for i, item in enumerate(self._preview):
-            mid = item[BF].shape[0] // 2
-            for j, key in enumerate(panels):
-                ax = axes[i, j]
-                is_std = key.startswith(UNCERTAINTY_PREFIX)
-                ax.imshow(item[key][mid], cmap="magma" if is_std else "gray", vmin=0.0, vmax=None if is_std else 1.0)
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if i == 0:
-                    ax.set_title(key)
-                if j == 0:
-                    ax.set_ylabel(str(item["name"]))
-        fig.tight_layout()
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100)
-        plt.close(fig)
+        rows = [GridRow(str(item["name"]), {k: v for k, v in item.items() if k != "name"}) for item in self._preview]
+        prediction_grid(rows, [k for k in self._preview[0] if k != "name"], path)

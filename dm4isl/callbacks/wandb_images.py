@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,64 +13,21 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from dm4isl.io.atomic import atomic_path
-from dm4isl.io.layout import BF, DDPM, DDPMAVG, GT, LINEAR
-from dm4isl.metrics.basic import mse, pcc
+from dm4isl.io.figures import GridRow, grid_image, prediction_grid
+from dm4isl.io.layout import BF, DDPM, DDPMAVG, ERROR_MASK, GT, STD_INTRA
+from dm4isl.models.outputs import PATCH_SCORES, patch_rows
 from dm4isl.uncertainty.masks import error_mask
 from dm4isl.uncertainty.thresholds import resolve_threshold, sampling_setting
 
 log = logging.getLogger(__name__)
 
-#: Grid columns, left to right (mid-Z slices). ``error mask`` needs a threshold on the intra-process std.
-COLUMNS = ("BF", "GT", "DDPM", "DDPMavg", "std", "error mask")
-#: Grey level of the separators between panels, and their width in pixels.
-SEPARATOR_VALUE = 1.0
-SEPARATOR_PX = 2
+#: Grid columns, left to right (mid-Z slices). The error mask needs a threshold valid for the validation sampler.
+COLUMNS = (BF, GT, DDPM, DDPMAVG, STD_INTRA, ERROR_MASK)
 #: Keys of the media and table logged to W&B.
 IMAGE_KEY = "val/images"
 TABLE_KEY = "test/per_patch"
-#: Outputs of a test step compared with GT in the per-patch table.
-TABLE_METHODS = (DDPM, DDPMAVG, LINEAR)
-
-
-def _unit(panel: np.ndarray) -> np.ndarray:
-    """Min-max scaled to [0, 1] (a constant panel becomes 0)."""
-    lo, hi = float(panel.min()), float(panel.max())
-    return (panel - lo) / (hi - lo) if hi > lo else np.zeros_like(panel)
-
-
-def grid_row(panels: Mapping[str, np.ndarray]) -> np.ndarray:
-    """One grid row ``(Y, X · n + separators)`` in [0, 1] from ``(Z, Y, X)`` volumes: their mid-Z slices.
-
-    Fluorescence panels (GT, DDPM, DDPMavg) keep their [0, 1] scale; BF and std are min-max scaled.
-    """
-    slices = []
-    for name, volume in panels.items():
-        mid = np.asarray(volume, dtype=np.float32)[volume.shape[0] // 2]
-        slices.append(np.clip(mid, 0.0, 1.0) if name in ("GT", "DDPM", "DDPMavg", "error mask") else _unit(mid))
-    sep = np.full((slices[0].shape[0], SEPARATOR_PX), SEPARATOR_VALUE, np.float32)
-    parts = [p for s in slices for p in (s, sep)][:-1]
-    return np.concatenate(parts, axis=1)
-
-
-def image_grid(rows: Sequence[Mapping[str, np.ndarray]]) -> np.ndarray:
-    """Rows of :func:`grid_row` stacked into one ``(H, W)`` uint8 image."""
-    built = [grid_row(r) for r in rows]
-    sep = np.full((SEPARATOR_PX, built[0].shape[1]), SEPARATOR_VALUE, np.float32)
-    parts = [p for r in built for p in (r, sep)][:-1]
-    return (np.concatenate(parts, axis=0) * 255.0).round().astype(np.uint8)
-
-
-def per_patch_rows(outputs: Mapping[str, Any]) -> list[list[Any]]:
-    """``[name, method, PCC, MSE]`` for every patch and method of a test step's outputs (``(B, Z, Y, X)`` arrays)."""
-    rows = []
-    for b, name in enumerate(outputs["name"]):
-        gt = np.asarray(outputs[GT][b])
-        for method in TABLE_METHODS:
-            if method in outputs:
-                pred = np.asarray(outputs[method][b])
-                rows.append([str(name), method, float(pcc(gt, pred)), float(mse(gt, pred))])
-    return rows
+#: Columns of the per-patch test table (scores computed once by the model, :func:`dm4isl.models.outputs.patch_rows`).
+TABLE_COLUMNS = ["patch", "method", *PATCH_SCORES]
 
 
 class ImageGrid(pl.Callback):
@@ -79,8 +36,9 @@ class ImageGrid(pl.Callback):
     The grid is logged with ``WandbLogger.log_image`` when a W&B logger is attached, else written as
     ``<output_dir>/val_step<step>.png``. The images are the validation's own samples (the ``outputs`` the DDPM's
     ``validation_step`` returns; nothing is sampled again), so only patches with id < ``val_num_patches`` appear. At
-    test, per-patch PCC/MSE go to a ``wandb.Table`` (W&B only; the
-    prediction writer's CSV has them for every logger). Models whose validation returns no prediction are skipped.
+    test, the per-patch PCC/MSE/MS-SSIM the model computed go to a ``wandb.Table`` (W&B only; the prediction
+    writer's CSV has them for every logger). Panels are drawn by :func:`dm4isl.io.figures.grid_figure`. Models whose
+    validation returns no prediction are skipped.
     """
 
     def __init__(
@@ -92,8 +50,8 @@ class ImageGrid(pl.Callback):
         self.organelle = dict(organelle or {})
         self.mask_threshold: float | None = self.given_threshold
         self.output_dir = Path(output_dir) if output_dir else None
-        self._rows: list[dict[str, np.ndarray]] = []
-        self._table: list[list[Any]] = []
+        self._rows: list[GridRow] = []
+        self._names: dict[int, str] = {}
 
     @staticmethod
     def _wandb(trainer: pl.Trainer) -> WandbLogger | None:
@@ -135,49 +93,49 @@ class ImageGrid(pl.Callback):
                 GT: outputs["fl"][b, 0].float().cpu().numpy(),
                 DDPM: pred.ddpm[b, 0].float().cpu().numpy(),
                 DDPMAVG: pred.ddpmavg[b, 0].float().cpu().numpy(),
-                "std": pred.std_intra[b, 0].float().cpu().numpy(),
+                STD_INTRA: pred.std_intra[b, 0].float().cpu().numpy(),
             }
             if self.mask_threshold is not None:
-                row["error mask"] = error_mask(row["std"], self.mask_threshold).astype(np.float32)
-            self._rows.append(row)
+                row[ERROR_MASK] = error_mask(row[STD_INTRA], self.mask_threshold).astype(np.float32)
+            self._rows.append(GridRow(f"patch {int(outputs['index'][b])}", row))
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self._rows or not trainer.is_global_zero:
             return
-        grid = image_grid(self._rows)
-        caption = " | ".join(self._rows[0])
+        columns = [c for c in COLUMNS if c in self._rows[0].volumes]
+        caption = " | ".join(columns)
         wandb_logger = self._wandb(trainer)
         if wandb_logger is not None:
+            grid = grid_image(self._rows, columns)
             wandb_logger.log_image(key=IMAGE_KEY, images=[grid], step=trainer.global_step, caption=[caption])
             return
         folder = self.output_dir or Path(trainer.default_root_dir)
-        path = folder / f"val_step{trainer.global_step:06d}.png"
-        _write_png(path, grid)
+        path = prediction_grid(self._rows, columns, folder / f"val_step{trainer.global_step:06d}.png")
         log.info("validation grid (%s) written to %s", caption, path)
 
     def on_test_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._table = []
+        self._names = {}
 
     def on_test_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if isinstance(outputs, Mapping) and GT in outputs and "name" in outputs:
-            self._table.extend(per_patch_rows(outputs))
+        if isinstance(outputs, Mapping) and "name" in outputs and isinstance(batch, Mapping) and "index" in batch:
+            self._names.update({int(i): str(n) for i, n in zip(batch["index"], outputs["name"], strict=True)})
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         wandb_logger = self._wandb(trainer)
-        if wandb_logger is None or not self._table or not trainer.is_global_zero:
+        if wandb_logger is None:
             return
-        wandb_logger.log_table(key=TABLE_KEY, columns=["patch", "method", "pcc", "mse"], data=self._table)
+        table = per_patch_table(patch_rows(pl_module, "test"), self._names)
+        if table and trainer.is_global_zero:
+            wandb_logger.log_table(key=TABLE_KEY, columns=TABLE_COLUMNS, data=table)
 
 
-def _write_png(path: Path, image: np.ndarray) -> None:
-    """Save a ``(H, W)`` uint8 image as a grey PNG, atomically."""
-    import matplotlib
+def per_patch_table(rows: Mapping[int, Mapping[str, Mapping[str, float]]], names: Mapping[int, str]) -> list[list[Any]]:
+    """``[patch, method, pcc, mse, ms_ssim]`` rows of the W&B test table from the model's per-patch scores
+    ``{patch id: {product: {score: value}}}``; patch ids without a name are shown by id."""
+    return [[names.get(pid, str(pid)), product, *(float(scores[k]) for k in PATCH_SCORES)]
+            for pid, by_product in rows.items() for product, scores in by_product.items()]
 
-    matplotlib.use("Agg")
-    import matplotlib.image
 
-    with atomic_path(path) as tmp:
-        matplotlib.image.imsave(tmp, image, cmap="gray", vmin=0, vmax=255, format="png")

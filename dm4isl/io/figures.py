@@ -1,4 +1,8 @@
-"""Figure grids of predictions: one row per example, one column per product, the middle Z slice of each volume."""
+"""Figure grids of predictions: one row per example, one column per product, the middle Z slice of each volume.
+
+The one grid maker of the project: the evaluation report, the training-time preview, the validation images (PNG or
+W&B) and the reproduce script all draw with :func:`grid_figure`.
+"""
 
 from __future__ import annotations
 
@@ -56,19 +60,16 @@ def display_range(image: np.ndarray, kind: str) -> tuple[float, float]:
     return UNIT_RANGE
 
 
-def prediction_grid(
-    rows: Sequence[GridRow],
-    columns: Sequence[str],
-    path: str | os.PathLike,
-    titles: Mapping[str, str] | None = None,
-) -> Path:
-    """Write a PNG grid (rows × columns) of the middle Z slice of every volume; returns the path.
+def grid_figure(
+    rows: Sequence[GridRow], columns: Sequence[str], titles: Mapping[str, str] | None = None
+) -> Figure:
+    """A matplotlib figure (rows × columns) of the middle Z slice of every volume.
 
     ``rows[i].volumes[column]`` are ``(Z, Y, X)`` arrays; ``titles`` maps column names to column headings (default:
-    the names). Written atomically with matplotlib's Agg canvas (no display needed).
+    the names). Columns are displayed by kind (:data:`KIND_BY_COLUMN`). No display needed (Agg canvas).
     """
     if not rows or not columns:
-        raise ValueError(f"{path}: a grid needs at least one row and one column, got {len(rows)} and {len(columns)}")
+        raise ValueError(f"a grid needs at least one row and one column, got {len(rows)} and {len(columns)}")
     titles = titles or {}
     fig = Figure(figsize=(PANEL_IN * len(columns), PANEL_IN * len(rows)))
     axes = fig.subplots(len(rows), len(columns), squeeze=False)
@@ -90,6 +91,34 @@ def prediction_grid(
             vmin, vmax = display_range(image, kind)
             ax.imshow(image, cmap=CMAPS[kind], vmin=vmin, vmax=vmax, interpolation="nearest")
     fig.subplots_adjust(**GRID_MARGINS)
+    return fig
+
+
+def grid_png(rows: Sequence[GridRow], columns: Sequence[str], titles: Mapping[str, str] | None = None) -> bytes:
+    """PNG bytes of :func:`grid_figure`."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=GRID_DPI)
-    return write_bytes(path, buffer.getvalue())
+    grid_figure(rows, columns, titles).savefig(buffer, format="png", dpi=GRID_DPI)
+    return buffer.getvalue()
+
+
+def grid_image(rows: Sequence[GridRow], columns: Sequence[str], titles: Mapping[str, str] | None = None) -> np.ndarray:
+    """:func:`grid_figure` as an RGBA ``(H, W, 4)`` uint8 array (for loggers that take arrays)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = grid_figure(rows, columns, titles)
+    fig.set_dpi(GRID_DPI)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba()).copy()
+
+
+def prediction_grid(
+    rows: Sequence[GridRow],
+    columns: Sequence[str],
+    path: str | os.PathLike,
+    titles: Mapping[str, str] | None = None,
+) -> Path:
+    """Write the PNG grid of :func:`grid_figure` to ``path`` atomically; returns the path."""
+    if not rows or not columns:
+        raise ValueError(f"{path}: a grid needs at least one row and one column, got {len(rows)} and {len(columns)}")
+    return write_bytes(path, grid_png(rows, columns, titles))
