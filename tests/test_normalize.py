@@ -102,6 +102,9 @@ def test_percentile_window_uint8_and_float() -> None:
     vols = [np.random.default_rng(i).integers(0, 256, (3, 20, 20)).astype(np.uint8) for i in range(2)]
     ref = np.percentile(np.concatenate([v.ravel() for v in vols]), [2, 98], method="inverted_cdf")
     assert percentile_window(vols, [2, 98]) == (float(ref[0]), float(ref[1]))
+    mixed = [vols[0], vols[1].astype(np.uint16) * 200]  # uint8 and uint16 FOVs share one exact histogram
+    ref = np.percentile(np.concatenate([v.ravel().astype(np.uint16) for v in mixed]), [2, 98], method="inverted_cdf")
+    assert percentile_window(mixed, [2, 98]) == (float(ref[0]), float(ref[1]))
     small = [np.random.default_rng(5).normal(1000, 50, (3, 20, 20)).astype(np.float32)]
     ref = np.percentile(small[0].astype(np.float64), [1, 99])  # under PERCENTILE_MAX_VOXELS: every voxel, linear
     assert small[0].size < PERCENTILE_MAX_VOXELS

@@ -87,7 +87,8 @@ def percentile_window(volumes: Sequence[np.ndarray], percentiles: Sequence[float
     if not volumes:
         raise DataError("no training FOVs to compute percentile normalisation windows from")
     if all(v.dtype.kind == "u" and v.dtype.itemsize <= MAX_HISTOGRAM_BYTES for v in volumes):
-        counts = sum(np.bincount(v.ravel(), minlength=1 << (8 * v.dtype.itemsize)) for v in volumes)
+        n_levels = 1 << (8 * max(v.dtype.itemsize for v in volumes))  # one histogram length for uint8 + uint16
+        counts = sum(np.bincount(v.ravel(), minlength=n_levels) for v in volumes)
         cdf = np.cumsum(counts) / counts.sum()
         lo, hi = (float(np.searchsorted(cdf, p / 100.0)) for p in (p_lo, p_hi))
     else:
