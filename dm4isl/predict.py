@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 import dm4isl
 from dm4isl.callbacks.provenance import git_revision
 from dm4isl.cli import console_script, report_expected_errors
-from dm4isl.data.readers import auto_window, to_unit
+from dm4isl.data.normalize import auto_window, to_unit
 from dm4isl.errors import CheckpointError
 from dm4isl.models.nets import to_channels_last
 from dm4isl.models.predictor import Predictor

@@ -22,7 +22,8 @@ import torch
 from monai.networks.nets import UNet
 from omegaconf import OmegaConf
 
-from dm4isl.data.normalize import window_normalize
+from dm4isl.data.normalize import clip_raw, unit_std_threshold, window_normalize
+from dm4isl.data.patches import Volume, crop_slices, passes_filter, random_corner, sample_crop
 from dm4isl.data.synthetic import ORGANELLES, load_fov, synthetic_dataset
 from dm4isl.metrics.basic import pcc, pooled_pcc
 
@@ -53,31 +54,16 @@ def organelle_config(organelle: str, conf_dir: Path = ORGANELLE_CONF_DIR) -> dic
     }
 
 
-def min_slice_std(crop: np.ndarray) -> float:
-    """Minimum over Z of the per-slice std of a ``(Z, Y, X)`` crop."""
-    return float(crop.reshape(crop.shape[0], -1).std(axis=1).min())
-
-
 def random_crop(
-    rng: np.random.Generator, volumes: Sequence[tuple[np.ndarray, ...]], size: Sequence[int], threshold: float
-) -> tuple[np.ndarray, ...]:
-    """A random ``size`` crop (Z, Y, X) of all arrays of one volume whose FL (second array) passes the filter.
+    rng: np.random.Generator, volumes: Sequence[Volume], size: Sequence[int], threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(bf, fl, mask)`` of a random ``size`` crop (Z, Y, X) whose FL passes the empty-patch filter.
 
-    Falls back to the best of ``FILTER_MAX_TRIES`` tries when none passes.
+    Falls back to the best of ``FILTER_MAX_TRIES`` tries when none passes (:func:`dm4isl.data.patches.sample_crop`).
     """
-    best: tuple[float, tuple[np.ndarray, ...]] | None = None
-    for _ in range(FILTER_MAX_TRIES):
-        arrays = volumes[int(rng.integers(len(volumes)))]
-        corner = [int(rng.integers(0, d - s + 1)) for d, s in zip(arrays[0].shape, size, strict=True)]
-        sl = tuple(slice(c, c + s) for c, s in zip(corner, size, strict=True))
-        crop = tuple(a[sl] for a in arrays)
-        score = min_slice_std(crop[1])
-        if score > threshold:
-            return crop
-        if best is None or score > best[0]:
-            best = (score, crop)
-    assert best is not None
-    return best[1]
+    vi, corner, _ = sample_crop(rng, volumes, size, threshold, FILTER_MAX_TRIES)
+    sl = crop_slices(corner, size)
+    return volumes[vi].bf[sl], volumes[vi].fl[sl], volumes[vi].mask[sl]
 
 
 def filter_pass_rate(
@@ -88,9 +74,8 @@ def filter_pass_rate(
     kept = 0
     for _ in range(FILTER_SAMPLES):
         fl = fls[int(rng.integers(len(fls)))]
-        corner = [int(rng.integers(0, d - s + 1)) for d, s in zip(fl.shape, size, strict=True)]
-        crop = fl[tuple(slice(c, c + s) for c, s in zip(corner, size, strict=True))]
-        kept += min_slice_std(np.clip(crop.astype(np.float32), *fl_window)) > std_th
+        crop = fl[crop_slices(random_corner(rng, fl.shape, size), size)]
+        kept += passes_filter(clip_raw(crop, fl_window), std_th)
     return kept / FILTER_SAMPLES
 
 
@@ -132,16 +117,17 @@ def probe_organelle(
     fovs = [load_fov(p) for p in paths]
     raw_fl = [f.fl for f in fovs]
     vols = [
-        (window_normalize(f.bf, bf_window), window_normalize(f.fl, fl_window), f.ambiguous.astype(np.float32))
-        for f in fovs
+        Volume(path.stem, window_normalize(f.bf, bf_window), window_normalize(f.fl, fl_window),
+               f.ambiguous.astype(np.uint8))
+        for path, f in zip(paths, fovs, strict=True)
     ]
     rng = np.random.default_rng(seed)
-    threshold = std_th / (float(fl_window[1]) - float(fl_window[0]))
+    threshold = unit_std_threshold(std_th, fl_window)
     train, test = vols[:n_train], vols[n_train:]
     test_crops = [random_crop(rng, test, crop_zyx, threshold) for _ in range(n_test_crops)]
 
-    bf_train = np.concatenate([v[0].ravel() for v in train])
-    fl_train = np.concatenate([v[1].ravel() for v in train])
+    bf_train = np.concatenate([v.bf.ravel() for v in train])
+    fl_train = np.concatenate([v.fl.ravel() for v in train])
     slope = float(np.cov(bf_train, fl_train)[0, 1] / bf_train.var(ddof=1))
     intercept = float(fl_train.mean() - slope * bf_train.mean())
     linear_pcc = pooled_pcc([c[1] for c in test_crops], [slope * c[0] + intercept for c in test_crops])
@@ -170,7 +156,7 @@ def probe_organelle(
     return {
         "gen_s_per_fov": gen_s / len(paths),
         "gen_s_dataset": gen_s,
-        "pcc_bf_fl": pooled_pcc([v[0] for v in vols], [v[1] for v in vols]),
+        "pcc_bf_fl": pooled_pcc([v.bf for v in vols], [v.fl for v in vols]),
         "pass_rate": filter_pass_rate(raw_fl, fl_window, std_th, rng),
         "linear_pcc": linear_pcc,
         "unet_pcc": pooled_pcc([c[1] for c in test_crops], preds),

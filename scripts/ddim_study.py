@@ -148,7 +148,7 @@ def run_sampler(model: Any, bf: np.ndarray, spec: SamplerSpec, base: SamplerSett
             out["windows"][window] = None
             continue
         avg = model.target.to_data(stats.mean).clamp(0.0, 1.0)
-        out["windows"][window] = {"ddpmavg": per_seed(avg), "std_intra": per_seed(stats.std / model.target.scale),
+        out["windows"][window] = {"ddpmavg": per_seed(avg), "std_intra": per_seed(model.target.std_to_data(stats.std)),
                                   "n_avg": stats.count}
     return out
 

@@ -15,14 +15,13 @@ from skimage.transform import resize
 from conftest import CONF_DIR
 from dm4isl.data.allen import (
     ResampleSettings,
-    percentile_window,
     prepare_fov,
     read_channels,
     read_manifest,
     resample_xy,
 )
 from dm4isl.data.datamodule import ManifestDataModule
-from dm4isl.data.normalize import window_normalize
+from dm4isl.data.normalize import percentile_window, window_normalize
 from dm4isl.data.splits import read_split
 from dm4isl.errors import DataError
 
@@ -218,17 +217,6 @@ def test_split_by_well_keeps_wells_together(allen_root: Path, tmp_path: Path) ->
             assert where.setdefault(wells[fid], name) == name  # no well in two splits
     assert sorted(sum(split.values(), [])) == sorted(wells)
     assert read_split(tmp_path / "run" / "split.csv") == split
-
-
-def test_percentile_window_is_exact_for_uint16() -> None:
-    vols = [np.random.default_rng(i).integers(300, 3000, (4, 30, 40)).astype(np.uint16) for i in range(3)]
-    lo, hi = percentile_window(vols, [0.1, 99.9])
-    ref = np.percentile(np.concatenate([v.ravel() for v in vols]), [0.1, 99.9], method="inverted_cdf")
-    assert (lo, hi) == (float(ref[0]), float(ref[1]))
-    lo_f, hi_f = percentile_window([v.astype(np.float32) for v in vols], [0.1, 99.9])
-    assert lo_f == pytest.approx(lo, abs=2) and hi_f == pytest.approx(hi, abs=2)
-    with pytest.raises(DataError, match="empty normalisation window"):
-        percentile_window([np.full((2, 4, 4), 7, np.uint16)], [1, 99])
 
 
 def _one_row_manifest(tmp_path: Path, image: Path, bf_channel: int | str = CH_BF, gene: str = "LMNB1") -> Path:

@@ -10,6 +10,7 @@ import tifffile
 import torch
 
 from dm4isl.data.datamodule import PatchFolderDataModule, RandomCropDataset
+from dm4isl.data.normalize import unit_std_threshold
 from dm4isl.data.patches import (
     Volume,
     apply_augment,
@@ -17,7 +18,6 @@ from dm4isl.data.patches import (
     min_slice_std,
     passes_filter,
     sample_crop,
-    unit_std_threshold,
 )
 from dm4isl.data.splits import load_or_make_split, read_split, split_ids
 from dm4isl.errors import DataError

@@ -9,8 +9,9 @@ import pytest
 import torch
 from test_scripts_sampling import NET, ORGANELLE, load_script
 
+from dm4isl.data.normalize import TargetRange
 from dm4isl.models.ddpm import DDPMModule
-from dm4isl.sampling import NoiseSchedule, SamplerSettings, TargetRange
+from dm4isl.sampling import NoiseSchedule, SamplerSettings
 from dm4isl.sampling.diagnostics import correction_effect, mean_response
 
 SCHEDULE = NoiseSchedule(num_train_timesteps=50)

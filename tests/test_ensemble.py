@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 import torch
 
-from dm4isl.sampling import NoiseSchedule, SamplerSettings, TargetRange, sample
+from dm4isl.data.normalize import TargetRange
+from dm4isl.sampling import NoiseSchedule, SamplerSettings, sample
 from dm4isl.sampling.ensemble import sample_ensemble
 
 

@@ -9,7 +9,8 @@ import pytest
 import tifffile
 
 from conftest import GOLDEN, GOLDEN_TOL
-from dm4isl.data.readers import auto_window, list_tiffs, read_patch_folder, read_volume, to_unit
+from dm4isl.data.normalize import to_unit
+from dm4isl.data.readers import list_tiffs, read_patch_folder, read_volume
 from dm4isl.errors import DataError
 from dm4isl.io import write_tiff
 from dm4isl.metrics import ms_ssim_batch, pooled_mse, pooled_pcc
@@ -113,25 +114,3 @@ def test_2d_nan_and_empty(tmp_path: Path) -> None:
         read_patch_folder(tmp_path / "e")
     with pytest.raises(DataError, match=r"nowhere: patch folder not found"):
         read_patch_folder(tmp_path / "nowhere")
-
-
-def test_to_unit_rules(tmp_path: Path) -> None:
-    raw = np.array([[[300, 390, 945, 1500, 4000]]], np.uint16)
-    np.testing.assert_allclose(to_unit(raw, window=(390, 1500))[0, 0], [0, 0, 0.5, 1, 1], atol=1e-6)
-    with pytest.raises(DataError, match=r"x\.tiff: raw uint16 grey levels need a normalisation window"):
-        to_unit(raw, tmp_path / "x.tiff")
-    with pytest.raises(DataError, match=r"f\.tiff: float intensities span \[0, 3\]"):
-        to_unit(np.array([[[0.0, 3.0]]], np.float32), tmp_path / "f.tiff")
-    np.testing.assert_allclose(to_unit(np.array([[[0.0, 1.0]]], np.float64)), [[[0.0, 1.0]]])
-
-
-def test_auto_window_applies_windows_to_raw_float_grey_levels() -> None:
-    window = (100.0, 300.0)
-    unit = np.full((2, 4, 4), 0.5, dtype=np.float32)
-    raw = np.full((2, 4, 4), 200.0, dtype=np.float32)
-    assert auto_window(np.zeros((2, 4, 4), np.uint8), window) is None
-    assert auto_window(unit, window) is None  # already normalised
-    assert auto_window(raw, window) == window  # raw grey levels stored as float
-    assert auto_window(raw.astype(np.uint16), window) == window
-    np.testing.assert_allclose(to_unit(raw, "raw.tif", auto_window(raw, window)), 0.5)
-    assert auto_window(np.full((2, 4, 4), 3.0, np.float32), window) is None  # neither normalised nor raw: refused

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader
 from dm4isl.callbacks.nan_guard import TrainingDivergedError
 from dm4isl.callbacks.provenance import Provenance
 from dm4isl.data.datamodule import PatchFolderDataModule
+from dm4isl.data.normalize import TargetRange
 from dm4isl.data.readers import read_volume
 from dm4isl.errors import CheckpointError, DataError
 from dm4isl.evaluation import evaluate_folder
@@ -27,7 +28,7 @@ from dm4isl.models.unet import UNetModule
 from dm4isl.predict import predict_command
 from dm4isl.prediction import checkpoint as checkpoint_module
 from dm4isl.prediction.runner import collect_inputs
-from dm4isl.sampling import NoiseSchedule, SamplerSettings, TargetRange
+from dm4isl.sampling import NoiseSchedule, SamplerSettings
 from dm4isl.sampling.ensemble import sample_ensemble
 from dm4isl.train import train
 

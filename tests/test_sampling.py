@@ -6,11 +6,11 @@ import pytest
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
+from dm4isl.data.normalize import TargetRange
 from dm4isl.sampling import (
     NoiseSchedule,
     RunningStats,
     SamplerSettings,
-    TargetRange,
     ddim_step,
     ddpm_step,
     patch_generators,
@@ -18,7 +18,6 @@ from dm4isl.sampling import (
     reverse_process,
     sample,
     sampling_timesteps,
-    to_unit_range,
 )
 
 SCHEDULE = NoiseSchedule()
@@ -218,16 +217,6 @@ def test_noise_is_per_patch_or_shared() -> None:
     assert torch.equal(per_patch[1], again[0])
     assert torch.equal(shared[0], shared[1])
     assert not torch.equal(randn_per_patch(patch_generators(1, [2]), SHAPE)[0], again[0])
-
-
-def test_output_modes() -> None:
-    x = torch.tensor([-0.5, 0.25, 1.5]).view(3, 1, 1, 1, 1)
-    assert to_unit_range(x, "clip").flatten().tolist() == [0.0, 0.25, 1.0]
-    assert to_unit_range(x, "batch_minmax").flatten().tolist() == [0.0, 0.375, 1.0]
-    # Batch min-max makes a patch depend on its batch-mates; clipping does not.
-    assert to_unit_range(x[1:2], "batch_minmax").item() == 0.0
-    with pytest.raises(ValueError, match="output mode"):
-        to_unit_range(x, "sigmoid")
 
 
 def test_target_range_and_settings() -> None:

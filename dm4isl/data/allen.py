@@ -53,10 +53,6 @@ SINGLETON_AXES = "TSIQ"
 RESAMPLE_METHODS = ("nearest", "linear")
 #: Bump when the layout of the prepared-FOV cache changes.
 FOV_CACHE_VERSION = 1
-#: Voxels per FOV used for percentile windows of float data (a fixed-stride subsample; integer data use all voxels).
-PERCENTILE_MAX_VOXELS = 1 << 20
-#: Largest unsigned-integer item size (bytes) whose percentiles come from an exact full histogram.
-MAX_HISTOGRAM_BYTES = 2
 
 
 @dataclass(frozen=True)
@@ -412,28 +408,3 @@ def prepare_fov(
             with open(tmp, "wb") as fh:
                 np.savez(fh, bf=bf, fl=fl)
     return bf, fl
-
-
-def percentile_window(volumes: Sequence[np.ndarray], percentiles: Sequence[float]) -> tuple[float, float]:
-    """``(lo, hi)`` = the given percentiles (in %) of all voxels of ``volumes`` (each ``(Z, Y, X)``).
-
-    uint8/uint16 data: exact (inverted-CDF percentile) from a histogram of every voxel. Other data: from a
-    fixed-stride subsample of at most :data:`PERCENTILE_MAX_VOXELS` voxels per volume.
-    Raises :class:`DataError` when ``hi <= lo`` (no contrast).
-    """
-    p_lo, p_hi = (float(p) for p in percentiles)
-    if not 0 <= p_lo < p_hi <= 100:
-        raise ValueError(f"percentiles must satisfy 0 <= lo < hi <= 100, got {list(percentiles)}")
-    if not volumes:
-        raise DataError("no training FOVs to compute percentile normalisation windows from")
-    if all(v.dtype.kind == "u" and v.dtype.itemsize <= MAX_HISTOGRAM_BYTES for v in volumes):
-        counts = sum(np.bincount(v.ravel(), minlength=1 << (8 * v.dtype.itemsize)) for v in volumes)
-        cdf = np.cumsum(counts) / counts.sum()
-        lo, hi = (float(np.searchsorted(cdf, p / 100.0)) for p in (p_lo, p_hi))
-    else:
-        sample = np.concatenate([v.ravel()[:: max(1, v.size // PERCENTILE_MAX_VOXELS)] for v in volumes])
-        lo, hi = (float(x) for x in np.percentile(sample.astype(np.float64), [p_lo, p_hi]))
-    if not hi > lo:
-        raise DataError(f"training FOVs give an empty normalisation window [{lo}, {hi}] at percentiles "
-                        f"{[p_lo, p_hi]}; expected hi > lo (are the images constant?)")
-    return lo, hi

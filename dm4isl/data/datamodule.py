@@ -21,11 +21,17 @@ from dm4isl.data.allen import (
     MANIFEST_STYLES,
     FovRecord,
     ResampleSettings,
-    percentile_window,
     prepare_fov,
     read_manifest,
 )
-from dm4isl.data.normalize import window_normalize
+from dm4isl.data.normalize import (
+    INTENSITY_MODES,
+    percentile_window,
+    select_window,
+    to_unit,
+    unit_std_threshold,
+    window_normalize,
+)
 from dm4isl.data.patches import (
     SALT_TEST,
     SALT_TRAIN,
@@ -37,9 +43,8 @@ from dm4isl.data.patches import (
     crop_slices,
     fixed_patch_set,
     sample_crop,
-    unit_std_threshold,
 )
-from dm4isl.data.readers import auto_window, read_patch_folder, to_unit
+from dm4isl.data.readers import read_patch_folder
 from dm4isl.data.splits import load_or_make_split
 from dm4isl.errors import DataError
 from dm4isl.io.atomic import atomic_path
@@ -428,7 +433,7 @@ class PatchFolderDataModule(ZStackDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(organelle, **kwargs)
-        if intensity not in ("auto", "unit", "window"):
+        if intensity not in INTENSITY_MODES:
             raise ValueError(f"intensity must be auto, unit or window, got {intensity!r}")
         self.root = Path(root)
         self.bf_dir, self.gt_dir, self.intensity = bf_dir, gt_dir, intensity
@@ -442,19 +447,12 @@ class PatchFolderDataModule(ZStackDataModule):
         volumes = []
         for pair in pairs:
             bf_raw, fl_raw = pair.read_raw()
-            bf_win = self._window(bf_raw, org["bf_window"])
-            fl_win = self._window(fl_raw, org["fl_window"])
+            bf_win = select_window(bf_raw, org["bf_window"], self.intensity)
+            fl_win = select_window(fl_raw, org["fl_window"], self.intensity)
             volumes.append(
                 Volume(pair.name, to_unit(bf_raw, pair.bf_path, bf_win), to_unit(fl_raw, pair.gt_path, fl_win))
             )
         return volumes
-
-    def _window(self, raw: np.ndarray, window: Sequence[float]) -> Sequence[float] | None:
-        if self.intensity == "window":
-            return window
-        if self.intensity == "unit":
-            return None
-        return auto_window(raw, window)
 
 
 class ManifestDataModule(ZStackDataModule):

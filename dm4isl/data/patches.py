@@ -32,17 +32,6 @@ class Volume:
             raise DataError(f"{self.name}: expected (Z, Y, X) volumes, got shape {self.bf.shape}")
 
 
-def unit_std_threshold(std_th: float, fl_window: Sequence[float]) -> float:
-    """Convert the raw-grey-level ``std_th`` (SPEC §1) to normalised [0, 1] units.
-
-    Clipping and the affine window map commute with the standard deviation up to the factor ``hi - lo``, so testing
-    the normalised crop against ``std_th / (hi - lo)`` is the same rule as testing the raw clipped crop against
-    ``std_th``; it also applies to data that arrive already normalised (uint8 patch folders).
-    """
-    lo, hi = float(fl_window[0]), float(fl_window[1])
-    return float(std_th) / (hi - lo)
-
-
 def min_slice_std(fl: np.ndarray) -> float:
     """Minimum over Z of the per-slice standard deviation of a ``(Z, Y, X)`` crop."""
     return float(fl.reshape(fl.shape[0], -1).std(axis=1).min())

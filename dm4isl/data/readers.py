@@ -11,13 +11,10 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from dm4isl.data.normalize import window_normalize
+from dm4isl.data.normalize import to_unit
 from dm4isl.errors import DataError
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff")
-UINT8_MAX = 255.0
-#: Float inputs are accepted as already normalised if they lie in [0, 1] up to this tolerance.
-UNIT_RANGE_TOL = 1e-3
 
 
 def _natural_key(path: Path) -> tuple:
@@ -74,53 +71,6 @@ def read_volume(path: str | os.PathLike) -> np.ndarray:
     if arr.dtype.kind not in "uif":
         raise DataError(f"{path}: unsupported dtype {arr.dtype}; expected an unsigned/signed integer or float image")
     return arr
-
-
-def to_unit(
-    array: np.ndarray, path: str | os.PathLike = "<array>", window: Sequence[float] | None = None
-) -> np.ndarray:
-    """Convert a ``(Z, Y, X)`` volume to float32 in [0, 1].
-
-    * with ``window`` given: fixed-window normalisation of raw grey levels (SPEC §1);
-    * uint8 without window: value / 255 (the reference patch layout);
-    * float without window: kept if already in [0, 1] (clipped within a tolerance of 1e-3), else an error;
-    * other integer types need a window (they are raw camera grey levels).
-    """
-    if window is not None:
-        return window_normalize(array, window)
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / np.float32(UINT8_MAX)
-    if array.dtype.kind == "f":
-        lo, hi = float(array.min()), float(array.max())
-        if lo < -UNIT_RANGE_TOL or hi > 1 + UNIT_RANGE_TOL:
-            raise DataError(
-                f"{path}: float intensities span [{lo:.4g}, {hi:.4g}]; expected normalised values in [0, 1] "
-                "(or give a normalisation window)"
-            )
-        return np.clip(array, 0.0, 1.0).astype(np.float32)
-    raise DataError(
-        f"{path}: raw {array.dtype} grey levels need a normalisation window (organelle bf_window/fl_window); "
-        "expected uint8 (value/255) or float in [0, 1] otherwise"
-    )
-
-
-def auto_window(raw: np.ndarray, window: Sequence[float] | None) -> Sequence[float] | None:
-    """The window :func:`to_unit` should use for ``raw`` ``(Z, Y, X)``.
-
-    None for uint8 (value/255) and for float data already in [0, 1] (normalised); ``window`` for other integer
-    data and for float data outside [0, 1] whose range overlaps the window (raw grey levels stored as float, e.g.
-    float16/float32 Allen files). Float data that neither lie in [0, 1] nor meet the window get None, so
-    :func:`to_unit` refuses them instead of clipping them to a constant.
-    """
-    if raw.dtype == np.uint8:
-        return None
-    if raw.dtype.kind == "f" and np.isfinite(raw).all():
-        lo, hi = float(raw.min()), float(raw.max())
-        if lo >= -UNIT_RANGE_TOL and hi <= 1 + UNIT_RANGE_TOL:
-            return None
-        if window is None or hi <= window[0] or lo >= window[1]:
-            return None
-    return window
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dm4isl.data.readers import list_tiffs, read_volume, tiff_stem, to_unit
+from dm4isl.data.normalize import to_unit
+from dm4isl.data.readers import list_tiffs, read_volume, tiff_stem
 from dm4isl.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def load_inputs(
     """Read and validate every ground-truth and prediction volume before anything is computed or written.
 
     ``methods`` lists method folder names (default: :func:`discover_methods`). Intensities are converted with
-    :func:`dm4isl.data.readers.to_unit` (uint8 → /255, float in [0, 1] kept, raw integers need a window).
+    :func:`dm4isl.data.normalize.to_unit` (uint8 → /255, float in [0, 1] kept, raw integers need a window).
     Every problem — a prediction without a ground-truth partner, a missing prediction, a shape mismatch, an
     unreadable/corrupt TIFF, NaN — is collected; one :class:`DataError` lists them all, each naming its file.
     """

@@ -13,12 +13,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
+from dm4isl.data.normalize import COND_NORMS, TargetRange, zscore_per_patch
 from dm4isl.errors import CheckpointError, ConfigError
 from dm4isl.io.layout import BF, DDPM, DDPMAVG, GT, LINEAR, STD_INTER, STD_INTRA, seed_product
 from dm4isl.models.nets import build_net, downsampling_factor
 from dm4isl.models.outputs import clear_stage, log_scores, score_patches
 from dm4isl.models.predictor import Predictor, PredictRequest
-from dm4isl.sampling import NoiseSchedule, Prediction, SamplerSettings, TargetRange, sample
+from dm4isl.sampling import NoiseSchedule, Prediction, SamplerSettings, sample
 from dm4isl.sampling.ensemble import sample_ensemble
 from dm4isl.sampling.noise import training_noise
 from dm4isl.sampling.tiled import sample_ensemble_tiled
@@ -30,8 +31,6 @@ ARRAY_AXES = "ZYX"
 TENSOR_AXES = "BCZYX"
 #: Losses on the predicted noise.
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
-#: Brightfield conditioning as fed to the network: as normalised (reference) or z-scored per patch (as fnet does).
-COND_NORMS = ("none", "zscore")
 #: What the network predicts: the noise ε (the reference), the clean image x0 ("sample") or v (Salimans & Ho 2022).
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 #: Per-timestep weights of the training loss: none (the reference) or min-SNR-γ (Hang et al. 2023, "Efficient
@@ -40,8 +39,6 @@ LOSS_WEIGHTINGS = ("none", "min_snr")
 #: Learning-rate schedules: constant (the reference) or cosine decay to 0 at the last optimizer step, each after an
 #: optional linear warm-up of ``warmup_steps``.
 LR_SCHEDULES = ("constant", "cosine")
-#: Guards the per-patch z-score of a constant brightfield patch.
-ZSCORE_EPS = 1e-6
 #: Organelle keys a checkpoint must agree on with its input, and the relative tolerance for voxel sizes.
 COMPATIBLE_KEYS = ("bf_window", "fl_window", "voxel_size")
 VOXEL_SIZE_RTOL = 1e-3
@@ -178,8 +175,7 @@ class DDPMModule(Predictor, L.LightningModule):
     def net_output(self, x_t: torch.Tensor, t: torch.Tensor, bf: torch.Tensor) -> torch.Tensor:
         """Raw network output (ε, x0 or v: ``prediction_type``); ``x_t``, ``bf`` are (B, 1, Z, Y, X), ``t`` (B,)."""
         if self.hparams.cond_norm == "zscore":
-            dims = tuple(range(1, bf.ndim))
-            bf = (bf - bf.mean(dim=dims, keepdim=True)) / (bf.std(dim=dims, keepdim=True) + ZSCORE_EPS)
+            bf = zscore_per_patch(bf)
         parts = (bf, x_t) if self.hparams.cond_first else (x_t, bf)
         return self.net(torch.cat(parts, dim=1), timesteps=t)
 

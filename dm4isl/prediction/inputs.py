@@ -30,7 +30,8 @@ from dm4isl.data.images import (
     resample_to_voxel,
     select_scene,
 )
-from dm4isl.data.readers import _natural_key, auto_window, read_patch_folder, read_volume, to_unit
+from dm4isl.data.normalize import auto_window, to_unit
+from dm4isl.data.readers import _natural_key, read_patch_folder, read_volume
 from dm4isl.errors import DataError
 from dm4isl.io.atomic import read_tiff_info
 

@@ -11,7 +11,7 @@ from dm4isl.sampling.reverse import (
     reverse_process,
     sampling_timesteps,
 )
-from dm4isl.sampling.sampler import Prediction, SamplerSettings, TargetRange, sample, to_unit_range
+from dm4isl.sampling.sampler import Prediction, SamplerSettings, sample
 from dm4isl.sampling.schedule import NoiseSchedule
 from dm4isl.sampling.stats import RunningStats
 
@@ -22,7 +22,6 @@ __all__ = [
     "ReverseResult",
     "RunningStats",
     "SamplerSettings",
-    "TargetRange",
     "correct_eps_mean",
     "ddim_step",
     "ddpm_step",
@@ -33,5 +32,4 @@ __all__ = [
     "reverse_process",
     "sample",
     "sampling_timesteps",
-    "to_unit_range",
 ]

@@ -19,9 +19,10 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from dm4isl.data.normalize import TargetRange
 from dm4isl.metrics.basic import mse, pcc
 from dm4isl.sampling.reverse import EpsFn
-from dm4isl.sampling.sampler import SamplerSettings, TargetRange, sample
+from dm4isl.sampling.sampler import SamplerSettings, sample
 from dm4isl.sampling.schedule import NoiseSchedule
 
 #: Where in the schedule the response of ε̂ to the mean of x_t is measured by default (fractions of T; with the

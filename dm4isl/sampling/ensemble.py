@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
+from dm4isl.data.normalize import TargetRange
 from dm4isl.sampling.reverse import EpsFn
-from dm4isl.sampling.sampler import SamplerSettings, TargetRange, sample
+from dm4isl.sampling.sampler import SamplerSettings, sample
 from dm4isl.sampling.schedule import NoiseSchedule
 
 log = logging.getLogger(__name__)

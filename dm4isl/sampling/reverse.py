@@ -1,7 +1,7 @@
 """Reverse diffusion processes (ancestral DDPM, DDIM) with running statistics of x̂0(t): DDPMavg and intra-std.
 
 All tensors are ``(B, C, Z, Y, X)``; everything in this module works in *model space* (the range the network was
-trained on, see :class:`dm4isl.sampling.target.TargetRange`). Schedule arithmetic runs in float32 whatever
+trained on, see :class:`dm4isl.data.normalize.TargetRange`). Schedule arithmetic runs in float32 whatever
 precision the ε-predictor uses.
 """
 

@@ -8,44 +8,14 @@ from typing import Any
 
 import torch
 
+from dm4isl.data.normalize import OUTPUT_MODES, TargetRange, to_unit_range
 from dm4isl.errors import ConfigError
 from dm4isl.sampling.noise import NOISE_MODES, patch_generators
 from dm4isl.sampling.reverse import METHODS, PRECISIONS, EpsFn, reverse_process
 from dm4isl.sampling.schedule import NoiseSchedule
 
-#: How predictions are brought to [0, 1]: per-voxel clipping (batch-independent default) or min–max over the
-#: whole batch (the reference's behaviour, kept for faithful reproduction only).
-OUTPUT_MODES = ("clip", "batch_minmax")
 #: Keys of a sampler config that are not settings: Hydra's ``_target_`` and the option's ``name``.
 IGNORED_KEYS = ("_target_", "name")
-
-
-@dataclass(frozen=True)
-class TargetRange:
-    """Affine map between data units (fluorescence in [0, 1]) and model space ``[low, high]``.
-
-    ``(0, 1)`` is the reference (data used as is); ``(-1, 1)`` centres the targets like the noise.
-    """
-
-    low: float = 0.0
-    high: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.high > self.low:
-            raise ValueError(f"target range [{self.low}, {self.high}]; expected low < high")
-
-    @property
-    def scale(self) -> float:
-        """Model-space units per data unit."""
-        return self.high - self.low
-
-    def to_model(self, x: torch.Tensor | float) -> torch.Tensor | float:
-        """Data units → model space."""
-        return self.low + self.scale * x
-
-    def to_data(self, y: torch.Tensor | float) -> torch.Tensor | float:
-        """Model space → data units."""
-        return (y - self.low) / self.scale
 
 
 @dataclass(frozen=True)
@@ -122,16 +92,6 @@ class Prediction:
     n_calls: int
 
 
-def to_unit_range(x: torch.Tensor, mode: str = "clip") -> torch.Tensor:
-    """Bring a data-unit batch ``(B, C, Z, Y, X)`` to [0, 1]: per-voxel clip, or min–max over the whole batch."""
-    if mode == "clip":
-        return x.clamp(0.0, 1.0)
-    if mode == "batch_minmax":
-        lo, hi = x.min(), x.max()
-        return (x - lo) / (hi - lo) if hi > lo else torch.zeros_like(x)
-    raise ValueError(f"output mode {mode!r}; expected one of {OUTPUT_MODES}")
-
-
 @torch.no_grad()
 def sample(
     eps_fn: EpsFn,
@@ -139,7 +99,7 @@ def sample(
     patch_ids: Sequence[int] | torch.Tensor,
     schedule: NoiseSchedule,
     settings: SamplerSettings,
-    target: TargetRange = TargetRange(),
+    target: TargetRange | None = None,
     target_mean: float | None = None,
     out_channels: int = 1,
     seeds: Sequence[int] | None = None,
@@ -149,7 +109,9 @@ def sample(
     ``patch_ids`` ``(B,)`` seed each patch's noise with ``settings.seed``. ``target_mean`` is the training-set
     fluorescence mean in data units; it is required when ``settings.mean_correction`` is on. ``seeds`` ``(B,)``
     gives each row its own seed instead of ``settings.seed`` (seed ensembles: row noise from (seed, patch id)).
+    ``target`` is the model space the network works in (None: [0, 1], the data as is).
     """
+    target = target or TargetRange()
     if settings.mean_correction and target_mean is None:
         raise ValueError("mean_correction is on but no training-set target mean was given; expected a float")
     if seeds is None:
@@ -178,7 +140,7 @@ def sample(
     return Prediction(
         ddpm=to_unit_range(target.to_data(result.sample), settings.output),
         ddpmavg=to_unit_range(target.to_data(result.x0_mean), settings.output),
-        std_intra=result.x0_std / target.scale,
+        std_intra=target.std_to_data(result.x0_std),
         timesteps=result.timesteps,
         window_timesteps=result.window_timesteps,
         n_calls=result.n_calls,

@@ -15,10 +15,11 @@ from typing import Any
 
 import torch
 
+from dm4isl.data.normalize import TargetRange
 from dm4isl.sampling.ensemble import EnsemblePrediction, sample_ensemble
 from dm4isl.sampling.inference import window_inferer
 from dm4isl.sampling.reverse import EpsFn, correct_eps_mean
-from dm4isl.sampling.sampler import SamplerSettings, TargetRange
+from dm4isl.sampling.sampler import SamplerSettings
 from dm4isl.sampling.schedule import NoiseSchedule
 
 #: Number of spatial axes of a tile ``(Z, Y, X)``.
