@@ -148,7 +148,7 @@ def center_crop(arrays: np.ndarray, size: Sequence[int]) -> np.ndarray:
 def checkpoint_test_set(ckpt: Path, n: int, cache: Path, crop: Sequence[int] | None = None) -> PatchSet:
     """The first ``n`` synthetic test patches of the checkpoint's run (arrays ``(N, Z, Y, X)``), centre-cropped."""
     from dm4isl.data.datamodule import SyntheticDataModule
-    from dm4isl.prediction.checkpoint import read_checkpoint
+    from dm4isl.models.checkpoint import read_checkpoint
 
     hp = read_checkpoint(ckpt)["hyper_parameters"]
     dm = SyntheticDataModule(hp["organelle"], patch_size=hp["patch_size"], n_test_patches=n, n_val_patches=1,
@@ -540,7 +540,7 @@ def main(argv: list[str] | None = None) -> float:
     """Run the benchmark, print the tables; returns the speedup of the last line (NaN when nothing was timed)."""
     args = parse_args(argv)
     from dm4isl.io.atomic import write_csv
-    from dm4isl.prediction.checkpoint import load_model, read_checkpoint
+    from dm4isl.models.checkpoint import load_model, read_checkpoint
 
     baseline_mib = process_rss_mib()
     if args.threads:

@@ -222,7 +222,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the study, print and write the table and plot; returns the rows."""
-    from dm4isl.prediction.checkpoint import load_model
+    from dm4isl.models.checkpoint import load_model
 
     args = parse_args(argv)
     if args.threads:

@@ -146,7 +146,7 @@ def test_ddim_study_csv_plot_and_window_recorder(random_ckpt: Path, data_cache_d
 
 
 def test_window_recorder_matches_sampler(random_ckpt: Path) -> None:
-    from dm4isl.prediction.checkpoint import load_model
+    from dm4isl.models.checkpoint import load_model
     from dm4isl.sampling import SamplerSettings, sample
 
     study = load_script("ddim_study")

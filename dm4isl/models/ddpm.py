@@ -13,18 +13,14 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
-from dm4isl.errors import CheckpointError, ConfigError
+from dm4isl.errors import ConfigError
 from dm4isl.metrics.basic import ms_ssim, mse, pcc
-from dm4isl.models.nets import build_net, downsampling_factor
+from dm4isl.models.checkpoint import ARRAY_AXES, PENDING_STATS_KEY, TENSOR_AXES, check_axes
+from dm4isl.models.nets import build_net
 from dm4isl.models.outputs import collect_outputs, collect_scores, log_scores
 from dm4isl.sampling import NoiseSchedule, Prediction, SamplerSettings, TargetRange, sample
 from dm4isl.sampling.noise import training_noise
 
-#: Checkpoint key of the training-data sums not yet merged into ``data_stats`` (mid-epoch checkpoints).
-PENDING_STATS_KEY = "ddpm_pending_stats"
-#: Axis conventions stored in every checkpoint.
-ARRAY_AXES = "ZYX"
-TENSOR_AXES = "BCZYX"
 #: Losses on the predicted noise.
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
 #: Brightfield conditioning as fed to the network: as normalised (reference) or z-scored per patch (as fnet does).
@@ -39,9 +35,6 @@ LOSS_WEIGHTINGS = ("none", "min_snr")
 LR_SCHEDULES = ("constant", "cosine")
 #: Guards the per-patch z-score of a constant brightfield patch.
 ZSCORE_EPS = 1e-6
-#: Organelle keys a checkpoint must agree on with its input, and the relative tolerance for voxel sizes.
-COMPATIBLE_KEYS = ("bf_window", "fl_window", "voxel_size")
-VOXEL_SIZE_RTOL = 1e-3
 #: Running sums over training batches: voxel count, Σbf, Σfl, Σbf², Σbf·fl (float64).
 _N, _SUM_BF, _SUM_FL, _SUM_BF2, _SUM_BFFL = range(5)
 #: Prediction outputs compared against the ground truth in validation/test, with their metric-key prefixes.
@@ -64,54 +57,6 @@ def lr_factor(kind: str, warmup_steps: int, total_steps: int, step: int) -> floa
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def check_compatible(
-    hparams: Mapping[str, Any],
-    organelle: Mapping[str, Any] | None = None,
-    patch_shape: Sequence[int] | None = None,
-    source: str = "<checkpoint>",
-) -> None:
-    """Raise :class:`CheckpointError` when a checkpoint's stored settings do not fit the input.
-
-    Compares the organelle's normalisation windows and voxel size with ``organelle`` (a window left null, as with
-    ``organelle=custom``, defers to the checkpoint's fitted one), and the input patch
-    shape ``(Z, Y, X)`` with the training patch size: Z must match (the network saw that depth), Y and X must be
-    multiples of the network's downsampling factor. ``source`` names the checkpoint in the message.
-    """
-    if hparams.get("array_axes", ARRAY_AXES) != ARRAY_AXES or hparams.get("tensor_axes", TENSOR_AXES) != TENSOR_AXES:
-        raise CheckpointError(
-            f"{source}: axes {hparams.get('array_axes')}/{hparams.get('tensor_axes')}; expected "
-            f"{ARRAY_AXES}/{TENSOR_AXES} (import reference checkpoints with the converter)"
-        )
-    stored = hparams.get("organelle") or {}
-    if organelle is not None:
-        if stored.get("name") not in (None, organelle.get("name")):
-            raise CheckpointError(
-                f"{source}: trained on organelle {stored.get('name')!r}; the input is {organelle.get('name')!r}"
-            )
-        for key in COMPATIBLE_KEYS:
-            if stored.get(key) is None or organelle.get(key) is None:
-                continue  # a window fitted on the training data (organelle=custom) is the checkpoint's
-            a, b = np.asarray(stored[key], dtype=float), np.asarray(organelle[key], dtype=float)
-            if a.shape != b.shape or not np.allclose(a, b, rtol=VOXEL_SIZE_RTOL, atol=0.0):
-                raise CheckpointError(
-                    f"{source}: organelle {key} is {b.tolist()} for the input; the checkpoint was trained with "
-                    f"{a.tolist()}"
-                )
-    if patch_shape is not None:
-        trained = hparams.get("patch_size")
-        factor = downsampling_factor(hparams["net"])
-        if trained is not None and int(patch_shape[0]) != int(trained[0]):
-            raise CheckpointError(
-                f"{source}: input patches have Z = {patch_shape[0]} slices; the checkpoint was trained on "
-                f"Z = {trained[0]} (patch size {list(trained)} (Z, Y, X))"
-            )
-        if any(int(s) % factor for s in patch_shape):
-            raise CheckpointError(
-                f"{source}: input patch shape {list(patch_shape)} (Z, Y, X) is not a multiple of the network's "
-                f"downsampling factor {factor} in every axis"
-            )
 
 
 class DDPMModule(L.LightningModule):
@@ -163,14 +108,14 @@ class DDPMModule(L.LightningModule):
             raise ConfigError(f"warmup_steps = {warmup_steps}; expected ≥ 0")
         if cond_norm not in COND_NORMS:
             raise ConfigError(f"cond_norm {cond_norm!r}; expected one of {COND_NORMS}")
-        if (array_axes, tensor_axes) != (ARRAY_AXES, TENSOR_AXES):
-            raise CheckpointError(f"axes {array_axes}/{tensor_axes}; expected {ARRAY_AXES}/{TENSOR_AXES}")
+        check_axes(array_axes, tensor_axes)
         self.save_hyperparameters()
         self.net = build_net(net, in_channels=2, out_channels=1)
         self.schedule = NoiseSchedule(**(schedule or {}))
         self.target = TargetRange(*target_range)
         self.val_settings = SamplerSettings.from_dict(val_sampler)
         self.test_settings = SamplerSettings.from_dict(test_sampler)
+        # "data_stats" is the checkpoint contract's TRAINING_STATS_KEY (dm4isl.models.checkpoint)
         self.register_buffer("data_stats", torch.zeros(5, dtype=torch.float64))
         self.register_buffer("_pending_stats", torch.zeros(5, dtype=torch.float64), persistent=False)
         self._val_seen = 0

@@ -9,8 +9,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from dm4isl.errors import CheckpointError
-from dm4isl.models.ddpm import ARRAY_AXES, TENSOR_AXES, patch_metrics
+from dm4isl.models.checkpoint import ARRAY_AXES, TENSOR_AXES, check_axes
+from dm4isl.models.ddpm import patch_metrics
 from dm4isl.models.nets.unet3d import build_unet3d, downsampling_factor
 from dm4isl.models.outputs import collect_outputs, collect_scores, log_scores
 from dm4isl.sampling.inference import predict_volume
@@ -19,12 +19,6 @@ from dm4isl.sampling.inference import predict_volume
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 #: Output range of every prediction handed to metrics and writers (per-voxel clip, batch-independent).
 OUTPUT_RANGE = (0.0, 1.0)
-
-
-def check_axes(array_axes: str, tensor_axes: str) -> None:
-    """Raise :class:`CheckpointError` unless the stored axis conventions are the project's ``ZYX``/``BCZYX``."""
-    if (array_axes, tensor_axes) != (ARRAY_AXES, TENSOR_AXES):
-        raise CheckpointError(f"axes {array_axes}/{tensor_axes}; expected {ARRAY_AXES}/{TENSOR_AXES}")
 
 
 class BaselineModule(L.LightningModule):
