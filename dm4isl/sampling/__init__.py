@@ -11,9 +11,16 @@ from dm4isl.sampling.reverse import (
     reverse_process,
     sampling_timesteps,
 )
-from dm4isl.sampling.sampler import Prediction, SamplerSettings, TargetRange, sample, to_unit_range
+from dm4isl.sampling.sampler import (
+    Prediction,
+    SamplerSettings,
+    TargetRange,
+    sample,
+    to_unit_range,
+    window_products,
+)
 from dm4isl.sampling.schedule import NoiseSchedule
-from dm4isl.sampling.stats import RunningStats
+from dm4isl.sampling.stats import RunningStats, WindowStats
 
 __all__ = [
     "EpsFn",
@@ -23,6 +30,7 @@ __all__ = [
     "RunningStats",
     "SamplerSettings",
     "TargetRange",
+    "WindowStats",
     "correct_eps_mean",
     "ddim_step",
     "ddpm_step",
@@ -34,4 +42,5 @@ __all__ = [
     "sample",
     "sampling_timesteps",
     "to_unit_range",
+    "window_products",
 ]
