@@ -14,14 +14,11 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-import dm4isl
-from dm4isl.callbacks.provenance import git_revision
 from dm4isl.cli import console_script, report_expected_errors
 from dm4isl.data.normalize import auto_window, to_unit
 from dm4isl.errors import CheckpointError
+from dm4isl.models.checkpoint import check_compatible, load_predictor, prediction_provenance
 from dm4isl.models.nets import to_channels_last
-from dm4isl.models.predictor import Predictor
-from dm4isl.prediction.checkpoint import fingerprint, load_model
 from dm4isl.prediction.distributed import start_processes
 from dm4isl.prediction.inputs import InputSettings, ReadSettings, discover_inputs
 from dm4isl.prediction.runner import (
@@ -56,8 +53,6 @@ def _check(
     larger than a tile): their Z must be the training Z and every axis a multiple of the downsampling factor.
     Baselines predict any shape by Gaussian sliding windows, so only their organelle and axes are checked.
     """
-    from dm4isl.models.ddpm import check_compatible
-
     patch_shape = None
     if is_diffusion(model):
         sized = model.hparams.get("patch_size") is not None or (tiles is not None and tiles.size is not None)
@@ -75,12 +70,6 @@ def _require_diffusion(model: Any, source: str, requested: dict[str, Any]) -> No
         )
 
 
-def revision() -> str:
-    """The source revision recorded with predictions: the git commit, else ``dm4isl <version>``."""
-    rev = git_revision()
-    return rev if rev != "unknown" else f"dm4isl {dm4isl.__version__}"
-
-
 def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
     """Run :func:`dm4isl.prediction.runner.run_predict` as configured by ``conf/predict.yaml``.
 
@@ -92,10 +81,7 @@ def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
     if fabric is not None:
         shard = shard.split(fabric.global_rank, fabric.world_size)
     ckpt = Path(cfg.ckpt_path)
-    model = load_model(ckpt, fabric.device if fabric is not None else _device(cfg.device))
-    if not isinstance(model, Predictor):
-        raise CheckpointError(f"{ckpt}: a {type(model).__name__} checkpoint predicts no fluorescence (an organelle "
-                              "classifier is used by dm4isl-evaluate perceptual.classifier=<checkpoint>)")
+    model = load_predictor(ckpt, fabric.device if fabric is not None else _device(cfg.device))
     if cfg.get("channels_last", False):
         to_channels_last(model)
     sampler_cfg = OmegaConf.to_container(cfg.sampler, resolve=True) if cfg.get("sampler") else {}
@@ -123,8 +109,8 @@ def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
     tiles = TileSettings.from_dict(OmegaConf.to_container(cfg.tiling, resolve=True))
     settings = adjust_settings(model.test_settings, sampler_cfg) if is_diffusion(model) else None
     unc = UncertaintySettings(**OmegaConf.to_container(cfg.uncertainty, resolve=True))
-    calibrations = read_calibration(unc.calibration or calibration_path(ckpt), fingerprint(ckpt))
-    meta = {"checkpoint": str(ckpt), "checkpoint_sha256_16": fingerprint(ckpt), "revision": revision()}
+    meta = prediction_provenance(ckpt)
+    calibrations = read_calibration(unc.calibration or calibration_path(ckpt), meta["checkpoint_sha256_16"])
     voxel = OmegaConf.to_container(cfg.voxel_size, resolve=True) if cfg.get("voxel_size") is not None else None
     rows = run_predict(
         model, inputs, cfg.output_dir, organelle=organelle, settings=settings, n_seeds=int(cfg.n_seeds),
@@ -174,7 +160,7 @@ def predict_array(
     ``tiling`` (``size``, ``overlap``, ``batch``, ``mean_correction``: :class:`TileSettings`) how volumes larger than
     the training patch are tiled; ``channels_last`` puts the network's weights in channels-last order (speed only).
     """
-    model = load_model(checkpoint, _device(device))
+    model = load_predictor(checkpoint, _device(device))
     if channels_last:
         to_channels_last(model)
     _require_diffusion(model, str(checkpoint), {"n_seeds": n_seeds if n_seeds > 1 else None, "sampler": sampler})

@@ -55,12 +55,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from dm4isl.data.patches import PatchSet
 from dm4isl.evaluation.equivalence import NonInferiority, non_inferiority
-from dm4isl.metrics.basic import MS_SSIM_SCALES, max_ms_ssim_scales, ms_ssim_batch, pcc
+from dm4isl.metrics.basic import MS_SSIM_SCALES, max_ms_ssim_scales, mean_pcc, ms_ssim_batch, pcc
 from dm4isl.sampling import SamplerSettings, correct_eps_mean, patch_generators, randn_per_patch
 from dm4isl.sampling.ensemble import ensemble_seeds, sample_ensemble
 from dm4isl.uncertainty.evaluation import ERROR_TAU, AurocPairCounts, auroc_pair_counts
+from dm4isl.utils.run_data import FALLBACK_EXPERIMENT, checkpoint_test_set
 
 #: Non-inferiority margins: the largest loss of a candidate against our DDPM-1000 that still counts as equal
 #: quality (lower end of the paired 95 % CI of candidate − DDPM-1000 must lie above it).
@@ -86,11 +86,6 @@ PAPER_NET_CONFIG = "model/net/paper.yaml"
 MEMORY_FIT_ROWS = (1, 2, 4)
 #: DDIM step count compared with DDPM-1000 in the memory section.
 MEMORY_DDIM_STEPS = 50
-#: Experiment whose data settings describe a checkpoint that has no Hydra run folder (the quick-train path).
-FALLBACK_EXPERIMENT = "demo"
-#: Data-module keys taken from the run configuration (the rest is set here: organelle, cache, split file, n).
-_RUN_DATA_KEYS = ("n_fovs", "fov_shape", "ambiguous_fraction", "split_fractions", "split_seed", "eval_patch_size",
-                  "filter_max_tries", "seed")
 #: Products compared with the reference, in table order.
 PRODUCTS = ("ddpmavg", "std_intra", "std_inter")
 #: The averaged DDPM-1000 run is the comparator of every candidate.
@@ -107,61 +102,6 @@ def train_quick_checkpoint(out: Path, steps: int) -> Path:
                          root_dir=out, data_dir=out / "data", log_dir=out, output_dir=out / "run")
     train(cfg)
     return out / "run" / "checkpoints" / "last.ckpt"
-
-
-def run_data_settings(ckpt: Path) -> dict[str, Any]:
-    """Data-module settings of the run that wrote ``ckpt`` (``<run>/checkpoints/<name>.ckpt``).
-
-    Read from ``<run>/.hydra/config.yaml`` when present, else from the ``demo`` experiment (what
-    :func:`train_quick_checkpoint` trains with); ``<run>/split.csv`` is reused when present, so the test patches
-    are the run's own test split, never training data.
-    """
-    from omegaconf import OmegaConf
-
-    from dm4isl.utils.compose import compose_config
-
-    run_dir = ckpt.resolve().parent.parent
-    saved = run_dir / ".hydra" / "config.yaml"
-    if saved.is_file():
-        cfg = OmegaConf.load(saved)
-    else:
-        cfg = compose_config("train", [f"experiment={FALLBACK_EXPERIMENT}"])
-    out = {}
-    for key in _RUN_DATA_KEYS:
-        if key in cfg.data:
-            value = cfg.data[key]
-            out[key] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-    split = run_dir / "split.csv"
-    out["split_file"] = str(split) if split.is_file() else None
-    return out
-
-
-def center_crop(arrays: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """Centre crop ``(N, Z, Y, X)`` to ``(N, *size)``; raises ValueError when ``size`` exceeds the patch."""
-    shape = arrays.shape[1:]
-    if any(s > h for s, h in zip(size, shape, strict=True)):
-        raise ValueError(f"crop {list(size)} (Z, Y, X) is larger than the test patches {list(shape)}")
-    starts = [(h - s) // 2 for s, h in zip(size, shape, strict=True)]
-    return arrays[:, starts[0]:starts[0] + size[0], starts[1]:starts[1] + size[1], starts[2]:starts[2] + size[2]]
-
-
-def checkpoint_test_set(ckpt: Path, n: int, cache: Path, crop: Sequence[int] | None = None) -> PatchSet:
-    """The first ``n`` synthetic test patches of the checkpoint's run (arrays ``(N, Z, Y, X)``), centre-cropped."""
-    from dm4isl.data.datamodule import SyntheticDataModule
-    from dm4isl.prediction.checkpoint import read_checkpoint
-
-    hp = read_checkpoint(ckpt)["hyper_parameters"]
-    dm = SyntheticDataModule(hp["organelle"], patch_size=hp["patch_size"], n_test_patches=n, n_val_patches=1,
-                             cache_dir=cache, **run_data_settings(ckpt))
-    dm.setup("test")
-    ts = dm.test_set
-    if len(ts) < n:
-        raise ValueError(f"{ckpt}: its test split gave {len(ts)} patches; expected {n}")
-    arrays = [ts.bf[:n], ts.fl[:n], ts.mask[:n]]
-    if crop is not None:
-        arrays = [center_crop(a, crop) for a in arrays]
-    return PatchSet(bf=arrays[0], fl=arrays[1], mask=arrays[2], names=list(ts.names[:n]),
-                    sources=list(ts.sources[:n]), corners=ts.corners[:n])
 
 
 @torch.no_grad()
@@ -476,11 +416,6 @@ def memory_section(model: Any, bf: np.ndarray, base: dict, n_seeds: int, device:
     return out
 
 
-def mean_pcc(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over patches of the per-patch PCC of two ``(N, Z, Y, X)`` stacks."""
-    return float(np.mean([pcc(x, y) for x, y in zip(a, b, strict=True)]))
-
-
 def _ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
@@ -540,7 +475,7 @@ def main(argv: list[str] | None = None) -> float:
     """Run the benchmark, print the tables; returns the speedup of the last line (NaN when nothing was timed)."""
     args = parse_args(argv)
     from dm4isl.io.atomic import write_csv
-    from dm4isl.prediction.checkpoint import load_model, read_checkpoint
+    from dm4isl.models.checkpoint import load_model, read_checkpoint
 
     baseline_mib = process_rss_mib()
     if args.threads:

@@ -18,8 +18,8 @@ import json
 from pathlib import Path
 
 from dm4isl.data.datamodule import SyntheticDataModule
+from dm4isl.models.checkpoint import fingerprint, load_model
 from dm4isl.prediction.calibration import calibrate_and_score
-from dm4isl.prediction.checkpoint import fingerprint, load_model
 from dm4isl.sampling.sampler import adjust_settings
 from dm4isl.uncertainty.evaluation import ERROR_TAU
 from dm4isl.uncertainty.thresholds import calibration_path, write_calibration

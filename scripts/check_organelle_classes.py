@@ -24,6 +24,7 @@ import torch
 from hydra.utils import instantiate
 
 from dm4isl.data.classes import LabelledDataset, OrganelleClassesDataModule, labelled_arrays
+from dm4isl.models.checkpoint import load_model
 from dm4isl.models.classifier import (
     confusion_matrix,
     confusion_summary,
@@ -31,7 +32,6 @@ from dm4isl.models.classifier import (
     logistic_regression_accuracy,
     summary_statistics,
 )
-from dm4isl.prediction.checkpoint import load_model
 from dm4isl.utils.compose import compose_config
 
 #: Patches per classifier forward pass.

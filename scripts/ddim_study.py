@@ -1,8 +1,9 @@
 """DDIM study: DDPMavg quality and uncertainty AUROC vs sampler (DDIM steps, eta, 1000-step DDPM) and x̂0 window.
 
-On the synthetic test split of a checkpoint's run (see ``benchmark_sampling.checkpoint_test_set``), each sampler
-runs once over all patches × seeds; the x̂0(t) of every visited timestep feeds running statistics for every
-window at once (the trajectory does not depend on the window), so a window costs no extra network call. Per
+On the synthetic test split of a checkpoint's run (:func:`dm4isl.utils.run_data.checkpoint_test_set`), each sampler
+runs once over all patches × seeds; the sampler hands the x̂0(t) of every visited timestep to running statistics
+for every window at once (:class:`dm4isl.sampling.WindowStats`; the trajectory does not depend on the window), so a
+window costs no extra network call. Per
 (sampler, window): DDPMavg PCC and MS-SSIM vs ground truth (seed 0, and the mean over seeds), the final sample's
 PCC, and the voxel AUROC of the intra-process std map (and the inter-process std map with ≥ 2 seeds) for
 ``|DDPMavg − GT| > tau`` and for the planted-ambiguity mask (:mod:`dm4isl.uncertainty.evaluation`).
@@ -18,7 +19,6 @@ import argparse
 import io
 import math
 import re
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,23 +28,13 @@ from typing import Any
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from benchmark_sampling import checkpoint_test_set, mean_pcc  # noqa: E402
-
-from dm4isl.io.atomic import atomic_path, write_csv  # noqa: E402
-from dm4isl.metrics.basic import ms_ssim_batch  # noqa: E402
-from dm4isl.sampling import (  # noqa: E402
-    EpsFn,
-    NoiseSchedule,
-    RunningStats,
-    SamplerSettings,
-    correct_eps_mean,
-    predict_x0,
-    sample,
-)
-from dm4isl.sampling.ensemble import ensemble_seeds  # noqa: E402
-from dm4isl.uncertainty.evaluation import ERROR_TAU, evaluate_uncertainty  # noqa: E402
+from dm4isl.io.atomic import atomic_path, write_csv
+from dm4isl.metrics.basic import mean_pcc, ms_ssim_batch
+from dm4isl.models.checkpoint import load_model
+from dm4isl.sampling import SamplerSettings, WindowStats, sample, window_products
+from dm4isl.sampling.ensemble import ensemble_seeds
+from dm4isl.uncertainty.evaluation import ERROR_TAU, evaluate_uncertainty
+from dm4isl.utils.run_data import checkpoint_test_set
 
 #: Sampler names: ``ddpm`` (ancestral, all T steps) or ``ddim-<steps>[-eta<eta>]``.
 SAMPLER_PATTERN = re.compile(r"ddpm|ddim-(?P<steps>\d+)(?:-eta(?P<eta>\d+(?:\.\d+)?))?")
@@ -87,37 +77,6 @@ def parse_windows(text: str) -> list[tuple[int, int]]:
     return windows
 
 
-class WindowRecorder:
-    """Wrap an ε-predictor and keep running x̂0(t) statistics for several windows of one reverse process.
-
-    Reproduces the sampler's x̂0 exactly (the same ε̂ mean correction, which is idempotent, and clip), so the
-    window the sampler itself averages gives the same DDPMavg as :func:`dm4isl.sampling.sample`. Statistics are
-    in model space, ``(B, C, Z, Y, X)``.
-    """
-
-    def __init__(self, eps_fn: EpsFn, schedule: NoiseSchedule, windows: Sequence[tuple[int, int]],
-                 clip_x0: Sequence[float] | None, target_mean: float | None) -> None:
-        self.eps_fn = eps_fn
-        self.schedule = schedule
-        self.clip_x0 = clip_x0
-        self.target_mean = target_mean
-        self.stats = {tuple(w): RunningStats() for w in windows}
-
-    def __call__(self, x_t: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        eps = self.eps_fn(x_t, t, cond).float()
-        step = int(t[0])
-        abar = self.schedule.abar(step)
-        if self.target_mean is not None:
-            eps = correct_eps_mean(eps, x_t, abar, self.target_mean)
-        x0 = predict_x0(x_t, eps, abar)
-        if self.clip_x0 is not None:
-            x0 = x0.clamp(float(self.clip_x0[0]), float(self.clip_x0[1]))
-        for (low, high), stats in self.stats.items():
-            if low <= step < high:
-                stats.update(x0)
-        return eps
-
-
 def run_sampler(model: Any, bf: np.ndarray, spec: SamplerSpec, base: SamplerSettings, n_seeds: int,
                 windows: Sequence[tuple[int, int]]) -> dict[str, Any]:
     """Sample ``bf`` ``(N, Z, Y, X)`` with K seeds in one batch; per window the products in data units.
@@ -127,29 +86,27 @@ def run_sampler(model: Any, bf: np.ndarray, spec: SamplerSpec, base: SamplerSett
     """
     settings = SamplerSettings.from_dict({**base.to_dict(), "method": spec.method, "num_steps": spec.num_steps,
                                           "eta": spec.eta})
-    target_mean = float(model.target.to_model(model.fl_mean)) if settings.mean_correction else None
-    recorder = WindowRecorder(model.eps, model.schedule, windows, settings.clip_x0, target_mean)
+    record = WindowStats(windows)
     n = len(bf)
     cond = torch.from_numpy(np.ascontiguousarray(bf))[:, None].repeat(n_seeds, 1, 1, 1, 1)
     seeds = [s for s in ensemble_seeds(settings.seed, n_seeds) for _ in range(n)]
     tic = time.perf_counter()
     # the sampler's own window is widened to all t so that every sampler runs, whatever the study's windows
     run_settings = SamplerSettings.from_dict({**settings.to_dict(), "window": [0, model.schedule.num_train_timesteps]})
-    pred = sample(recorder, cond, list(range(n)) * n_seeds, model.schedule, run_settings, model.target,
-                  model.fl_mean, seeds=seeds)
+    pred = sample(model.eps, cond, list(range(n)) * n_seeds, model.schedule, run_settings, model.target,
+                  model.fl_mean, seeds=seeds, record=record)
     seconds = time.perf_counter() - tic
 
     def per_seed(x: torch.Tensor) -> np.ndarray:
         return x[:, 0].reshape(n_seeds, n, *x.shape[2:]).numpy()
 
     out: dict[str, Any] = {"seconds": seconds, "calls": pred.n_calls, "ddpm": per_seed(pred.ddpm), "windows": {}}
-    for window, stats in recorder.stats.items():
+    for window, stats in record.windows.items():
         if stats.count == 0:
             out["windows"][window] = None
             continue
-        avg = model.target.to_data(stats.mean).clamp(0.0, 1.0)
-        out["windows"][window] = {"ddpmavg": per_seed(avg), "std_intra": per_seed(model.target.std_to_data(stats.std)),
-                                  "n_avg": stats.count}
+        avg, std = window_products(stats.mean, stats.std, model.target, settings.output)
+        out["windows"][window] = {"ddpmavg": per_seed(avg), "std_intra": per_seed(std), "n_avg": stats.count}
     return out
 
 
@@ -222,8 +179,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 @torch.no_grad()
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run the study, print and write the table and plot; returns the rows."""
-    from dm4isl.prediction.checkpoint import load_model
-
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

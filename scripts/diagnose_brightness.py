@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from dm4isl.metrics.table import bootstrap_ci, mean_difference
-from dm4isl.prediction.checkpoint import load_model
+from dm4isl.models.checkpoint import load_model
 from dm4isl.sampling.diagnostics import correction_effect, mean_response
 from dm4isl.sampling.sampler import adjust_settings
 

@@ -50,7 +50,7 @@ from dm4isl.io.atomic import write_csv, write_text
 from dm4isl.io.figures import GridRow, prediction_grid
 from dm4isl.metrics.registry import METRICS
 from dm4isl.metrics.table import CI_HIGH, CI_LOW, IMPROVEMENT, WILCOXON_P, headline_statistic
-from dm4isl.prediction.checkpoint import fingerprint, load_model, read_checkpoint
+from dm4isl.models.checkpoint import load_predictor, prediction_provenance, read_checkpoint, selection_score
 from dm4isl.prediction.classifier import ClassifierSpec
 from dm4isl.prediction.runner import UncertaintySettings, inputs_from_patch_set, run_predict
 from dm4isl.sampling.sampler import SamplerSettings
@@ -165,11 +165,8 @@ def train_or_reuse(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def best_score(checkpoint: Path) -> float:
-    """The validation score a checkpoint was selected with (its ModelCheckpoint state); NaN when it has none."""
-    for key, state in read_checkpoint(checkpoint).get("callbacks", {}).items():
-        if key.startswith("ModelCheckpoint") and state.get("best_model_score") is not None:
-            return float(state["best_model_score"])
-    return math.nan
+    """The validation score a checkpoint file was selected with; NaN when it has none."""
+    return selection_score(read_checkpoint(checkpoint))
 
 
 def classifier_checkpoint(
@@ -189,17 +186,19 @@ def classifier_checkpoint(
 
 def predict_test_split(cfg: DictConfig, checkpoint: Path, output_dir: Path) -> None:
     """Predict the cached test split of ``cfg.data`` with ``checkpoint`` into ``output_dir`` (skips finished
-    patches: :func:`dm4isl.prediction.runner.run_predict`). Diffusion models sample with ``cfg.sampler``."""
-    model = load_model(checkpoint)
+    patches: :func:`dm4isl.prediction.runner.run_predict`). Diffusion models sample with ``cfg.sampler``; every file
+    records the checkpoint's provenance as ``dm4isl-predict`` does."""
+    model = load_predictor(checkpoint)
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup("test")
     ts = dm.test_set
     organelle = OmegaConf.to_container(cfg.organelle, resolve=True)
     settings = SamplerSettings.from_dict(OmegaConf.to_container(cfg.sampler, resolve=True))
+    meta = prediction_provenance(checkpoint)
     run_predict(
         model, inputs_from_patch_set(ts.bf, ts.fl, ts.names, "test split"), output_dir, organelle=organelle,
         settings=settings, batch_size=int(cfg.data.eval_batch_size), uncertainty=UncertaintySettings(),
-        checkpoint_id=fingerprint(checkpoint), metadata={"checkpoint": str(checkpoint)},
+        checkpoint_id=meta["checkpoint_sha256_16"], metadata=meta,
     )
 
 

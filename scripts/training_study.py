@@ -149,7 +149,7 @@ def curves(arms: Sequence[str], out: Path, threads: int, every: int = SNAPSHOT_E
     import torch
 
     from dm4isl.io.atomic import write_csv
-    from dm4isl.prediction.checkpoint import load_model
+    from dm4isl.models.checkpoint import load_model
 
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
@@ -256,7 +256,7 @@ def test_table(arms: Sequence[str], out: Path, threads: int, n_test: int, uncert
     import torch
 
     from dm4isl.io.atomic import write_csv
-    from dm4isl.prediction.checkpoint import load_model
+    from dm4isl.models.checkpoint import load_model
     from dm4isl.uncertainty.evaluation import error_truth
 
     torch.set_num_threads(threads)

@@ -300,8 +300,7 @@ def test_data_allen_and_custom_compose_and_instantiate(compose_cfg, allen_root: 
 
 def test_custom_windows_fitted_stored_in_checkpoint_and_used_to_predict(compose_cfg, allen_root: Path) -> None:
     import dm4isl
-    from dm4isl.callbacks.provenance import FITTED_WINDOWS_KEY, PROVENANCE_KEY
-    from dm4isl.prediction.checkpoint import load_model, read_checkpoint
+    from dm4isl.models.checkpoint import FITTED_WINDOWS_KEY, PROVENANCE_KEY, load_model, read_checkpoint
     from dm4isl.train import train
 
     rows = [f"{allen_root / r.path},{CH_BF},{CH_STRUCT},{r.fov_id}"

@@ -18,6 +18,7 @@ from dm4isl.io.atomic import write_tiff
 from dm4isl.metrics.perceptual import FEATURE_LAYERS, ClassifierFeatures, layer_distances
 from dm4isl.metrics.registry import CLS_LPIPS, METRIC_SETS, METRICS, patch_metrics, resolve_metric_names
 from dm4isl.metrics.texture import perceptual_distance
+from dm4isl.models.checkpoint import load_model
 from dm4isl.models.classifier import (
     ClassifierModule,
     confusion_matrix,
@@ -27,7 +28,6 @@ from dm4isl.models.classifier import (
     summary_statistics,
 )
 from dm4isl.models.nets.resnet3d import build_resnet3d, load_resnet_state_dict
-from dm4isl.prediction.checkpoint import load_model
 from dm4isl.prediction.classifier import ClassifierSpec, load_feature_extractor
 from dm4isl.train import train
 

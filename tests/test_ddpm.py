@@ -16,9 +16,9 @@ from torch.utils.data import DataLoader
 from dm4isl.callbacks.prediction_writer import PredictionWriter
 from dm4isl.errors import CheckpointError
 from dm4isl.io.atomic import read_channel_names, read_tiff_info
-from dm4isl.models.ddpm import DDPMModule, check_compatible
+from dm4isl.models.checkpoint import check_compatible, fingerprint
+from dm4isl.models.ddpm import DDPMModule
 from dm4isl.models.nets import build_net, count_parameters
-from dm4isl.prediction.checkpoint import fingerprint
 
 #: Folders the DDPM test step writes (prediction writer).
 FOLDERS = ("BF", "GT", "DDPM", "DDPMavg", "std_intra", "linear")

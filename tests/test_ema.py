@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from dm4isl.callbacks.ema import EMA, WARMUP_OFFSET, warmup_decay
-from dm4isl.prediction.checkpoint import load_model
+from dm4isl.models.checkpoint import load_model
 from dm4isl.train import train
 from dm4isl.utils.resume import LAST_CKPT, checkpoint_dir
 

@@ -13,7 +13,7 @@ import yaml
 
 from conftest import require
 from dm4isl.errors import CheckpointError
-from dm4isl.prediction.checkpoint import load_model
+from dm4isl.models.checkpoint import load_model
 from dm4isl.prediction.generative_import import import_generative, kernel_permutation, main
 
 #: A small old-format network with attention at the deepest level, like the paper's.

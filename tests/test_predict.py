@@ -20,8 +20,8 @@ from dm4isl.errors import CheckpointError, DataError
 from dm4isl.evaluation import evaluate_folder
 from dm4isl.io import layout
 from dm4isl.io.atomic import read_channel_names, read_tiff_info
+from dm4isl.models.checkpoint import load_model, read_checkpoint
 from dm4isl.predict import predict_command
-from dm4isl.prediction.checkpoint import load_model, read_checkpoint
 from dm4isl.train import train
 
 TINY = [
@@ -286,7 +286,7 @@ def test_mismatched_threshold_writes_no_mask_then_calibration_is_used(
     compose_cfg, tiny_run: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A published DDPM-1000 threshold is never applied to DDIM maps; a calibration for the setting is."""
-    from dm4isl.prediction.checkpoint import fingerprint
+    from dm4isl.models.checkpoint import fingerprint
     from dm4isl.uncertainty.thresholds import calibration_path, write_calibration
 
     out = tmp_path / "pred"

@@ -23,10 +23,10 @@ from dm4isl.data.readers import read_volume
 from dm4isl.errors import CheckpointError, DataError
 from dm4isl.evaluation import evaluate_folder
 from dm4isl.io import atomic
+from dm4isl.models import checkpoint as checkpoint_module
 from dm4isl.models.ddpm import DDPMModule
 from dm4isl.models.unet import UNetModule
 from dm4isl.predict import predict_command
-from dm4isl.prediction import checkpoint as checkpoint_module
 from dm4isl.prediction.runner import collect_inputs
 from dm4isl.sampling import NoiseSchedule, SamplerSettings
 from dm4isl.sampling.ensemble import sample_ensemble

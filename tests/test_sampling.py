@@ -11,6 +11,7 @@ from dm4isl.sampling import (
     NoiseSchedule,
     RunningStats,
     SamplerSettings,
+    WindowStats,
     ddim_step,
     ddpm_step,
     patch_generators,
@@ -18,6 +19,7 @@ from dm4isl.sampling import (
     reverse_process,
     sample,
     sampling_timesteps,
+    window_products,
 )
 
 SCHEDULE = NoiseSchedule()
@@ -161,15 +163,18 @@ def test_running_stats_equal_stored_chain() -> None:
 
 @pytest.mark.parametrize(("method", "num_steps"), [("ddpm", None), ("ddim", 12)])
 def test_reverse_process_statistics_equal_explicit_chain(method: str, num_steps: int | None) -> None:
-    """Re-run the chain by hand with the public step functions, store every x̂0, compare mean/std/sample."""
+    """Re-run the chain by hand with the public step functions, store every x̂0, compare mean/std/sample, and the
+    statistics recorded for further windows on the same trajectory."""
     cond = torch.rand(2, *SHAPE, generator=torch.Generator().manual_seed(8))
     eps_fn, window, clip = _toy_eps_fn(3), (12, 37), (-1.0, 1.0)
+    extra = [window, (0, 50), (40, 50), (0, 12)]
+    record = WindowStats(extra)
     result = reverse_process(eps_fn, cond, SHORT, patch_generators(1, [4, 5]), method=method,
-                             num_steps=num_steps, eta=0.5, window=window, clip_x0=clip)
+                             num_steps=num_steps, eta=0.5, window=window, clip_x0=clip, record=record)
     gens = patch_generators(1, [4, 5])
     x = randn_per_patch(gens, SHAPE)
     steps = sampling_timesteps(SHORT, method, num_steps).tolist()
-    stored = []
+    stored, every = [], {}
     for i, t in enumerate(steps):
         eps = eps_fn(x, torch.full((2,), t), cond)
         if method == "ddpm":
@@ -178,6 +183,7 @@ def test_reverse_process_statistics_equal_explicit_chain(method: str, num_steps:
             mean, x0, sigma = ddim_step(SHORT, eps, t, steps[i + 1] if i + 1 < len(steps) else -1, x, 0.5, clip)
         if window[0] <= t < window[1]:
             stored.append(x0)
+        every[t] = x0
         x = mean + sigma * randn_per_patch(gens, SHAPE) if sigma > 0 else mean
     chain = torch.stack(stored)
     assert len(stored) == len(result.window_timesteps) > 1
@@ -185,6 +191,33 @@ def test_reverse_process_statistics_equal_explicit_chain(method: str, num_steps:
     # the intra-process std is the sample std (ddof 1) of the window's x̂0(t), as the reference's torch.std
     torch.testing.assert_close(result.x0_std, chain.std(0, unbiased=True), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(result.sample, x, rtol=1e-5, atol=1e-5)
+    # the sampler's own window, recorded again, is bit-identical; the others equal their stored x̂0(t)
+    assert torch.equal(record.windows[window].mean, result.x0_mean)
+    assert torch.equal(record.windows[window].std, result.x0_std)
+    for low, high in extra:
+        wanted = torch.stack([x0 for t, x0 in every.items() if low <= t < high])
+        stats = record.windows[(low, high)]
+        assert stats.count == len(wanted) > 1
+        torch.testing.assert_close(stats.mean, wanted.mean(0), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(stats.std, wanted.std(0, unbiased=True), rtol=1e-5, atol=1e-5)
+
+
+def test_window_stats_in_sample_give_the_sampler_products() -> None:
+    cond = torch.rand(2, *SHAPE, generator=torch.Generator().manual_seed(4))
+    target = TargetRange(-1.0, 1.0)
+    settings = SamplerSettings(method="ddim", num_steps=6, window=(20, 50), mean_correction=True)
+    record = WindowStats([(20, 50), (48, 50)])
+    pred = sample(_toy_eps_fn(2), cond, [0, 1], SHORT, settings, target, target_mean=0.3, record=record)
+    own = record.windows[(20, 50)]
+    assert own.count == len(pred.window_timesteps) == 4  # DDIM-6 of T = 50 visits 49, 39, 29, 20, 10, 0
+    ddpmavg, std_intra = window_products(own.mean, own.std, target, settings.output)
+    assert torch.equal(ddpmavg, pred.ddpmavg) and torch.equal(std_intra, pred.std_intra)
+    assert record.windows[(48, 50)].count == 1 and float(record.windows[(48, 50)].std.abs().max()) == 0.0
+    assert float(ddpmavg.min()) >= 0.0 and float(ddpmavg.max()) <= 1.0
+    unclipped, _ = window_products(torch.tensor([-3.0, 0.0, 3.0]), torch.ones(3), target, "batch_minmax")
+    assert unclipped.tolist() == [0.0, 0.5, 1.0]
+    with pytest.raises(ValueError, match=r"x̂0 window \[30, 30\); expected 0 ≤ t_low < t_high"):
+        WindowStats([(30, 30)])
 
 
 @pytest.mark.parametrize(("method", "num_steps"), [("ddpm", None), ("ddim", 10)])

@@ -1,4 +1,5 @@
-"""Smoke tests of the sampling scripts (benchmark, DDIM study) on a randomly initialised tiny diffusion checkpoint."""
+"""Smoke tests of the sampling scripts (benchmark, DDIM study) on a randomly initialised tiny diffusion checkpoint,
+and of the package functions they share: a run's test patches, centre crops, mean PCC."""
 
 from __future__ import annotations
 
@@ -14,7 +15,10 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT
+from dm4isl.data.patches import center_crop
+from dm4isl.metrics.basic import mean_pcc
 from dm4isl.models.ddpm import DDPMModule
+from dm4isl.utils.run_data import RUN_DATA_KEYS, checkpoint_test_set, run_data_settings
 
 #: Minuscule settings: 20 diffusion steps, 8 × 16 × 16 (Z, Y, X) crops, a net of 8/16/16 channels.
 T_SMOKE = 20
@@ -29,9 +33,6 @@ DATA_STATS = [1000.0, 500.0, 300.0, 300.0, 160.0]
 
 def load_script(name: str) -> ModuleType:
     """Import ``scripts/<name>.py`` as a module (the scripts folder is not a package)."""
-    scripts = str(REPO_ROOT / "scripts")
-    if scripts not in sys.path:
-        sys.path.insert(0, scripts)
     spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -110,21 +111,43 @@ def test_benchmark_presets_and_candidates() -> None:
         bench.parse_args(["--n-seeds", "1"])
 
 
-def test_center_crop_and_test_set(random_ckpt: Path, data_cache_dir: Path) -> None:
-    bench = load_script("benchmark_sampling")
+def test_center_crop_mean_pcc_and_checkpoint_test_set(random_ckpt: Path, data_cache_dir: Path) -> None:
     arr = np.arange(2 * 4 * 6 * 6).reshape(2, 4, 6, 6)
-    crop = bench.center_crop(arr, (2, 2, 4))
+    crop = center_crop(arr, (2, 2, 4))
     assert crop.shape == (2, 2, 2, 4)
-    assert crop[0, 0, 0, 0] == arr[0, 1, 2, 1]
-    with pytest.raises(ValueError, match=r"crop \[8, 2, 2\] \(Z, Y, X\) is larger than the test patches \[4, 6, 6\]"):
-        bench.center_crop(arr, (8, 2, 2))
-    ts = bench.checkpoint_test_set(random_ckpt, 2, data_cache_dir / "cache", (8, 16, 16))
+    assert crop[0, 0, 0, 0] == arr[0, 1, 2, 1] and crop[1, -1, -1, -1] == arr[1, 2, 3, 4]
+    with pytest.raises(ValueError, match=r"crop \[8, 2, 2\] \(Z, Y, X\) is larger than the patches \[4, 6, 6\]"):
+        center_crop(arr, (8, 2, 2))
+    gt = np.random.default_rng(0).random((3, 2, 4, 4))
+    pred = gt.copy()
+    pred[1] = -gt[1]  # PCC 1, -1, 1
+    assert mean_pcc(gt, pred) == pytest.approx(1.0 / 3.0)
+    assert mean_pcc(gt[:1], 2 * gt[:1] + 1) == pytest.approx(1.0)  # PCC is invariant to gain and offset
+    with pytest.raises(ValueError, match="3 ground-truth patches and 2 predictions"):
+        mean_pcc(gt, pred[:2])
+    ts = checkpoint_test_set(random_ckpt, 2, data_cache_dir / "cache", (8, 16, 16))
     assert ts.bf.shape == ts.fl.shape == ts.mask.shape == (2, 8, 16, 16)
     assert 0.0 <= ts.fl.min() and ts.fl.max() <= 1.0
     assert all(name.startswith("test") for name in ts.names)
+    full = checkpoint_test_set(random_ckpt, 2, data_cache_dir / "cache")
+    assert full.names == ts.names and np.array_equal(center_crop(full.bf, (8, 16, 16)), ts.bf)
 
 
-def test_ddim_study_csv_plot_and_window_recorder(random_ckpt: Path, data_cache_dir: Path, tmp_path: Path) -> None:
+def test_run_data_settings_from_the_run_folder(tmp_path: Path) -> None:
+    """A run folder's saved config and split are used; only the data keys that describe the data are kept."""
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    (run / ".hydra" / "config.yaml").write_text(
+        "data:\n  n_fovs: 7\n  fov_shape: [16, 48, 48]\n  split_seed: 3\n  batch_size: 9\n")
+    ckpt = run / "checkpoints" / "last.ckpt"
+    assert run_data_settings(ckpt) == {"n_fovs": 7, "fov_shape": [16, 48, 48], "split_seed": 3, "split_file": None}
+    (run / "split.csv").write_text("fov,split\n")
+    assert run_data_settings(ckpt)["split_file"] == str((run / "split.csv").resolve())
+    assert "batch_size" not in RUN_DATA_KEYS
+
+
+def test_ddim_study_csv_and_plot(random_ckpt: Path, data_cache_dir: Path, tmp_path: Path) -> None:
     study = load_script("ddim_study")
     out = tmp_path / "study"
     rows = study.main(["--ckpt", str(random_ckpt), "--out", str(out), "--n-patches", "2", "--n-seeds", "2",
@@ -145,8 +168,8 @@ def test_ddim_study_csv_plot_and_window_recorder(random_ckpt: Path, data_cache_d
     assert (out / "ddim_study.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_window_recorder_matches_sampler(random_ckpt: Path) -> None:
-    from dm4isl.prediction.checkpoint import load_model
+def test_ddim_study_windows_match_the_sampler(random_ckpt: Path) -> None:
+    from dm4isl.models.checkpoint import load_model
     from dm4isl.sampling import SamplerSettings, sample
 
     study = load_script("ddim_study")
@@ -158,7 +181,10 @@ def test_window_recorder_matches_sampler(random_ckpt: Path) -> None:
     pred = sample(model.eps, torch.from_numpy(bf)[:, None], [0, 1], model.schedule, settings, model.target,
                   model.fl_mean, seeds=[0, 0])
     np.testing.assert_allclose(res["windows"][(5, 15)]["ddpmavg"][0], pred.ddpmavg[:, 0].numpy(), atol=1e-5)
-    np.testing.assert_allclose(res["windows"][(5, 15)]["std_intra"][0], pred.std_intra[:, 0].numpy(), atol=1e-5)
+    # relative: the std maps of this random net are ~1e-7, so only rtol tells ddof 1 (the sampler's) from ddof 0
+    std = res["windows"][(5, 15)]["std_intra"][0]
+    assert float(std.max()) > 0.0
+    np.testing.assert_allclose(std, pred.std_intra[:, 0].numpy(), rtol=1e-5, atol=0.0)
     np.testing.assert_allclose(res["ddpm"][0], pred.ddpm[:, 0].numpy(), atol=1e-5)
     with pytest.raises(ValueError, match=r"sampler 'ddim50'; expected 'ddpm' or 'ddim-<steps>\[-eta<eta>\]'"):
         study.parse_sampler("ddim50")

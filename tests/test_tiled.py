@@ -18,10 +18,10 @@ from conftest import CONF_DIR
 from dm4isl.data.normalize import TargetRange
 from dm4isl.errors import CheckpointError
 from dm4isl.io.atomic import read_tiff_info, write_tiff
+from dm4isl.models.checkpoint import fingerprint
 from dm4isl.models.ddpm import DDPMModule
 from dm4isl.models.unet import UNetModule
 from dm4isl.predict import predict_command
-from dm4isl.prediction.checkpoint import fingerprint
 from dm4isl.prediction.runner import predict_arrays
 from dm4isl.sampling import NoiseSchedule, SamplerSettings, correct_eps_mean
 from dm4isl.sampling.ensemble import sample_ensemble

@@ -47,6 +47,15 @@ def crop_slices(corner: Sequence[int], size: Sequence[int]) -> tuple[slice, slic
     return tuple(slice(int(c), int(c) + int(s)) for c, s in zip(corner, size, strict=True))  # type: ignore[return-value]
 
 
+def center_crop(arrays: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Centre crop a stack ``(N, Z, Y, X)`` to ``(N, *size)``; raises ValueError when ``size`` exceeds the patch."""
+    shape = arrays.shape[1:]
+    if any(s > h for s, h in zip(size, shape, strict=True)):
+        raise ValueError(f"crop {list(size)} (Z, Y, X) is larger than the patches {list(shape)}")
+    starts = [(h - s) // 2 for s, h in zip(size, shape, strict=True)]
+    return arrays[(slice(None), *crop_slices(starts, size))]
+
+
 def random_corner(
     rng: np.random.Generator, shape: Sequence[int], size: Sequence[int], name: str = ""
 ) -> tuple[int, ...]:

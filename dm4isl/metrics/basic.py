@@ -52,6 +52,13 @@ def mae(gt: np.ndarray, pred: np.ndarray) -> float:
     return float(np.mean(np.abs(gt - pred)))
 
 
+def mean_pcc(gts: np.ndarray, preds: np.ndarray) -> float:
+    """Mean over patches of the per-patch PCC of two ``(N, Z, Y, X)`` stacks (NaN when any patch's PCC is NaN)."""
+    if len(gts) != len(preds):
+        raise ValueError(f"{len(gts)} ground-truth patches and {len(preds)} predictions; expected as many")
+    return float(np.mean([pcc(g, p) for g, p in zip(gts, preds, strict=True)]))
+
+
 def pooled_pcc(gts: Sequence[np.ndarray], preds: Sequence[np.ndarray]) -> float:
     """Pearson correlation of all voxels of all patches pooled (the reference's reporting)."""
     return pcc(np.concatenate([np.ravel(g) for g in gts]), np.concatenate([np.ravel(p) for p in preds]))

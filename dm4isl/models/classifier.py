@@ -16,10 +16,9 @@ from dm4isl.data.classes import MIN_CLASSES
 from dm4isl.errors import DataError
 from dm4isl.io.atomic import write_csv
 from dm4isl.metrics.perceptual import FEATURE_LAYERS, ClassifierFeatures
-from dm4isl.models.ddpm import ARRAY_AXES, TENSOR_AXES
+from dm4isl.models.checkpoint import ARRAY_AXES, TENSOR_AXES, check_axes
 from dm4isl.models.nets.resnet3d import build_resnet3d
 from dm4isl.models.outputs import gather_by_index
-from dm4isl.models.unet import check_axes
 from dm4isl.sampling.noise import patch_generators
 
 log = logging.getLogger(__name__)

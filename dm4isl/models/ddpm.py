@@ -8,15 +8,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import lightning as L
-import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 
 from dm4isl.data.normalize import COND_NORMS, TargetRange, zscore_per_patch
-from dm4isl.errors import CheckpointError, ConfigError
+from dm4isl.errors import ConfigError
 from dm4isl.io.layout import BF, DDPM, DDPMAVG, GT, LINEAR, STD_INTER, STD_INTRA, seed_product
-from dm4isl.models.nets import build_net, downsampling_factor
+from dm4isl.models.checkpoint import ARRAY_AXES, PENDING_STATS_KEY, TENSOR_AXES, check_axes
+from dm4isl.models.nets import build_net
 from dm4isl.models.outputs import clear_stage, log_scores, score_patches
 from dm4isl.models.predictor import Predictor, PredictRequest
 from dm4isl.sampling import NoiseSchedule, Prediction, SamplerSettings, sample
@@ -24,11 +24,6 @@ from dm4isl.sampling.ensemble import sample_ensemble
 from dm4isl.sampling.noise import training_noise
 from dm4isl.sampling.tiled import sample_ensemble_tiled
 
-#: Checkpoint key of the training-data sums not yet merged into ``data_stats`` (mid-epoch checkpoints).
-PENDING_STATS_KEY = "ddpm_pending_stats"
-#: Axis conventions stored in every checkpoint.
-ARRAY_AXES = "ZYX"
-TENSOR_AXES = "BCZYX"
 #: Losses on the predicted noise.
 LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
 #: What the network predicts: the noise ε (the reference), the clean image x0 ("sample") or v (Salimans & Ho 2022).
@@ -39,9 +34,6 @@ LOSS_WEIGHTINGS = ("none", "min_snr")
 #: Learning-rate schedules: constant (the reference) or cosine decay to 0 at the last optimizer step, each after an
 #: optional linear warm-up of ``warmup_steps``.
 LR_SCHEDULES = ("constant", "cosine")
-#: Organelle keys a checkpoint must agree on with its input, and the relative tolerance for voxel sizes.
-COMPATIBLE_KEYS = ("bf_window", "fl_window", "voxel_size")
-VOXEL_SIZE_RTOL = 1e-3
 #: Running sums over training batches: voxel count, Σbf, Σfl, Σbf², Σbf·fl (float64).
 _N, _SUM_BF, _SUM_FL, _SUM_BF2, _SUM_BFFL = range(5)
 
@@ -57,54 +49,6 @@ def lr_factor(kind: str, warmup_steps: int, total_steps: int, step: int) -> floa
         return 1.0
     progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
     return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def check_compatible(
-    hparams: Mapping[str, Any],
-    organelle: Mapping[str, Any] | None = None,
-    patch_shape: Sequence[int] | None = None,
-    source: str = "<checkpoint>",
-) -> None:
-    """Raise :class:`CheckpointError` when a checkpoint's stored settings do not fit the input.
-
-    Compares the organelle's normalisation windows and voxel size with ``organelle`` (a window left null, as with
-    ``organelle=custom``, defers to the checkpoint's fitted one), and the input patch
-    shape ``(Z, Y, X)`` with the training patch size: Z must match (the network saw that depth), Y and X must be
-    multiples of the network's downsampling factor. ``source`` names the checkpoint in the message.
-    """
-    if hparams.get("array_axes", ARRAY_AXES) != ARRAY_AXES or hparams.get("tensor_axes", TENSOR_AXES) != TENSOR_AXES:
-        raise CheckpointError(
-            f"{source}: axes {hparams.get('array_axes')}/{hparams.get('tensor_axes')}; expected "
-            f"{ARRAY_AXES}/{TENSOR_AXES} (import reference checkpoints with the converter)"
-        )
-    stored = hparams.get("organelle") or {}
-    if organelle is not None:
-        if stored.get("name") not in (None, organelle.get("name")):
-            raise CheckpointError(
-                f"{source}: trained on organelle {stored.get('name')!r}; the input is {organelle.get('name')!r}"
-            )
-        for key in COMPATIBLE_KEYS:
-            if stored.get(key) is None or organelle.get(key) is None:
-                continue  # a window fitted on the training data (organelle=custom) is the checkpoint's
-            a, b = np.asarray(stored[key], dtype=float), np.asarray(organelle[key], dtype=float)
-            if a.shape != b.shape or not np.allclose(a, b, rtol=VOXEL_SIZE_RTOL, atol=0.0):
-                raise CheckpointError(
-                    f"{source}: organelle {key} is {b.tolist()} for the input; the checkpoint was trained with "
-                    f"{a.tolist()}"
-                )
-    if patch_shape is not None:
-        trained = hparams.get("patch_size")
-        factor = downsampling_factor(hparams["net"])
-        if trained is not None and int(patch_shape[0]) != int(trained[0]):
-            raise CheckpointError(
-                f"{source}: input patches have Z = {patch_shape[0]} slices; the checkpoint was trained on "
-                f"Z = {trained[0]} (patch size {list(trained)} (Z, Y, X))"
-            )
-        if any(int(s) % factor for s in patch_shape):
-            raise CheckpointError(
-                f"{source}: input patch shape {list(patch_shape)} (Z, Y, X) is not a multiple of the network's "
-                f"downsampling factor {factor} in every axis"
-            )
 
 
 class DDPMModule(Predictor, L.LightningModule):
@@ -159,14 +103,14 @@ class DDPMModule(Predictor, L.LightningModule):
             raise ConfigError(f"warmup_steps = {warmup_steps}; expected ≥ 0")
         if cond_norm not in COND_NORMS:
             raise ConfigError(f"cond_norm {cond_norm!r}; expected one of {COND_NORMS}")
-        if (array_axes, tensor_axes) != (ARRAY_AXES, TENSOR_AXES):
-            raise CheckpointError(f"axes {array_axes}/{tensor_axes}; expected {ARRAY_AXES}/{TENSOR_AXES}")
+        check_axes(array_axes, tensor_axes)
         self.save_hyperparameters()
         self.net = build_net(net, in_channels=2, out_channels=1)
         self.schedule = NoiseSchedule(**(schedule or {}))
         self.target = TargetRange(*target_range)
         self.val_settings = SamplerSettings.from_dict(val_sampler)
         self.test_settings = SamplerSettings.from_dict(test_sampler)
+        # "data_stats" is the checkpoint contract's TRAINING_STATS_KEY (dm4isl.models.checkpoint)
         self.register_buffer("data_stats", torch.zeros(5, dtype=torch.float64))
         self.register_buffer("_pending_stats", torch.zeros(5, dtype=torch.float64), persistent=False)
         self._val_seen = 0

@@ -11,10 +11,10 @@ from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities import rank_zero_info
 
 from dm4isl.io.layout import GAN
-from dm4isl.models.ddpm import ARRAY_AXES, TENSOR_AXES
+from dm4isl.models.checkpoint import ARRAY_AXES, TENSOR_AXES, check_axes
 from dm4isl.models.nets.patchgan import build_patchgan, patchgan_output_shape
 from dm4isl.models.nets.unet3d import build_unet3d
-from dm4isl.models.unet import BaselineModule, check_axes
+from dm4isl.models.unet import BaselineModule
 
 #: Adversarial losses on discriminator logits: ``vanilla`` (pix2pix, binary cross-entropy) or ``lsgan`` (least squares).
 GAN_LOSSES = {"vanilla": F.binary_cross_entropy_with_logits, "lsgan": F.mse_loss}

@@ -9,9 +9,8 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from dm4isl.errors import CheckpointError
 from dm4isl.io.layout import BF, GT, UNET
-from dm4isl.models.ddpm import ARRAY_AXES, TENSOR_AXES
+from dm4isl.models.checkpoint import ARRAY_AXES, TENSOR_AXES, check_axes
 from dm4isl.models.nets.unet3d import build_unet3d, downsampling_factor
 from dm4isl.models.outputs import clear_stage, log_scores, score_patches
 from dm4isl.models.predictor import Predictor, PredictRequest
@@ -22,12 +21,6 @@ from dm4isl.sampling.tiled import TileSettings
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss}
 #: Output range of every prediction handed to metrics and writers (per-voxel clip, batch-independent).
 OUTPUT_RANGE = (0.0, 1.0)
-
-
-def check_axes(array_axes: str, tensor_axes: str) -> None:
-    """Raise :class:`CheckpointError` unless the stored axis conventions are the project's ``ZYX``/``BCZYX``."""
-    if (array_axes, tensor_axes) != (ARRAY_AXES, TENSOR_AXES):
-        raise CheckpointError(f"axes {array_axes}/{tensor_axes}; expected {ARRAY_AXES}/{TENSOR_AXES}")
 
 
 class BaselineModule(Predictor, L.LightningModule):

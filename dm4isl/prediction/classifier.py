@@ -13,9 +13,9 @@ import torch
 
 from dm4isl.errors import CheckpointError
 from dm4isl.metrics.perceptual import FEATURE_LAYERS, ClassifierFeatures
+from dm4isl.models.checkpoint import model_from_checkpoint
 from dm4isl.models.classifier import ClassifierModule
 from dm4isl.models.nets.resnet3d import RESNET3D_DEFAULTS, load_resnet_state_dict
-from dm4isl.prediction.checkpoint import model_from_checkpoint
 
 #: Axis order the reference's classifier was trained on: it was fed ``(B, C, Y, X, Z)`` tensors.
 REFERENCE_INPUT_AXES = "YXZ"

@@ -28,13 +28,12 @@ import lightning as L
 import torch
 from omegaconf import OmegaConf
 
-import dm4isl
-from dm4isl.callbacks.provenance import PROVENANCE_KEY, git_revision, model_class_path
 from dm4isl.conf import CONF_DIR
 from dm4isl.errors import CheckpointError
 from dm4isl.io.atomic import atomic_path
-from dm4isl.models.ddpm import ARRAY_AXES, DDPMModule
-from dm4isl.prediction.checkpoint import fingerprint
+from dm4isl.io.provenance import git_revision
+from dm4isl.models.checkpoint import ARRAY_AXES, PROVENANCE_KEY, fingerprint, provenance_block
+from dm4isl.models.ddpm import DDPMModule
 
 #: Axis order of the reference's spatial tensors, ``(B, C, Y, X, Z)`` (SPEC §6).
 REFERENCE_AXES = "YXZ"
@@ -216,9 +215,7 @@ def import_generative(
         "epoch": 0,
         "global_step": 0,
         PROVENANCE_KEY: {
-            "model_class": model_class_path(module),
-            "version": dm4isl.__version__,
-            "git": git_revision(),
+            **provenance_block(module, git_revision()),
             "imported_from": str(old_path),
             "imported_sha256_16": fingerprint(old_path),
             "imported_axes": old_axes,

@@ -11,9 +11,9 @@ from dm4isl.sampling.reverse import (
     reverse_process,
     sampling_timesteps,
 )
-from dm4isl.sampling.sampler import Prediction, SamplerSettings, sample
+from dm4isl.sampling.sampler import Prediction, SamplerSettings, sample, window_products
 from dm4isl.sampling.schedule import NoiseSchedule
-from dm4isl.sampling.stats import RunningStats
+from dm4isl.sampling.stats import RunningStats, WindowStats
 
 __all__ = [
     "EpsFn",
@@ -22,6 +22,7 @@ __all__ = [
     "ReverseResult",
     "RunningStats",
     "SamplerSettings",
+    "WindowStats",
     "correct_eps_mean",
     "ddim_step",
     "ddpm_step",
@@ -32,4 +33,5 @@ __all__ = [
     "reverse_process",
     "sample",
     "sampling_timesteps",
+    "window_products",
 ]

@@ -16,7 +16,7 @@ import torch
 from dm4isl.errors import ConfigError
 from dm4isl.sampling.noise import randn_per_patch
 from dm4isl.sampling.schedule import NoiseSchedule
-from dm4isl.sampling.stats import INTRA_STD_DDOF, RunningStats
+from dm4isl.sampling.stats import INTRA_STD_DDOF, RunningStats, WindowStats
 
 #: An ε-predictor: ``eps_fn(x_t (B, C, Z, Y, X), t (B,) int64, cond (B, Cc, Z, Y, X)) -> ε̂ (B, C, Z, Y, X)``.
 EpsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -150,6 +150,7 @@ def reverse_process(
     clip_x0: Sequence[float] | None = (-1.0, 1.0),
     target_mean: float | None = None,
     precision: str | None = None,
+    record: WindowStats | None = None,
 ) -> ReverseResult:
     """Run a reverse process from pure noise for the batch ``cond`` ``(B, Cc, Z, Y, X)``.
 
@@ -158,7 +159,8 @@ def reverse_process(
     enters a running mean and sample std (ddof 1, as the reference; nothing of the chain is stored).
     ``target_mean`` (model space) switches on the ε̂ mean correction (:func:`correct_eps_mean`). One ``eps_fn`` call
     per visited timestep, in ``precision`` (:func:`network_precision`); ε̂ is cast to float32 before any schedule
-    arithmetic.
+    arithmetic. ``record`` also receives the x̂0(t) of every visited t (statistics of further windows, e.g. a study
+    of windows on one trajectory).
     """
     if len(generators) != cond.shape[0]:
         raise ValueError(f"{len(generators)} noise generators for a batch of {cond.shape[0]}; expected one each")
@@ -184,6 +186,8 @@ def reverse_process(
         if t_low <= t < t_high:
             stats.update(x0)
             in_window.append(t)
+        if record is not None:
+            record.update(t, x0)
         x = mean + sigma * randn_per_patch(generators, shape, cond.device) if sigma > 0 else mean
     if stats.count == 0:
         raise ValueError(

@@ -13,6 +13,7 @@ from dm4isl.errors import ConfigError
 from dm4isl.sampling.noise import NOISE_MODES, patch_generators
 from dm4isl.sampling.reverse import METHODS, PRECISIONS, EpsFn, reverse_process
 from dm4isl.sampling.schedule import NoiseSchedule
+from dm4isl.sampling.stats import WindowStats
 
 #: Keys of a sampler config that are not settings: Hydra's ``_target_`` and the option's ``name``.
 IGNORED_KEYS = ("_target_", "name")
@@ -92,6 +93,14 @@ class Prediction:
     n_calls: int
 
 
+def window_products(
+    x0_mean: torch.Tensor, x0_std: torch.Tensor, target: TargetRange, output: str = "clip"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DDPMavg (brought to [0, 1] per ``output``) and intra-process std, in data units, from the model-space mean and
+    std ``(B, C, Z, Y, X)`` of x̂0 over a window."""
+    return to_unit_range(target.to_data(x0_mean), output), target.std_to_data(x0_std)
+
+
 @torch.no_grad()
 def sample(
     eps_fn: EpsFn,
@@ -103,13 +112,15 @@ def sample(
     target_mean: float | None = None,
     out_channels: int = 1,
     seeds: Sequence[int] | None = None,
+    record: WindowStats | None = None,
 ) -> Prediction:
     """Predict fluorescence for the brightfield batch ``cond`` ``(B, Cc, Z, Y, X)`` (data units in [0, 1]).
 
     ``patch_ids`` ``(B,)`` seed each patch's noise with ``settings.seed``. ``target_mean`` is the training-set
     fluorescence mean in data units; it is required when ``settings.mean_correction`` is on. ``seeds`` ``(B,)``
     gives each row its own seed instead of ``settings.seed`` (seed ensembles: row noise from (seed, patch id)).
-    ``target`` is the model space the network works in (None: [0, 1], the data as is).
+    ``target`` is the model space the network works in (None: [0, 1], the data as is). ``record`` collects the
+    model-space x̂0(t) of further windows on the same trajectory (:class:`WindowStats`).
     """
     target = target or TargetRange()
     if settings.mean_correction and target_mean is None:
@@ -136,11 +147,13 @@ def sample(
         clip_x0=settings.clip_x0,
         target_mean=float(target.to_model(target_mean)) if settings.mean_correction else None,
         precision=settings.precision,
+        record=record,
     )
+    ddpmavg, std_intra = window_products(result.x0_mean, result.x0_std, target, settings.output)
     return Prediction(
         ddpm=to_unit_range(target.to_data(result.sample), settings.output),
-        ddpmavg=to_unit_range(target.to_data(result.x0_mean), settings.output),
-        std_intra=target.std_to_data(result.x0_std),
+        ddpmavg=ddpmavg,
+        std_intra=std_intra,
         timesteps=result.timesteps,
         window_timesteps=result.window_timesteps,
         n_calls=result.n_calls,

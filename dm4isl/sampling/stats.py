@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 #: Delta degrees of freedom of the intra-process std over the window's x̂0(t): 1 (sample std), as the reference's
@@ -51,3 +53,27 @@ class RunningStats:
         """Element-wise standard deviation with ``ddof`` (float32); 0 for a single value (no spread to estimate)."""
         self._check()
         return (self._m2 / max(self.count - self.ddof, 1)).clamp_min(0.0).sqrt().to(torch.float32)
+
+
+class WindowStats:
+    """Running x̂0(t) statistics of several timestep windows ``[t_low, t_high)`` of one reverse process at once.
+
+    :meth:`update` adds the x̂0 ``(B, C, Z, Y, X)`` of a visited timestep to every window that contains it. The
+    trajectory does not depend on the windows, so any number of them costs one reverse process
+    (:func:`dm4isl.sampling.reverse.reverse_process` feeds one through its ``record`` argument). ``windows`` maps
+    each ``(t_low, t_high)`` to its :class:`RunningStats` (``ddof`` as the sampler's intra-process std).
+    """
+
+    def __init__(self, windows: Sequence[Sequence[int]], ddof: int = INTRA_STD_DDOF) -> None:
+        self.windows: dict[tuple[int, int], RunningStats] = {}
+        for window in windows:
+            low, high = (int(t) for t in window)
+            if not 0 <= low < high:
+                raise ValueError(f"x̂0 window [{low}, {high}); expected 0 ≤ t_low < t_high")
+            self.windows[(low, high)] = RunningStats(ddof)
+
+    def update(self, t: int, x0: torch.Tensor) -> None:
+        """Add x̂0 of timestep ``t`` to the statistics of every window containing ``t``."""
+        for (low, high), stats in self.windows.items():
+            if low <= t < high:
+                stats.update(x0)
