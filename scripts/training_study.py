@@ -249,10 +249,11 @@ def auroc_ci(std: np.ndarray, truth: np.ndarray, seed: int = 0) -> tuple[float, 
 
 
 def test_table(arms: Sequence[str], out: Path, threads: int, n_test: int, uncertainty_arms: Sequence[str],
-               n_seeds: int, tau: float, at_step: int | None = None) -> list[dict[str, Any]]:
+               n_seeds: int, tau: float, at_step: int | None = None,
+               corrections: Sequence[str] = ("off", "on")) -> list[dict[str, Any]]:
     """One snapshot of each arm on the test patches — the last, or the one after ``at_step`` steps (so that arms
     trained for different budgets are compared at equal steps): per-patch scores (CSV), paired CIs against the paper
-    arm."""
+    arm. ``corrections`` limits the sampling settings scored (``off``, ``on`` or ``arm:off`` pairs)."""
     import torch
 
     from dm4isl.io.atomic import write_csv
@@ -271,7 +272,7 @@ def test_table(arms: Sequence[str], out: Path, threads: int, n_test: int, uncert
             continue
         step, path = found[-1]
         for correction in ("off", "on"):
-            if (arm, correction) in done:
+            if (arm, correction) in done or not ({correction, f"{arm}:{correction}"} & set(corrections)):
                 continue
             scores = sample_scores(load_model(path), test, TEST_SAMPLER, correction == "on")
             for i in range(len(test)):
@@ -359,6 +360,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     test.add_argument("--n-test", type=int, default=32, help="test patches (16 x 64 x 64)")
     test.add_argument("--uncertainty", default="paper:off", help="arm:correction pairs scored for uncertainty")
     test.add_argument("--n-seeds", type=int, default=5, help="seeds of the uncertainty ensembles")
+    test.add_argument("--corrections", default="off,on",
+                      help="sampling settings scored: off, on, or arm:off / arm:on pairs (e.g. paper:off,eps_pm1:on)")
     test.add_argument("--tau", type=float, default=0.2, help="|error| above which a voxel is wrong")
     return parser.parse_args(argv)
 
@@ -378,7 +381,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         curves(arms, args.out, args.threads, args.every)
     else:
         pairs = [p.strip() for p in args.uncertainty.split(",") if p.strip()]
-        for row in test_table(arms, args.out, args.threads, args.n_test, pairs, args.n_seeds, args.tau, args.at_step):
+        corrections = [c.strip() for c in args.corrections.split(",") if c.strip()]
+        for row in test_table(arms, args.out, args.threads, args.n_test, pairs, args.n_seeds, args.tau, args.at_step,
+                              corrections):
             print(row)
 
 

@@ -11,6 +11,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO_ROOT / "dm4isl" / "conf"
 NUCENV_DIR = REPO_ROOT.parent / "shared" / "data" / "nucenv_reference"
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+#: The smallest DiffusionModelUNet the unit tests train (two levels of 8 channels), and a nuclear-envelope organelle
+#: with the published windows and an isotropic voxel size.
+MICRO_NET = {"name": "diffusion_unet", "channels": [8, 8], "attention_levels": [False, False], "num_res_blocks": 1,
+             "num_head_channels": 8, "norm_num_groups": 8}
+MICRO_ORGANELLE = {"name": "nuclear_envelope", "bf_window": [12000, 55000], "fl_window": [390, 1500],
+                   "voxel_size": [0.29, 0.29, 0.29]}
 #: Golden values of ../shared/data/nucenv_reference/README.md: pooled PCC, pooled MSE, mean MS-SSIM vs GT.
 GOLDEN = {
     "DDPM": (0.8426, 0.0081, 0.8722),

@@ -14,6 +14,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
 import dm4isl
+from conftest import MICRO_NET, MICRO_ORGANELLE
 from dm4isl.callbacks.provenance import Provenance
 from dm4isl.errors import CheckpointError
 from dm4isl.io.provenance import file_fingerprint
@@ -34,10 +35,7 @@ from dm4isl.models.checkpoint import (
 from dm4isl.models.classifier import ClassifierModule
 from dm4isl.models.ddpm import DDPMModule
 
-MICRO_NET = {"name": "diffusion_unet", "channels": [8, 8], "attention_levels": [False, False], "num_res_blocks": 1,
-             "num_head_channels": 8, "norm_num_groups": 8}
-ORGANELLE = {"name": "nuclear_envelope", "bf_window": [12000, 55000], "fl_window": [390, 1500],
-             "voxel_size": [0.29, 0.29, 0.29]}
+ORGANELLE = MICRO_ORGANELLE
 PATCH = (4, 16, 16)
 SAMPLER = {"method": "ddim", "num_steps": 3, "window": [0, 1000], "mean_correction": True}
 #: Training patches and batch size of the mid-epoch run: 3 optimizer steps per epoch.

@@ -13,6 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from conftest import MICRO_NET, MICRO_ORGANELLE
 from dm4isl.callbacks.prediction_writer import PredictionWriter
 from dm4isl.errors import CheckpointError
 from dm4isl.io.atomic import read_channel_names, read_tiff_info
@@ -25,10 +26,7 @@ FOLDERS = ("BF", "GT", "DDPM", "DDPMavg", "std_intra", "linear")
 NET_DIR = Path(__file__).resolve().parents[1] / "dm4isl" / "conf" / "model" / "net"
 #: Parameters of the paper's network (SPEC §2: ≈ 192.8 M).
 PAPER_PARAMETERS = 192_765_569
-MICRO_NET = {"name": "diffusion_unet", "channels": [8, 8], "attention_levels": [False, False], "num_res_blocks": 1,
-             "num_head_channels": 8, "norm_num_groups": 8}
-ORGANELLE = {"name": "nuclear_envelope", "bf_window": [12000, 55000], "fl_window": [390, 1500],
-             "voxel_size": [0.29, 0.29, 0.29]}
+ORGANELLE = MICRO_ORGANELLE
 PATCH = (4, 16, 16)
 #: Cheap sampler: 4 DDIM steps, all of them inside the averaging window.
 CHEAP_SAMPLER = {"method": "ddim", "num_steps": 4, "window": [0, 1000], "mean_correction": True}

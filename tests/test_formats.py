@@ -13,7 +13,7 @@ import pytest
 import tifffile
 import torch
 
-from conftest import require
+from conftest import MICRO_NET, require
 from dm4isl.data.allen import read_channels
 from dm4isl.data.datamodule import ManifestDataModule
 from dm4isl.data.images import needs_resampling, open_image, physical_voxel_size, resample_to_voxel
@@ -29,8 +29,6 @@ PATCH = (8, 16, 16)
 TRAIN_VOXEL = (0.29, 0.29, 0.29)
 ORGANELLE = {"name": "nuclear_envelope", "bf_window": [12000, 55000], "fl_window": [390, 1500],
              "voxel_size": list(TRAIN_VOXEL), "std_th": 70}
-MICRO_NET = {"name": "diffusion_unet", "channels": [8, 8], "attention_levels": [False, False], "num_res_blocks": 1,
-             "num_head_channels": 8, "norm_num_groups": 8}
 #: Channel names as microscopes write them; the brightfield is not the first channel.
 CHANNELS = ["EGFP-LaminB1", "TL Brightfield"]
 BF_NAME, FL_NAME = CHANNELS[1], CHANNELS[0]

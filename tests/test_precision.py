@@ -6,13 +6,12 @@ import contextlib
 
 import torch
 
+from conftest import MICRO_NET
 from dm4isl.models.ddpm import DDPMModule
 from dm4isl.sampling.reverse import ddim_step, ddpm_step
 from dm4isl.sampling.schedule import NoiseSchedule
 from dm4isl.utils.instantiate import build_model
 
-MICRO_NET = {"name": "diffusion_unet", "channels": [8, 8], "attention_levels": [False, False], "num_res_blocks": 1,
-             "num_head_channels": 8, "norm_num_groups": 8}
 SHAPE = (2, 1, 4, 16, 16)
 #: bf16 keeps 8 bits of mantissa (relative error ≈ 4e-3): float32 arithmetic must be far closer to float64.
 FP32_TOL = 1e-6
