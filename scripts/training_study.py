@@ -50,11 +50,17 @@ ARMS: dict[str, dict[str, str]] = {
                  "model.prediction_type": "sample"},
     "v_pm1_z": {**PAPER, "model.lr": "1e-3", "model.target_range": "[-1.0,1.0]", "model.cond_norm": "zscore",
                 "model.prediction_type": "v_prediction"},
+    # the same two recipes on the DNA flavour (filled nuclei: coarse structures) instead of the thin nuclear envelope
+    "eps_pm1_dna": {**PAPER, "model.lr": "1e-3", "model.target_range": "[-1.0,1.0]", "organelle": "dna"},
+    "x0_pm1_z_dna": {**PAPER, "model.lr": "1e-3", "model.target_range": "[-1.0,1.0]", "model.cond_norm": "zscore",
+                     "model.prediction_type": "sample", "organelle": "dna"},
     "eps_pm1_l2": {**PAPER, "model.lr": "1e-3", "model.target_range": "[-1.0,1.0]", "model.loss": "l2"},
     "x0_plain": {**PAPER, "model.lr": "1e-3", "model.prediction_type": "sample"},
     "eps_pm1_z_minsnr": {**PAPER, "model.lr": "1e-3", "model.target_range": "[-1.0,1.0]", "model.cond_norm": "zscore",
                          "model.loss_weighting": "min_snr"},
 }
+#: Organelle of the study's synthetic data (an arm may set its own with an ``organelle`` key).
+DEFAULT_ORGANELLE = "nuclear_envelope"
 #: Default order of training: the most informative arms first.
 DEFAULT_ORDER = ("paper", "eps_lr", "eps_pm1_z", "x0_pm1_z", "eps_pm1", "eps_pm1_l2", "v_pm1_z", "x0_plain",
                  "eps_pm1_z_minsnr")
@@ -89,14 +95,20 @@ def train_arm(arm: str, steps: int, threads: int, precision: str) -> None:
     subprocess.run(cmd, cwd=ROOT, env=env, check=True)
 
 
-def study_datamodule(eval_patch_size: Sequence[int] | None = None, n_test: int | None = None) -> Any:
+def arm_organelle(arm: str) -> str:
+    """The organelle whose synthetic data an arm trains on."""
+    return ARMS.get(arm, {}).get("organelle", DEFAULT_ORGANELLE)
+
+
+def study_datamodule(eval_patch_size: Sequence[int] | None = None, n_test: int | None = None,
+                     organelle: str = DEFAULT_ORGANELLE) -> Any:
     """The study's datamodule (``experiment=study``: same FOV split, cached validation and test patches)."""
     from hydra.utils import instantiate
     from omegaconf import open_dict
 
     from dm4isl.utils.compose import compose_config
 
-    cfg = compose_config("train", ["experiment=study"], output_dir=RUNS.parent / "eval",
+    cfg = compose_config("train", ["experiment=study", f"organelle={organelle}"], output_dir=RUNS.parent / "eval",
                          data_dir=RUNS.parent.parent.parent / "data")
     with open_dict(cfg):
         cfg.data.split_file = None
@@ -156,9 +168,13 @@ def curves(arms: Sequence[str], out: Path, threads: int, every: int = SNAPSHOT_E
     csv_path = out / "study_curves.csv"
     rows = read_rows(csv_path)
     done = {(r["arm"], int(r["step"]), r["correction"]) for r in rows}
-    val = study_datamodule().val_set
+    val_sets: dict[str, Any] = {}
     for arm in arms:
+        organelle = arm_organelle(arm)
+        if organelle not in val_sets and snapshots(arm):
+            val_sets[organelle] = study_datamodule(organelle=organelle).val_set
         for step, path in snapshots(arm):
+            val = val_sets[organelle]
             if step % every:
                 continue
             for correction in ("off", "on"):
