@@ -299,8 +299,9 @@ def test_table(arms: Sequence[str], out: Path, threads: int, n_test: int, uncert
             write_csv(per_patch_path, per_patch, list(per_patch[0]))
             print(f"[test] {arm} step {step} correction {correction}: PCC "
                   f"{np.nanmean(scores['ddpmavg_pcc']):.3f}", flush=True)
-    table = summarize(per_patch)
-    write_csv(out / "study_test.csv", table, list(table[0]))
+    table = summarize(per_patch) if per_patch else []
+    if table:
+        write_csv(out / "study_test.csv", table, list(table[0]))
     unc_rows = []
     unc_path = out / "study_uncertainty.csv"
     unc_rows = read_rows(unc_path)
