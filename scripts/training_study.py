@@ -55,6 +55,7 @@ ARMS: dict[str, dict[str, str]] = {
     "x0_pm1_z_dna": {**PAPER, "model.lr": "1e-3", "model.target_range": "[-1.0,1.0]", "model.cond_norm": "zscore",
                      "model.prediction_type": "sample", "organelle": "dna"},
     "eps_pm1_l2": {**PAPER, "model.lr": "1e-3", "model.target_range": "[-1.0,1.0]", "model.loss": "l2"},
+    "x0_pm1": {**PAPER, "model.lr": "1e-3", "model.target_range": "[-1.0,1.0]", "model.prediction_type": "sample"},
     "x0_plain": {**PAPER, "model.lr": "1e-3", "model.prediction_type": "sample"},
     "eps_pm1_z_minsnr": {**PAPER, "model.lr": "1e-3", "model.target_range": "[-1.0,1.0]", "model.cond_norm": "zscore",
                          "model.loss_weighting": "min_snr"},
@@ -62,8 +63,8 @@ ARMS: dict[str, dict[str, str]] = {
 #: Organelle of the study's synthetic data (an arm may set its own with an ``organelle`` key).
 DEFAULT_ORGANELLE = "nuclear_envelope"
 #: Default order of training: the most informative arms first.
-DEFAULT_ORDER = ("paper", "eps_lr", "eps_pm1_z", "x0_pm1_z", "eps_pm1", "eps_pm1_l2", "v_pm1_z", "x0_plain",
-                 "eps_pm1_z_minsnr")
+DEFAULT_ORDER = ("paper", "eps_lr", "eps_pm1_z", "x0_pm1_z", "eps_pm1", "eps_pm1_l2", "v_pm1_z", "x0_pm1",
+                 "x0_plain", "eps_pm1_z_minsnr")
 DEFAULT_STEPS = 4000
 SNAPSHOT_EVERY = 500
 #: Samplers of the study (one for all arms, so that arms differ only in training): learning curves on the
