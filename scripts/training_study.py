@@ -219,9 +219,10 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
     from dm4isl.io.atomic import atomic_path
 
     arms = list(dict.fromkeys(r["arm"] for r in rows))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    palette = plt.get_cmap("tab20" if len(arms) > 10 else "tab10")
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
     for i, arm in enumerate(arms):
-        colour = f"C{i}"
+        colour = palette(i % palette.N)
         for correction, style in (("off", "-"), ("on", "--")):
             pts = sorted((int(r["step"]), float(r["ddpmavg_pcc"]), float(r["ddpmavg_mse"])) for r in rows
                          if r["arm"] == arm and r["correction"] == correction)
@@ -235,10 +236,10 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
     axes[1].set(xlabel="optimizer step", ylabel="validation DDPMavg MSE", yscale="log", title="DDPMavg MSE")
     axes[0].grid(alpha=0.3)
     axes[1].grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=2)
+    fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, ncol=1, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     with atomic_path(path) as tmp:
         Path(tmp).write_bytes(buf.getvalue())
