@@ -29,7 +29,7 @@ from dm4isl.io.layout import (
     write_products,
 )
 from dm4isl.io.provenance import file_fingerprint, source_revision
-from dm4isl.models.outputs import PATCH_SCORES, patch_rows, patch_scores
+from dm4isl.models.outputs import PATCH_SCORES, gather_by_index, patch_rows, patch_scores
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ class PredictionWriter(L.Callback):
                 self._preview.append({k: arrays[k] for k in preview_panels(folders)} | {"name": name})
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        names = self._gather_names(self._names)
+        names = gather_by_index(self._names)
         scored = patch_rows(pl_module, "test")  # collective under DDP; computed by the model, once per patch
         rows = self._gather(self._rows) + [
             {"patch": names[pid], "method": method, **scores}
@@ -163,14 +163,6 @@ class PredictionWriter(L.Callback):
         if self._preview:
             self._write_preview(self.output_dir / "preview.png")
         log.info("predictions, metrics and preview written to %s", self.output_dir)
-
-    @staticmethod
-    def _gather_names(names: dict[int, str]) -> dict[int, str]:
-        if not (dist.is_available() and dist.is_initialized()):
-            return names
-        parts: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, names)
-        return {pid: name for part in parts for pid, name in part.items()}
 
     @staticmethod
     def _gather(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -143,11 +143,7 @@ def collect_scores(pl_module: pl.LightningModule, stage: str, ids: Sequence[int]
 
     Keys are logged as ``<stage>/<key>`` (e.g. ``val/ddpmavg_pcc``); NaN values are kept and left out of the mean.
     """
-    stages = getattr(pl_module, SCORES_ATTR, None)
-    if stages is None:
-        stages = {}
-        setattr(pl_module, SCORES_ATTR, stages)
-    store = stages.setdefault(stage, {})
+    store = _stage_store(pl_module, SCORES_ATTR, stage)
     for b, patch_id in enumerate(ids):
         store.setdefault(int(patch_id), {}).update({key: float(values[b]) for key, values in scores.items()})
 
