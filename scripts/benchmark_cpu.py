@@ -16,6 +16,7 @@ PyTorch and oneDNN to the AVX2 kernels such a CPU has.
 
     python scripts/benchmark_cpu.py                          # both nets, training and sampling, native kernels
     python scripts/benchmark_cpu.py --isa avx2 --nets tiny   # as on an AVX2-only CPU
+    python scripts/benchmark_cpu.py --nets nano tiny --no-compile --no-bf16   # quick, on an AVX2-only CPU
 """
 
 from __future__ import annotations
@@ -46,8 +47,8 @@ MID_NET = {"name": "diffusion_unet", "channels": [32, 64, 128], "attention_level
            "num_res_blocks": 2, "num_head_channels": 8, "norm_num_groups": 8}
 #: Workloads: sampling rows × (Z, Y, X) per ε call (tiny: the CPU preset's batch of the sampling benchmark, 16
 #: patches × 2 seeds of 8 × 32 × 32) and the training batch (the demo's, 4 crops of 16 × 32 × 32).
-SAMPLE_WORK = {"tiny": (32, (8, 32, 32)), "mid": (8, (16, 32, 32))}
-TRAIN_WORK = {"tiny": (4, (16, 32, 32)), "mid": (4, (16, 32, 32))}
+SAMPLE_WORK = {"nano": (32, (8, 32, 32)), "tiny": (32, (8, 32, 32)), "mid": (8, (16, 32, 32))}
+TRAIN_WORK = {"nano": (4, (16, 32, 32)), "tiny": (4, (16, 32, 32)), "mid": (4, (16, 32, 32))}
 #: Environment that restricts PyTorch (ATen) and oneDNN to AVX2 kernels.
 AVX2_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
 #: The diffusion timestep of the timed sampling calls (cost does not depend on it).
@@ -92,7 +93,7 @@ def with_threads(levers: Sequence[Lever], baseline: int) -> tuple[Lever, ...]:
 
 
 def net_config(name: str) -> dict[str, Any]:
-    """``tiny`` (conf/model/net/tiny.yaml) or ``mid`` (:data:`MID_NET`)."""
+    """``nano`` or ``tiny`` (conf/model/net/<name>.yaml), or ``mid`` (:data:`MID_NET`)."""
     return dict(MID_NET) if name == "mid" else OmegaConf.to_container(OmegaConf.load(NET_DIR / f"{name}.yaml"))
 
 
@@ -219,11 +220,13 @@ def load_text() -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options (see ``--help``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nets", nargs="+", choices=["tiny", "mid"], default=["tiny", "mid"])
+    parser.add_argument("--nets", nargs="+", choices=["nano", "tiny", "mid"], default=["tiny", "mid"])
     parser.add_argument("--tasks", nargs="+", choices=["sampling", "training"], default=["sampling", "training"])
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per variant (interleaved)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant (compilation happens here)")
     parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out (saves its warm-up)")
+    parser.add_argument("--no-bf16", action="store_true", help="leave the bf16 levers out (without AMX or avx512_bf16 "
+                        "bf16 is emulated: 64x slower on an AVX2-only CPU, docs/performance.md)")
     parser.add_argument("--threads", type=int, default=None, help="threads of every variant but threads=1 "
                         "(default: torch's, one per core)")
     parser.add_argument("--isa", choices=["native", "avx2"], default="native",
@@ -245,8 +248,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     for task in args.tasks:
         levers = with_threads(SAMPLE_LEVERS if task == "sampling" else TRAIN_LEVERS, torch.get_num_threads())
-        if args.no_compile:
-            levers = tuple(lever for lever in levers if not lever.compile)
+        levers = tuple(lever for lever in levers if not (args.no_compile and lever.compile)
+                       and not (args.no_bf16 and lever.bf16))
         for net in args.nets:
             part = measure(task, net, levers, args.reps, args.warmup)
             first = part[0]

@@ -32,3 +32,11 @@ def test_levers_are_timed_side_by_side_and_bf16_changes_the_numbers(monkeypatch:
     assert all(math.isnan(r["rel_diff"]) for r in training.values())
     out = capsys.readouterr().out
     assert "ATen " in out and "\nsampling, tiny net, rows 2 x 8x16x16" in out and "\ntraining, tiny net, batch 1" in out
+
+
+def test_no_bf16_leaves_the_emulated_levers_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    bench = load_script("benchmark_cpu")
+    monkeypatch.setattr(bench, "SAMPLE_WORK", {"nano": (1, (8, 16, 16))})
+    rows = bench.main(["--nets", "nano", "--tasks", "sampling", "--reps", "1", "--warmup", "1", "--no-compile",
+                       "--no-bf16", "--threads", "1"])
+    assert [r["lever"] for r in rows] == ["fp32", "inference_mode", "channels_last_3d", f"threads={os.cpu_count()}"]
