@@ -105,7 +105,9 @@ def test_sampler_precision_switch_runs_the_network_in_bf16_and_the_schedule_in_f
     assert torch.equal(runs["fp32"].std_intra, runs[None].std_intra)
     scale = float(runs[None].std_intra.abs().max())
     diff = float((runs["bf16"].std_intra - runs[None].std_intra).abs().max())
-    assert 0.0 < diff < 0.05 * scale  # bf16 changes the numbers, by little
+    # bf16 changes the numbers, by little: 5.5 % of the map's largest value on an AVX2-only CPU (bf16 emulated), less
+    # with native bf16 units; an 8-bit mantissa gone wrong would be of the order of the map itself
+    assert 0.0 < diff < 0.1 * scale
     with pytest.raises(ConfigError, match=r"sampler precision 'fp16'; expected one of \(None, 'fp32', 'bf16'\)"):
         SamplerSettings(precision="fp16")
 
