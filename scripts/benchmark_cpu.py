@@ -45,7 +45,7 @@ from dm4isl.models.ddpm import DDPMModule
 NET_DIR = Path(dm4isl.__file__).parent / "conf" / "model" / "net"
 MID_NET = {"name": "diffusion_unet", "channels": [32, 64, 128], "attention_levels": [False, False, False],
            "num_res_blocks": 2, "num_head_channels": 8, "norm_num_groups": 8}
-#: Workloads: sampling rows × (Z, Y, X) per ε call (tiny: the CPU preset's batch of the sampling benchmark, 16
+#: Workloads: sampling rows × (Z, Y, X) per ε call (nano, tiny: the CPU preset's batch of the sampling benchmark, 16
 #: patches × 2 seeds of 8 × 32 × 32) and the training batch (the demo's, 4 crops of 16 × 32 × 32).
 SAMPLE_WORK = {"nano": (32, (8, 32, 32)), "tiny": (32, (8, 32, 32)), "mid": (8, (16, 32, 32))}
 TRAIN_WORK = {"nano": (4, (16, 32, 32)), "tiny": (4, (16, 32, 32)), "mid": (4, (16, 32, 32))}
@@ -220,7 +220,7 @@ def load_text() -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options (see ``--help``)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--nets", nargs="+", choices=["nano", "tiny", "mid"], default=["tiny", "mid"])
+    parser.add_argument("--nets", nargs="+", choices=sorted(SAMPLE_WORK), default=["tiny", "mid"])
     parser.add_argument("--tasks", nargs="+", choices=["sampling", "training"], default=["sampling", "training"])
     parser.add_argument("--reps", type=int, default=5, help="timed repetitions per variant (interleaved)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per variant (compilation happens here)")
