@@ -100,7 +100,10 @@ def test_benchmark_equivalence_table_exactness_memory_and_speedup_line(
 def test_benchmark_presets_and_candidates() -> None:
     bench = load_script("benchmark_sampling")
     cpu = bench.parse_args(["--preset", "cpu"])
-    assert (cpu.n_patches, cpu.patch_size, cpu.n_seeds, cpu.device, cpu.ref_patches) == (16, [8, 32, 32], 2, "cpu", 1)
+    assert (cpu.n_patches, cpu.patch_size, cpu.n_seeds, cpu.device, cpu.ref_patches) == (16, [16, 24, 24], 2, "cpu", 1)
+    assert cpu.channels_last and not cpu.memory
+    long = bench.parse_args(["--preset", "cpu-long", "--no-channels-last", "--memory"])
+    assert (long.n_patches, long.n_seeds, long.etas, long.memory, long.channels_last) == (32, 4, [1.0], True, False)
     gpu = bench.parse_args(["--preset", "gpu", "--n-seeds", "3"])
     assert (gpu.n_patches, gpu.patch_size, gpu.n_seeds, gpu.device) == (32, None, 3, "cuda")
     assert gpu.n_patches >= 16 and cpu.n_patches >= 16
@@ -232,3 +235,25 @@ def test_training_study_table_pairs_patches_against_the_paper_arm() -> None:
     assert table["x0_pm1_z"]["abs_brightness_error"] == pytest.approx(0.1)
     args = study.parse_args(["test", "--at-step", "2000", "--arms", "paper"])
     assert args.at_step == 2000 and study.parse_args(["curves", "--every", "1000"]).every == 1000
+
+
+def test_benchmark_scores_average_every_seed_run() -> None:
+    """Per-patch PCC = mean over the seeds' DDPMavgs; AUROC voxel pools hold every seed's errors and std maps."""
+    from dm4isl.metrics.basic import pcc
+    from dm4isl.uncertainty.evaluation import auroc
+
+    bench = load_script("benchmark_sampling")
+    rng = np.random.default_rng(0)
+    k, n, shape = 3, 4, (4, 8, 8)
+    gt = rng.random((n, *shape))
+    avg = gt[None] + rng.normal(0, 0.2, (k, n, *shape))
+    intra = np.abs(avg - gt[None]) + rng.normal(0, 0.1, (k, n, *shape))
+    inter = avg.std(0)
+    s = bench.score({"ddpmavg_seeds": avg, "std_intra_seeds": intra, "std_inter": inter}, gt, 0.2, 0)
+    expected = [np.mean([pcc(gt[i], avg[j, i]) for j in range(k)]) for i in range(n)]
+    np.testing.assert_allclose(s.pcc, expected)
+    assert np.isnan(s.ms_ssim).all()  # no scales asked
+    errors = np.abs(avg - gt[None]) > 0.2
+    assert s.auroc_intra.auroc() == pytest.approx(auroc(intra.ravel(), errors.ravel()))
+    assert s.auroc_inter.auroc() == pytest.approx(auroc(np.broadcast_to(inter, avg.shape).ravel(), errors.ravel()))
+    assert s.auroc_intra.n_pos.sum() == errors.sum()  # every seed's errors are in the pools
