@@ -94,7 +94,7 @@ def test_checkpoint_is_self_describing_and_weights_only(tiny_run: dict) -> None:
     ckpt = read_checkpoint(tiny_run["ckpt"])  # torch.load(weights_only=True) inside
     hp = ckpt["hyper_parameters"]
     assert hp["organelle"]["name"] == "nuclear_envelope" and hp["organelle"]["fl_window"] == [390, 1500]
-    assert hp["patch_size"] == [16, 32, 32] and hp["array_axes"] == "ZYX"
+    assert hp["patch_size"] == [16, 24, 24] and hp["array_axes"] == "ZYX"  # the demo's training crop
     assert ckpt["dm4isl"]["model_class"] == "dm4isl.models.ddpm.DDPMModule"
     model = load_model(tiny_run["ckpt"])
     assert not model.training and model.fl_mean is not None
