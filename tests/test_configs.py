@@ -136,7 +136,7 @@ def test_fast_recipe_and_demo_deviate_only_where_documented(compose_cfg) -> None
     steps_per_val = demo.data.samples_per_epoch // demo.data.batch_size * demo.trainer.check_val_every_n_epoch
     assert demo.trainer.max_steps % steps_per_val == 0 and demo.trainer.max_steps // steps_per_val >= 2
     # every crop the net sees fits its downsampling (the demo trains on 24 px crops)
-    from dm4isl.models.nets.diffusion_unet import downsampling_factor
+    from dm4isl.models.nets import downsampling_factor
 
     factor = downsampling_factor(demo.model.net)
     for key in ("patch_size", "val_patch_size", "eval_patch_size"):
