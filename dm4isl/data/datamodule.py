@@ -370,10 +370,11 @@ class SyntheticDataModule(ZStackDataModule):
         ambiguous_fraction: float = 0.15,
         fl_gain_range: Sequence[float] | None = None,
         fl_background_range: Sequence[float] | None = None,
+        generator: Mapping[str, Any] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(organelle, **kwargs)
-        from dm4isl.data.synthetic import FL_BACKGROUND_RANGE, FL_GAIN_RANGE
+        from dm4isl.data.synthetic import FL_BACKGROUND_RANGE, FL_GAIN_RANGE, GeneratorSettings
 
         self.n_fovs = int(n_fovs)
         self.fov_shape = [int(s) for s in _plain(fov_shape)]
@@ -381,9 +382,12 @@ class SyntheticDataModule(ZStackDataModule):
         #: FOV-to-FOV variation of the fluorescence (:func:`dm4isl.data.synthetic.generate_fov`); None: none.
         self.fl_gain_range = [float(v) for v in _plain(fl_gain_range or FL_GAIN_RANGE)]
         self.fl_background_range = [float(v) for v in _plain(fl_background_range or FL_BACKGROUND_RANGE)]
+        #: The imaging model (:class:`dm4isl.data.synthetic.GeneratorSettings`): ``data.generator`` in the config.
+        self.generator = GeneratorSettings.from_config(_plain(generator))
 
     def cache_key(self) -> dict[str, Any]:
-        return {**super().cache_key(), "kind": "synthetic", "n_fovs": self.n_fovs, "fov_shape": self.fov_shape}
+        return {**super().cache_key(), "kind": "synthetic", "n_fovs": self.n_fovs, "fov_shape": self.fov_shape,
+                "generator": self.generator.as_dict()}
 
     def load_volumes(self) -> list[Volume]:
         from dm4isl.data.synthetic import load_fov, synthetic_dataset
@@ -401,6 +405,7 @@ class SyntheticDataModule(ZStackDataModule):
             cache_dir=cache / "synthetic",
             fl_gain_range=self.fl_gain_range,
             fl_background_range=self.fl_background_range,
+            settings=self.generator,
         )
         volumes = []
         for k, path in enumerate(paths):

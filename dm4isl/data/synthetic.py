@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import zipfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,6 @@ UINT16_MAX = 65535
 MIN_SHAPE_ZYX = (4, 16, 16)
 
 # --- Scene geometry (pixels of ≈ 0.29 µm; the Allen FOVs after XY resampling, SPEC §1) -------------------------
-#: Mean distance between neighbouring cell centres in a hiPSC colony (≈ 9 µm).
-CELL_SPACING_PX = 30.0
 #: Random displacement of cell centres from a hexagonal lattice, as a fraction of the spacing.
 CELL_JITTER = 0.3
 #: Fraction of the FOV area covered by the colony; the rest is empty coverslip.
@@ -65,20 +64,12 @@ TEXTURE_SIGMA_PX = 1.3
 GAUSS_TAIL_SIGMAS = 3.0
 
 # --- Ambiguous (planted) structures ------------------------------------------------------------------------------
-#: Margin added around a planted nucleus / cell so that the mask covers the blur of the change, (Z, Y, X) pixels.
-AMBIGUOUS_NUCLEUS_MARGIN_ZYX = (4.0, 3.0, 3.0)
-AMBIGUOUS_CELL_MARGIN_ZYX = (3, 2, 2)
 #: Kinds of planted structures: FL absent although BF shows it; FL present although BF does not show it.
 AMBIGUOUS_KINDS = ("unlabelled", "hidden")
 
 # --- Fluorescence ------------------------------------------------------------------------------------------------
-#: Anisotropic point-spread function (Gaussian sigma, (Z, Y, X) pixels): wider along the optical axis.
-FL_PSF_SIGMA_ZYX = (1.6, 0.8, 0.8)
 #: Camera offset + autofluorescence, as a fraction of the FL window above its low end.
 FL_BACKGROUND = 0.03
-#: Read noise (std) and shot-noise variance per unit signal, in FL-window units.
-FL_READ_NOISE = 0.005
-FL_SHOT_NOISE = 0.002
 #: Cell-to-cell variation of the expression level (multiplicative range).
 EXPRESSION_RANGE = (0.7, 1.15)
 #: Default FOV-to-FOV variation of the fluorescence (none): gain on the organelle signal, drawn log-uniformly in this
@@ -88,11 +79,6 @@ FL_GAIN_RANGE = (1.0, 1.0)
 FL_BACKGROUND_RANGE = (FL_BACKGROUND, FL_BACKGROUND)
 
 # --- Brightfield -------------------------------------------------------------------------------------------------
-#: Mean illumination as a fraction into the BF window.
-BF_LEVEL = 0.45
-#: Peak-to-peak XY illumination gradient and corner vignetting (relative to the mean).
-BF_GRADIENT_MAX = 0.08
-BF_VIGNETTING = 0.05
 #: Relative refractive-index contrasts of the scene's parts (cytoplasm = 1).
 RI_CYTOPLASM = 1.0
 RI_MEMBRANE = 0.9
@@ -103,18 +89,127 @@ RI_NUCLEOLUS = 1.2
 #: Blur of the index map before imaging (Gaussian sigma (Z, Y, X)) and the wider blur seen far from focus.
 BF_BLUR_ZYX = (1.2, 1.0, 1.0)
 BF_DEFOCUS_BLUR_ZYX = (2.0, 2.6, 2.6)
-#: Contrast of the defocus (Laplacian) term, of the axial-derivative term and of the in-focus phase term.
+#: Contrast of the defocus (Laplacian) terms.
 BF_DEFOCUS_GAIN = 0.8
 BF_FAR_DEFOCUS_GAIN = 2.0
-BF_AXIAL_GAIN = 0.15
-BF_INFOCUS_GAIN = 0.015
-#: Distance from focus (fraction of the layer height) over which the defocus contrast saturates.
-BF_DEFOCUS_SCALE = 0.3
 #: Focal plane offset from the layer centre (fraction of the layer height, uniform ±).
 BF_FOCUS_JITTER = 0.05
-#: Camera noise of BF relative to the mean level: shot noise (std at the mean level) and read noise.
-BF_SHOT_NOISE = 0.004
-BF_READ_NOISE = 0.002
+
+
+# --- Planted ambiguities (occluded brightfield) ------------------------------------------------------------------
+#: Values of the planted-structure mask: a surprise (``unlabelled`` / ``hidden``: FL and BF disagree, but the BF looks
+#: like any other cell's, so nothing in it says where) and an ambiguity (the BF over the structure is occluded: it
+#: carries no information there, so the posterior over the FL is genuinely spread).
+MASK_SURPRISE = 1
+MASK_AMBIGUITY = 2
+
+
+@dataclass(frozen=True)
+class GeneratorSettings:
+    """Knobs of the synthetic imaging model that were calibrated against real patches.
+
+    The defaults are the calibrated generator (``scripts/synthetic_realism.py`` compares its patches with the real
+    nuclear-envelope patches; docs/data.md gives the table); :meth:`legacy` gives the first generator byte for byte.
+    Intensities are in units of the organelle's normalisation window; lengths in pixels, ``(Z, Y, X)`` where a triple.
+    """
+
+    #: Mean distance between neighbouring cell centres (≈ 15 µm: hiPSC nuclei of ≈ 12 µm fill most of a cell).
+    cell_spacing_px: float = 54.0
+    #: Range of a FOV's mean brightfield level in the BF window (uniform: exposure and lamp differ between FOVs).
+    bf_level_range: tuple[float, float] = (0.12, 0.70)
+    #: Peak-to-peak XY illumination gradient and corner vignetting of the brightfield (relative to the mean).
+    bf_gradient: float = 0.02
+    bf_vignetting: float = 0.01
+    #: Gain on the phase (defocus and in-focus) contrast of the brightfield.
+    bf_contrast: float = 1.0
+    #: Contrast of the axial-derivative term (tops and bottoms of cells and nuclei).
+    bf_axial_gain: float = 0.05
+    #: Distance from focus (fraction of the layer height) over which the defocus contrast saturates.
+    bf_defocus_scale: float = 1.0
+    #: Contrast of the in-focus phase term (visible in every slice; the defocus terms vanish at focus).
+    bf_infocus_gain: float = 0.06
+    #: Granules of the cells (small phase objects; band-pass texture): contrast (relative std) and smoothing (Z, Y, X).
+    bf_granule_gain: float = 0.068
+    bf_granule_sigma_zyx: tuple[float, float, float] = (1.2, 1.7, 1.7)
+    #: Granule contrast inside nuclei relative to the cytoplasm (nucleoplasm looks smoother).
+    bf_nucleus_granules: float = 0.0
+    #: Light a nucleus absorbs relative to the cytoplasm (nuclei look this much darker in every slice).
+    bf_nucleus_absorption: float = 0.03
+    #: Brightfield camera noise relative to the mean level: read noise (std) and shot noise (std at the level).
+    bf_read_noise: float = 0.018
+    bf_shot_noise: float = 0.004
+    #: Gain on the organelle's fluorescence signal (1: the organelle's own gain).
+    fl_contrast: float = 0.94
+    #: Fluorescence level added inside cells (autofluorescence), on top of the FOV's background.
+    fl_offset: float = 0.06
+    #: Anisotropic point-spread function of the fluorescence (Gaussian sigma).
+    fl_psf_sigma_zyx: tuple[float, float, float] = (2.0, 0.4, 0.4)
+    #: Out-of-focus haze: this fraction of the signal is blurred further by ``fl_haze_sigma_zyx`` (total preserved).
+    fl_haze: float = 0.2
+    fl_haze_sigma_zyx: tuple[float, float, float] = (3.0, 3.0, 3.0)
+    #: Patchiness of the labelled structure: signal × (1 + fl_texture · n), n smooth unit noise of
+    #: ``fl_texture_sigma_zyx`` (clipped at 0).
+    fl_texture: float = 0.6
+    fl_texture_sigma_zyx: tuple[float, float, float] = (1.0, 0.7, 0.7)
+    #: Fluorescence camera noise: read noise (std) and shot-noise variance per unit signal.
+    fl_read_noise: float = 0.003
+    fl_shot_noise: float = 0.0035
+    #: Voxel-to-voxel fluctuation of the signal above the background (relative std; sub-resolution labelling density).
+    fl_speckle: float = 0.1
+    #: Margin around a planted nucleus / cell that its mask covers (the blur and haze of a change there reach this far).
+    planted_margin_zyx: tuple[float, float, float] = (6.0, 5.0, 5.0)
+    planted_cell_margin_zyx: tuple[int, int, int] = (3, 3, 3)
+    #: Fraction of the cells whose brightfield is occluded by debris (planted ambiguities, mask value 2).
+    occluded_fraction: float = 0.15
+    #: Margin of an occluder around the planted nucleus / cell footprint and width of its soft edge.
+    occluder_margin_px: float = 3.0
+    occluder_edge_px: float = 2.0
+    #: Debris seen through the occluder (band-pass texture): relative contrast and smoothing (Z, Y, X).
+    debris_contrast: float = 0.08
+    debris_sigma_zyx: tuple[float, float, float] = (3.0, 1.5, 1.5)
+    #: Light the debris absorbs (the occluded region is this much darker).
+    debris_absorption: float = 0.03
+
+    @classmethod
+    def legacy(cls) -> GeneratorSettings:
+        """The first generator (before calibration): small cells, one brightfield level, no occluded cells."""
+        return cls(
+            cell_spacing_px=30.0,
+            bf_level_range=(0.45, 0.45),
+            bf_gradient=0.08,
+            bf_vignetting=0.05,
+            bf_axial_gain=0.15,
+            bf_defocus_scale=0.3,
+            bf_infocus_gain=0.015,
+            bf_granule_gain=0.0,
+            bf_nucleus_absorption=0.0,
+            bf_read_noise=0.002,
+            fl_contrast=1.0,
+            fl_offset=0.0,
+            fl_psf_sigma_zyx=(1.6, 0.8, 0.8),
+            fl_haze=0.0,
+            fl_texture=0.0,
+            fl_read_noise=0.005,
+            fl_shot_noise=0.002,
+            fl_speckle=0.0,
+            planted_margin_zyx=(4.0, 3.0, 3.0),
+            planted_cell_margin_zyx=(3, 2, 2),
+            occluded_fraction=0.0,
+        )
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any] | None) -> GeneratorSettings:
+        """Settings from a config mapping (lists become tuples); ``None`` or ``{}``: the defaults."""
+        values = {k: tuple(v) if isinstance(v, list | tuple) else v for k, v in (config or {}).items()}
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown synthetic generator settings {unknown}; expected some of "
+                             f"{[f.name for f in fields(cls)]}")
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form (tuples as lists), as written into the FOV metadata and the cache key."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 @dataclass(frozen=True)
@@ -233,18 +328,25 @@ def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma: float |
     return (field_ - field_.mean()) / max(float(field_.std()), _EPS)
 
 
-def _cell_centres(rng: np.random.Generator, ny: int, nx: int) -> np.ndarray:
+def _granular_noise(rng: np.random.Generator, shape: Sequence[int], sigma: Sequence[float]) -> np.ndarray:
+    """Zero-mean, unit-std granular texture ``(Z, Y, X)``: the in-plane Laplacian of smooth noise (band-pass in XY,
+    as small phase objects appear in brightfield), float32."""
+    field_ = _laplacian_xy(_smooth_noise(rng, shape, sigma))
+    return (field_ - field_.mean()) / max(float(field_.std()), _EPS)
+
+
+def _cell_centres(rng: np.random.Generator, ny: int, nx: int, spacing: float) -> np.ndarray:
     """Jittered hexagonal lattice of cell centres ``(N, 2)`` (y, x) covering the FOV plus one spacing of margin."""
-    row_step = CELL_SPACING_PX * np.sqrt(3.0) / 2.0
-    margin = CELL_SPACING_PX
+    row_step = spacing * np.sqrt(3.0) / 2.0
+    margin = spacing
     ys = np.arange(-margin, ny + margin, row_step)
     centres = []
     for i, y in enumerate(ys):
-        offset = (CELL_SPACING_PX / 2.0) * (i % 2)
-        xs = np.arange(-margin + offset, nx + margin, CELL_SPACING_PX)
+        offset = (spacing / 2.0) * (i % 2)
+        xs = np.arange(-margin + offset, nx + margin, spacing)
         centres.append(np.stack([np.full_like(xs, y), xs], axis=1))
     pts = np.concatenate(centres) + rng.uniform(-0.5, 0.5, size=(sum(len(c) for c in centres), 2)) * (
-        2.0 * CELL_JITTER * CELL_SPACING_PX
+        2.0 * CELL_JITTER * spacing
     )
     return pts
 
@@ -274,10 +376,12 @@ def _box(centre: np.ndarray, half: np.ndarray, shape: Sequence[int]) -> tuple[sl
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))  # type: ignore[return-value]
 
 
-def _build_scene(rng: np.random.Generator, shape: tuple[int, int, int], colony_coverage: float) -> _Scene:
-    """Packed columnar cells (Voronoi in XY) with ellipsoidal nuclei, nucleoli and membranes."""
+def _build_scene(
+    rng: np.random.Generator, shape: tuple[int, int, int], colony_coverage: float, spacing: float
+) -> _Scene:
+    """Packed columnar cells (Voronoi in XY, centres ``spacing`` apart) with ellipsoidal nuclei, nucleoli, membranes."""
     nz, ny, nx = shape
-    centres = _cell_centres(rng, ny, nx)
+    centres = _cell_centres(rng, ny, nx, spacing)
     tree = cKDTree(centres)
     gy, gx = np.mgrid[0:ny, 0:nx]
     dists, nearest = tree.query(np.stack([gy.ravel(), gx.ravel()], axis=1).astype(np.float64), k=2)
@@ -564,41 +668,74 @@ _RENDERERS: dict[str, Callable[[_Scene, np.random.Generator], np.ndarray]] = {
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _plant_ambiguities(
-    rng: np.random.Generator, scene: _Scene, style: _Style, fraction: float
-) -> tuple[dict[int, str], np.ndarray]:
-    """Choose ``≈ fraction`` of the cells (nucleus centre inside the FOV) and a kind for each; return the mask.
-
-    Returns ``({cell label: kind}, mask (Z, Y, X) bool)``; the mask covers the nucleus (nuclear organelles) or the
-    whole cell (cytoplasmic organelles) plus a margin for the blur of the change.
-    """
+def _choose_cells(
+    rng: np.random.Generator, scene: _Scene, fraction: float, exclude: Sequence[int] = ()
+) -> list[_Cell]:
+    """``≈ fraction`` of the cells, drawn among those whose nucleus centre lies inside the FOV (not in ``exclude``)."""
     shape = np.asarray(scene.shape)
-    candidates = [c for c in scene.cells if np.all((c.centre_zyx >= 0) & (c.centre_zyx < shape))]
-    n_target = int(round(fraction * len(scene.cells)))
-    n = min(n_target, len(candidates))
-    mask = np.zeros(scene.shape, bool)
+    candidates = [
+        c for c in scene.cells if np.all((c.centre_zyx >= 0) & (c.centre_zyx < shape)) and c.label not in exclude
+    ]
+    n = min(int(round(fraction * len(scene.cells))), len(candidates))
     if n == 0:
-        return {}, mask
-    chosen = rng.choice(len(candidates), size=n, replace=False)
-    first_kind = int(rng.integers(len(AMBIGUOUS_KINDS)))
-    planted: dict[int, str] = {}
-    margin = np.asarray(AMBIGUOUS_NUCLEUS_MARGIN_ZYX)
-    whole_cells = np.zeros(len(scene.cells) + 1, bool)
-    for j, ci in enumerate(chosen):
-        cell = candidates[int(ci)]
-        planted[cell.label] = AMBIGUOUS_KINDS[(first_kind + j) % len(AMBIGUOUS_KINDS)]
-        if style.compartment == "nucleus":
+        return []
+    return [candidates[int(i)] for i in rng.choice(len(candidates), size=n, replace=False)]
+
+
+def _planted_region(scene: _Scene, style: _Style, cells: Sequence[_Cell], settings: GeneratorSettings) -> np.ndarray:
+    """Bool ``(Z, Y, X)`` region of planted ``cells``: the nucleus (nuclear organelles) or the whole cell (cytoplasmic
+    organelles), grown by the settings' margin so that it covers the blur of a change there."""
+    mask = np.zeros(scene.shape, bool)
+    if style.compartment == "nucleus":
+        margin = np.asarray(settings.planted_margin_zyx, dtype=np.float64)
+        for cell in cells:
             grown = replace(cell, axes_zyx=cell.axes_zyx + margin)
             box = _box(cell.centre_zyx, grown.axes_zyx + 1.0, scene.shape)
             if box is not None:
                 r, _ = _ellipsoid_geometry(grown, box)
                 mask[box] |= r < 1.0
-        else:
-            whole_cells[cell.label] = True
+        return mask
+    whole_cells = np.zeros(len(scene.cells) + 1, bool)
+    whole_cells[[c.label for c in cells]] = True
     if whole_cells.any():
-        size = tuple(2 * m + 1 for m in AMBIGUOUS_CELL_MARGIN_ZYX)
+        size = tuple(2 * int(m) + 1 for m in settings.planted_cell_margin_zyx)
         mask |= ndimage.maximum_filter(whole_cells[scene.cell_id], size=size, mode="constant")
-    return planted, mask
+    return mask
+
+
+def _plant_surprises(
+    rng: np.random.Generator, scene: _Scene, style: _Style, fraction: float, settings: GeneratorSettings
+) -> tuple[dict[int, str], np.ndarray]:
+    """Choose ``≈ fraction`` of the cells and a surprise kind for each (alternating ``unlabelled`` / ``hidden``).
+
+    Returns ``({cell label: kind}, mask (Z, Y, X) bool)`` (:func:`_planted_region` of the chosen cells).
+    """
+    cells = _choose_cells(rng, scene, fraction)
+    if not cells:
+        return {}, np.zeros(scene.shape, bool)
+    first_kind = int(rng.integers(len(AMBIGUOUS_KINDS)))
+    planted = {c.label: AMBIGUOUS_KINDS[(first_kind + j) % len(AMBIGUOUS_KINDS)] for j, c in enumerate(cells)}
+    return planted, _planted_region(scene, style, cells, settings)
+
+
+def _plant_occluders(
+    rng: np.random.Generator, scene: _Scene, style: _Style, settings: GeneratorSettings, exclude: Sequence[int]
+) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Choose ``≈ occluded_fraction`` of the cells (not in ``exclude``) and cover each with debris in the brightfield.
+
+    Returns ``(labels, region (Z, Y, X) bool, alpha (Y, X) float32)``: ``region`` is :func:`_planted_region` of the
+    chosen cells; ``alpha`` is the occluder's opacity, 1 over the region's XY footprint grown by
+    ``occluder_margin_px`` (through every slice: the brightfield there shows only debris) and falling to 0 over
+    ``occluder_edge_px`` beyond it.
+    """
+    cells = _choose_cells(rng, scene, settings.occluded_fraction, exclude)
+    alpha = np.zeros(scene.shape[1:], np.float32)
+    if not cells:
+        return [], np.zeros(scene.shape, bool), alpha
+    region = _planted_region(scene, style, cells, settings)
+    outside = ndimage.distance_transform_edt(~region.any(axis=0))
+    alpha = np.clip(1.0 - (outside - settings.occluder_margin_px) / settings.occluder_edge_px, 0.0, 1.0)
+    return [c.label for c in cells], region, alpha.astype(np.float32)
 
 
 def _laplacian_xy(volume: np.ndarray) -> np.ndarray:
@@ -609,40 +746,64 @@ def _laplacian_xy(volume: np.ndarray) -> np.ndarray:
     )
 
 
+@dataclass
+class _Brightfield:
+    """What the brightfield of one FOV is made of besides the scene: level, random fields and the occluders."""
+
+    level: float  # mean level, fraction into the BF window
+    noise: np.ndarray  # (Z, Y, X) standard normal camera noise
+    granules: np.ndarray | None  # (Z, Y, X) granule texture times its visibility (cells, fainter in nuclei); None: none
+    nuclei: np.ndarray | None  # (Z, Y, X) visible nuclei, blurred like the index map; None: no nuclear absorption
+    debris: np.ndarray | None  # (Z, Y, X) unit-std texture seen through occluders; None: no occluder
+    alpha: np.ndarray  # (Y, X) occluder opacity in [0, 1]
+
+
 def _render_brightfield(
     rng: np.random.Generator,
     scene: _Scene,
     refractive: np.ndarray,
     bf_window: tuple[float, float],
-    noise: np.ndarray,
+    parts: _Brightfield,
+    settings: GeneratorSettings,
 ) -> tuple[np.ndarray, float]:
-    """Brightfield z-stack of a weak phase object: defocus contrast that inverts through focus, illumination, noise.
+    """Brightfield z-stack of a weak phase object: defocus contrast that inverts through focus, absorbing granules,
+    occluding debris, illumination, noise.
 
-    ``refractive``: ``(Z, Y, X)`` relative index map; ``noise``: standard normal ``(Z, Y, X)``. Returns the uint16
-    ``(Z, Y, X)`` stack and the focal plane (z, fractional slices).
+    ``refractive``: ``(Z, Y, X)`` relative index map. Where an occluder is opaque (``alpha`` = 1) the contrast is the
+    debris texture alone, so the stack there does not depend on the scene. Returns the uint16 ``(Z, Y, X)`` stack and
+    the focal plane (z, fractional slices).
     """
     nz, ny, nx = scene.shape
     near = ndimage.gaussian_filter(refractive, BF_BLUR_ZYX, mode="nearest")
     far = ndimage.gaussian_filter(refractive, BF_DEFOCUS_BLUR_ZYX, mode="nearest")
     focus = scene.layer_bottom + scene.layer_height * (0.5 + rng.uniform(-BF_FOCUS_JITTER, BF_FOCUS_JITTER))
     z = np.arange(nz, dtype=np.float32)[:, None, None] + 0.5
-    defocus = np.tanh((z - focus) / (BF_DEFOCUS_SCALE * scene.layer_height)).astype(np.float32)
-    contrast = (
+    defocus = np.tanh((z - focus) / (settings.bf_defocus_scale * scene.layer_height)).astype(np.float32)
+    contrast = settings.bf_contrast * (
         -BF_DEFOCUS_GAIN * defocus * _laplacian_xy(near)
         - BF_FAR_DEFOCUS_GAIN * defocus * np.abs(defocus) * _laplacian_xy(far)
-        + BF_AXIAL_GAIN * np.gradient(near, axis=0)
-        + BF_INFOCUS_GAIN * (near - far)
+        + settings.bf_axial_gain * np.gradient(near, axis=0)
+        + settings.bf_infocus_gain * (near - far)
     )
+    if parts.granules is not None:
+        contrast = contrast - settings.bf_granule_gain * parts.granules
+    if parts.nuclei is not None:
+        contrast = contrast - settings.bf_nucleus_absorption * parts.nuclei
+    if parts.debris is not None:
+        alpha = parts.alpha[None]
+        contrast = (1.0 - alpha) * contrast + alpha * (settings.debris_contrast * parts.debris)
     gy = np.linspace(-0.5, 0.5, ny, dtype=np.float32)[:, None]
     gx = np.linspace(-0.5, 0.5, nx, dtype=np.float32)[None, :]
     tilt = rng.uniform(-1.0, 1.0, size=2)
-    tilt *= BF_GRADIENT_MAX / max(float(np.abs(tilt).sum()), 1e-6)
-    illumination = (1.0 + tilt[0] * gy + tilt[1] * gx) * (1.0 - BF_VIGNETTING * 2.0 * (gy * gy + gx * gx))
+    tilt *= settings.bf_gradient / max(float(np.abs(tilt).sum()), 1e-6)
+    illumination = (1.0 + tilt[0] * gy + tilt[1] * gx) * (1.0 - settings.bf_vignetting * 2.0 * (gy * gy + gx * gx))
     lo, hi = bf_window
-    level = lo + BF_LEVEL * (hi - lo)
+    level = lo + parts.level * (hi - lo)
     relative = illumination[None] * (1.0 + contrast)
-    std = np.sqrt(BF_READ_NOISE**2 + BF_SHOT_NOISE**2 * np.clip(relative, 0.0, None))
-    raw = level * (relative + std * noise)
+    if parts.debris is not None:
+        relative = relative * (1.0 - settings.debris_absorption * parts.alpha[None])
+    std = np.sqrt(settings.bf_read_noise**2 + settings.bf_shot_noise**2 * np.clip(relative, 0.0, None))
+    raw = level * (relative + std * parts.noise)
     return np.clip(np.round(raw), 0, UINT16_MAX).astype(np.uint16), float(focus)
 
 
@@ -674,7 +835,12 @@ def _to_raw(level: np.ndarray, window: tuple[float, float]) -> np.ndarray:
 
 
 def _check_args(
-    organelle: str, shape_zyx: Sequence[int], bf_window: Sequence[float], fl_window: Sequence[float], fraction: float
+    organelle: str,
+    shape_zyx: Sequence[int],
+    bf_window: Sequence[float],
+    fl_window: Sequence[float],
+    fraction: float,
+    settings: GeneratorSettings,
 ) -> tuple[int, int, int]:
     if organelle not in ORGANELLES:
         raise ValueError(f"unknown organelle {organelle!r}; expected one of {ORGANELLES}")
@@ -687,6 +853,16 @@ def _check_args(
             raise ValueError(f"{name} must be (lo, hi) with 0 <= lo < hi <= {UINT16_MAX}, got {tuple(window)}")
     if not 0.0 <= fraction <= 1.0:
         raise ValueError(f"ambiguous_fraction must lie in [0, 1], got {fraction}")
+    if not 0.0 <= settings.occluded_fraction <= 1.0 or fraction + settings.occluded_fraction > 1.0:
+        raise ValueError(
+            f"occluded_fraction must lie in [0, 1 - ambiguous_fraction], got {settings.occluded_fraction} "
+            f"with ambiguous_fraction {fraction}"
+        )
+    lo, hi = settings.bf_level_range
+    if not 0.0 < lo <= hi < 1.0:
+        raise ValueError(f"bf_level_range must be (lo, hi) with 0 < lo <= hi < 1, got {settings.bf_level_range}")
+    if settings.cell_spacing_px < 8.0:
+        raise ValueError(f"cell_spacing_px must be at least 8 pixels, got {settings.cell_spacing_px}")
     return shape  # type: ignore[return-value]
 
 
@@ -701,12 +877,14 @@ def generate_fov(
     colony_coverage: float = COLONY_COVERAGE,
     fl_gain_range: Sequence[float] = FL_GAIN_RANGE,
     fl_background_range: Sequence[float] = FL_BACKGROUND_RANGE,
+    settings: GeneratorSettings | None = None,
 ) -> SyntheticFOV:
-    """Generate one synthetic FOV of a hiPSC colony: brightfield, one organelle's fluorescence, planted ambiguities.
+    """Generate one synthetic FOV of a hiPSC colony: brightfield, one organelle's fluorescence, planted structures.
 
-    The scene (cells, nuclei, nucleoli, membranes) depends only on ``seed`` and ``shape_zyx``, so different
-    organelles with the same seed show the same cells; the planted structures, the expression levels and the
-    camera noise come from their own random streams, so ``ambiguous_fraction`` changes nothing outside the mask.
+    The scene (cells, nuclei, nucleoli, membranes) depends only on ``seed``, ``shape_zyx`` and the cell spacing, so
+    different organelles with the same seed show the same cells; the planted structures, the expression levels, the
+    brightfield level and the camera noise come from their own random streams, so ``ambiguous_fraction`` and
+    ``occluded_fraction`` change nothing outside their masks.
 
     Args:
         organelle: one of :data:`ORGANELLES`.
@@ -714,41 +892,71 @@ def generate_fov(
         seed: any non-negative integer; the same seed gives byte-identical arrays.
         bf_window, fl_window: the organelle's normalisation windows (raw grey levels, SPEC §1); BF lies mostly
             inside ``bf_window``, the FL background sits just above the low end of ``fl_window``.
-        ambiguous_fraction: fraction of the cells made ambiguous (half unlabelled in FL, half invisible in BF).
+        ambiguous_fraction: fraction of the cells made surprises (half unlabelled in FL, half invisible in BF).
         colony_coverage: fraction of the FOV area covered by cells (0: an empty coverslip).
         fl_gain_range: (lo, hi) of this FOV's gain on the organelle signal, drawn log-uniformly (default: 1).
         fl_background_range: (lo, hi) of this FOV's FL background level in window units, drawn uniformly
             (default: the fixed ``FL_BACKGROUND``). Both come from their own random stream: with the default
             ranges the arrays are those of earlier versions, and nothing but the FL intensities changes otherwise.
+        settings: the imaging model (:class:`GeneratorSettings`; default: the calibrated one;
+            ``GeneratorSettings.legacy()`` reproduces the first generator).
 
     Returns:
-        :class:`SyntheticFOV` with ``(Z, Y, X)`` uint16 ``bf`` and ``fl`` and uint8 ``ambiguous``.
+        :class:`SyntheticFOV` with ``(Z, Y, X)`` uint16 ``bf`` and ``fl`` and uint8 ``ambiguous``: 0, or
+        :data:`MASK_SURPRISE` / :data:`MASK_AMBIGUITY` where a planted structure is.
     """
-    shape = _check_args(organelle, shape_zyx, bf_window, fl_window, ambiguous_fraction)
+    return _generate(
+        organelle, shape_zyx, seed, bf_window, fl_window, ambiguous_fraction, colony_coverage, fl_gain_range,
+        fl_background_range, settings if settings is not None else GeneratorSettings(),
+    )[0]
+
+
+def _generate(
+    organelle: str,
+    shape_zyx: Sequence[int],
+    seed: int,
+    bf_window: tuple[float, float],
+    fl_window: tuple[float, float],
+    ambiguous_fraction: float,
+    colony_coverage: float,
+    fl_gain_range: Sequence[float],
+    fl_background_range: Sequence[float],
+    settings: GeneratorSettings,
+    unseen: Sequence[int] = (),
+) -> tuple[SyntheticFOV, _Scene]:
+    """:func:`generate_fov`, and its scene; the nuclear (or, cytoplasmic organelles, whole-cell) structure of the
+    cells labelled ``unseen`` is left out of the brightfield (the ideal-observer check renders with and without)."""
+    shape = _check_args(organelle, shape_zyx, bf_window, fl_window, ambiguous_fraction, settings)
     if not 0.0 <= colony_coverage <= 1.0:
         raise ValueError(f"colony_coverage must lie in [0, 1], got {colony_coverage}")
     style = _STYLES[organelle]
-    streams = np.random.SeedSequence(int(seed)).spawn(8)
+    streams = np.random.SeedSequence(int(seed)).spawn(13)
     rng_scene, rng_structure, rng_expression, rng_ambiguity, rng_optics, rng_fl_noise, rng_bf_noise = (
         np.random.default_rng(s) for s in streams[:7]
     )
+    rng_bf_level, rng_occluders, rng_granules, rng_debris, rng_fl_texture = (
+        np.random.default_rng(s) for s in streams[8:13]
+    )
     fl_gain, fl_background = _fov_intensity(np.random.default_rng(streams[7]), fl_gain_range, fl_background_range)
-    scene = _build_scene(rng_scene, shape, float(colony_coverage))
+    lo, hi = settings.bf_level_range
+    bf_level = lo if lo == hi else float(rng_bf_level.uniform(lo, hi))
+    scene = _build_scene(rng_scene, shape, float(colony_coverage), settings.cell_spacing_px)
     structure = _RENDERERS[organelle](scene, rng_structure)
     n_labels = len(scene.cells) + 1
     expression = np.concatenate([[0.0], rng_expression.uniform(*EXPRESSION_RANGE, size=n_labels - 1)])
-    planted, mask = _plant_ambiguities(rng_ambiguity, scene, style, float(ambiguous_fraction))
+    planted, surprise_mask = _plant_surprises(rng_ambiguity, scene, style, float(ambiguous_fraction), settings)
+    occluded, occluded_mask, alpha = _plant_occluders(rng_occluders, scene, style, settings, list(planted))
 
     nucleus_visible = np.ones(n_labels, np.float32)
     cell_visible = np.ones(n_labels, np.float32)
+    hidden = [label for label, kind in planted.items() if kind == "hidden"] + list(unseen)
     for label, kind in planted.items():
         if kind == "unlabelled":
             expression[label] = 0.0
-        elif style.compartment == "nucleus":
-            nucleus_visible[label] = 0.0
-        else:
+    for label in hidden:
+        nucleus_visible[label] = 0.0
+        if style.compartment != "nucleus":
             cell_visible[label] = 0.0
-            nucleus_visible[label] = 0.0
     in_nucleus = (scene.nucleus_id > 0).astype(np.float32)
     nuclear_ri = (
         RI_NUCLEUS * in_nucleus
@@ -760,15 +968,42 @@ def generate_fov(
     refractive = (cell_visible[scene.cell_id] * cell_ri + nucleus_visible[scene.cell_id] * nuclear_ri).astype(
         np.float32
     )
-    bf, focus = _render_brightfield(
-        rng_optics, scene, refractive, bf_window, rng_bf_noise.standard_normal(shape, dtype=np.float32)
+    granules, nuclei = None, None
+    in_visible_nucleus = (scene.nucleus_id > 0) & (nucleus_visible[scene.cell_id] > 0)
+    if settings.bf_nucleus_absorption > 0:
+        nuclei = ndimage.gaussian_filter(in_visible_nucleus.astype(np.float32), BF_BLUR_ZYX, mode="nearest")
+    if settings.bf_granule_gain > 0:  # granules of the visible cells, fainter in their visible nuclei
+        visibility = cell_visible[scene.cell_id] * (scene.cell_id > 0)
+        visibility = visibility * np.where(in_visible_nucleus, settings.bf_nucleus_granules, 1.0)
+        granules = _granular_noise(rng_granules, shape, settings.bf_granule_sigma_zyx) * visibility.astype(np.float32)
+    parts = _Brightfield(
+        level=bf_level,
+        noise=rng_bf_noise.standard_normal(shape, dtype=np.float32),
+        granules=granules,
+        nuclei=nuclei,
+        debris=_granular_noise(rng_debris, shape, settings.debris_sigma_zyx) if occluded else None,
+        alpha=alpha,
     )
+    bf, focus = _render_brightfield(rng_optics, scene, refractive, bf_window, parts, settings)
 
     emitted = structure * expression.astype(np.float32)[scene.cell_id]
-    level = fl_background + fl_gain * style.gain * ndimage.gaussian_filter(emitted, FL_PSF_SIGMA_ZYX, mode="constant")
-    std = np.sqrt(FL_READ_NOISE**2 + FL_SHOT_NOISE * np.clip(level, 0.0, None))
+    if settings.fl_texture > 0:
+        patches = _smooth_noise(rng_fl_texture, shape, settings.fl_texture_sigma_zyx)
+        emitted = emitted * np.clip(1.0 + settings.fl_texture * patches, 0.0, None)
+    signal = ndimage.gaussian_filter(emitted, settings.fl_psf_sigma_zyx, mode="constant")
+    if settings.fl_haze > 0:
+        haze = ndimage.gaussian_filter(emitted, settings.fl_haze_sigma_zyx, mode="constant")
+        signal = (1.0 - settings.fl_haze) * signal + settings.fl_haze * haze
+    level = fl_background + fl_gain * style.gain * settings.fl_contrast * signal
+    if settings.fl_offset > 0:
+        level = level + settings.fl_offset * (scene.cell_id > 0)
+    variance = settings.fl_read_noise**2 + settings.fl_shot_noise * np.clip(level, 0.0, None)
+    if settings.fl_speckle > 0:
+        variance = variance + (settings.fl_speckle * (level - fl_background)) ** 2
+    std = np.sqrt(variance)
     fl = _to_raw(level + std * rng_fl_noise.standard_normal(shape, dtype=np.float32), fl_window)
 
+    mask = np.where(occluded_mask, MASK_AMBIGUITY, np.where(surprise_mask, MASK_SURPRISE, 0)).astype(np.uint8)
     kinds = list(planted.values())
     meta: dict[str, Any] = {
         "organelle": organelle,
@@ -790,7 +1025,76 @@ def generate_fov(
         meta.update({"fl_gain": fl_gain, "fl_background": fl_background,
                      "fl_gain_range": [float(v) for v in fl_gain_range],
                      "fl_background_range": [float(v) for v in fl_background_range]})
-    return SyntheticFOV(bf=bf, fl=fl, ambiguous=mask.astype(np.uint8), meta=meta)
+    if settings != GeneratorSettings.legacy():
+        meta.update({"generator": settings.as_dict(), "bf_level": bf_level, "n_occluded": len(occluded),
+                     "occluded_cells": [int(label) for label in occluded]})
+    return SyntheticFOV(bf=bf, fl=fl, ambiguous=mask, meta=meta), scene
+
+
+@dataclass(frozen=True)
+class IdealObserverCheck:
+    """How well an ideal observer tells from a FOV's brightfield whether a cell's structure is there.
+
+    The FOV is rendered with and without the structure (nucleus, or the whole cell for cytoplasmic organelles) of
+    some cells; ΔBF is the difference of the two brightfields (window units). For a known signal in Gaussian noise the
+    ideal observer's detectability is ``d' = sqrt(Σ ΔBF²) / σ`` over the cell's region (σ: the BF noise std).
+
+    ``inside_max_delta`` and ``inside_dprime`` (the largest over the occluded cells, inside their planted-ambiguity
+    region): 0 means the brightfield there is the same with and without the structure. ``outside_dprime``: the
+    smallest d' over ordinary cells (their region outside every planted one): what the observer sees elsewhere.
+    """
+
+    n_occluded: int
+    n_control: int
+    noise_std: float
+    inside_max_delta: float
+    inside_dprime: float
+    outside_dprime: float
+
+
+def ideal_observer_check(
+    organelle: str,
+    shape_zyx: Sequence[int] = (32, 128, 128),
+    seed: int = 0,
+    *,
+    bf_window: tuple[float, float],
+    fl_window: tuple[float, float],
+    ambiguous_fraction: float = 0.15,
+    settings: GeneratorSettings | None = None,
+) -> IdealObserverCheck:
+    """Compare a FOV's brightfield with the brightfield rendered without the structure of its occluded cells and of
+    every ordinary cell (same seed, same random streams: only the brightfield's index map differs)."""
+    settings = settings if settings is not None else GeneratorSettings()
+    args = (organelle, shape_zyx, seed, bf_window, fl_window, ambiguous_fraction, COLONY_COVERAGE, FL_GAIN_RANGE,
+            FL_BACKGROUND_RANGE, settings)
+    fov, scene = _generate(*args)
+    occluded = [int(c) for c in fov.meta.get("occluded_cells", [])]
+    planted = set(occluded) | {int(c) for c in fov.meta["ambiguous_cells"]}
+    shape = np.asarray(scene.shape)
+    controls = [
+        c for c in scene.cells if c.label not in planted and np.all((c.centre_zyx >= 0) & (c.centre_zyx < shape))
+    ]
+    without, _ = _generate(*args, unseen=occluded + [c.label for c in controls])
+    lo, hi = bf_window
+    delta = (fov.bf.astype(np.float64) - without.bf.astype(np.float64)) / (hi - lo)
+    level = lo / (hi - lo) + float(fov.meta.get("bf_level", settings.bf_level_range[0]))
+    noise = level * float(np.hypot(settings.bf_read_noise, settings.bf_shot_noise))
+    style = _STYLES[organelle]
+
+    def dprime(cells: Sequence[_Cell], where: np.ndarray) -> list[float]:
+        regions = [_planted_region(scene, style, [c], settings) for c in cells]
+        return [float(np.sqrt(np.sum(delta[region & where] ** 2)) / noise) for region in regions]
+
+    inside = fov.ambiguous == MASK_AMBIGUITY
+    occluded_cells = [c for c in scene.cells if c.label in occluded]
+    return IdealObserverCheck(
+        n_occluded=len(occluded_cells),
+        n_control=len(controls),
+        noise_std=noise,
+        inside_max_delta=float(np.abs(delta[inside]).max()) if inside.any() else math.nan,
+        inside_dprime=max(dprime(occluded_cells, inside), default=math.nan),
+        outside_dprime=min(dprime(controls, fov.ambiguous == 0), default=math.nan),
+    )
 
 
 def dataset_key(
@@ -802,8 +1106,12 @@ def dataset_key(
     ambiguous_fraction: float,
     fl_gain_range: Sequence[float] = FL_GAIN_RANGE,
     fl_background_range: Sequence[float] = FL_BACKGROUND_RANGE,
+    settings: GeneratorSettings | None = None,
 ) -> str:
     """Cache folder name ``<organelle>-<hash>`` of a synthetic dataset's parameters and the generator version.
+
+    ``settings`` (default: the calibrated :class:`GeneratorSettings`) enter the key unless they are the legacy ones,
+    so the first generator's caches keep their names.
 
     The number of FOVs is not part of the key: FOV ``k`` depends only on ``(seed, k)``, so a larger request reuses
     the FOVs already generated.
@@ -820,6 +1128,9 @@ def dataset_key(
     if _varies(fl_gain_range, fl_background_range):  # the default ranges keep the keys of earlier caches
         params["fl_gain_range"] = [float(v) for v in fl_gain_range]
         params["fl_background_range"] = [float(v) for v in fl_background_range]
+    settings = settings if settings is not None else GeneratorSettings()
+    if settings != GeneratorSettings.legacy():
+        params["generator"] = settings.as_dict()
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode("utf-8")).hexdigest()[:16]
     return f"{organelle}-{digest}"
 
@@ -851,6 +1162,7 @@ def synthetic_dataset(
     cache_dir: str | os.PathLike,
     fl_gain_range: Sequence[float] = FL_GAIN_RANGE,
     fl_background_range: Sequence[float] = FL_BACKGROUND_RANGE,
+    settings: GeneratorSettings | None = None,
 ) -> list[Path]:
     """Generate (or reuse from the cache) ``n_fovs`` FOVs and return their ``.npz`` paths in order.
 
@@ -858,11 +1170,13 @@ def synthetic_dataset(
     :func:`fov_seed` ``(seed, k)`` and written atomically, so an interrupted run leaves no partial file and
     concurrent processes can share the cache. Existing files are reused without regeneration.
     """
-    _check_args(organelle, shape_zyx, bf_window, fl_window, ambiguous_fraction)
+    settings = settings if settings is not None else GeneratorSettings()
+    _check_args(organelle, shape_zyx, bf_window, fl_window, ambiguous_fraction, settings)
     if int(n_fovs) < 1:
         raise ValueError(f"n_fovs must be at least 1, got {n_fovs}")
     folder = Path(cache_dir) / dataset_key(
-        organelle, shape_zyx, seed, bf_window, fl_window, ambiguous_fraction, fl_gain_range, fl_background_range
+        organelle, shape_zyx, seed, bf_window, fl_window, ambiguous_fraction, fl_gain_range, fl_background_range,
+        settings,
     )
     paths = []
     for k in range(int(n_fovs)):
@@ -877,6 +1191,7 @@ def synthetic_dataset(
                 ambiguous_fraction=ambiguous_fraction,
                 fl_gain_range=fl_gain_range,
                 fl_background_range=fl_background_range,
+                settings=settings,
             )
             save_fov(path, fov)
         paths.append(path)
