@@ -9,6 +9,7 @@ correction (a sampling-time switch) is measured on the very same networks.
     python scripts/training_study.py train [--arms paper,eps_lr] [--steps 4000] [--threads 1]
     python scripts/training_study.py curves [--out docs/study] [--every 1000]
     python scripts/training_study.py test [--at-step 2000] [--uncertainty paper:off,x0_pm1_z:on] [--n-seeds 5]
+    python scripts/training_study.py uncertainty [--arms x0_pm1_z,eps_pm1_z] [--n-test 32] [--n-seeds 4]
 
 ``train`` resumes every arm from its ``last.ckpt`` (``ckpt_path=auto``): a study killed at any point continues where
 it stopped, and arms already at their step budget are skipped. Results are CSV/PNG files, written atomically.
@@ -76,6 +77,15 @@ TEST_PATCH = [16, 64, 64]
 #: The reference arm of the paired comparisons, and bootstrap settings.
 REFERENCE_ARM = "paper"
 N_BOOT_AUROC = 200
+#: The arm whose training ``recipe=fast`` uses (conf/recipe/fast.yaml).
+FAST_ARM = "x0_pm1_z"
+#: Samplers of the uncertainty table: the study's DDIM-50 (eta 1; what recipe=fast ships) and the paper's DDPM-1000.
+UNCERTAINTY_SAMPLERS = {"ddim50": TEST_SAMPLER, "ddpm1000": {"method": "ddpm", "num_steps": None, "eta": 0.0}}
+#: Columns of docs/study/uncertainty_arms.csv that lead every row (the rest: further maps and diagnostics).
+UNCERTAINTY_COLUMNS = ["arm", "recipe", "sampler", "step", "n_patches", "n_seeds",
+                       *[f"auroc_{t}_{m}{b}" for t in ("error", "planted", "surprise") for m in ("intra", "inter")
+                         for b in ("", "_lo", "_hi")],
+                       "flag_recall", "flag_precision", "crps", "spread_skill", "pcc"]
 
 
 def snapshot_path(arm: str, step: int) -> Path:
@@ -331,6 +341,122 @@ def test_table(arms: Sequence[str], out: Path, threads: int, n_test: int, uncert
     return table
 
 
+def ensemble_products(model: Any, patches: Any, sampler: dict[str, Any], n_seeds: int, cache: Path) -> Any:
+    """Sample a K-seed ensemble of every patch (correction off), cached as an ``.npz`` in ``cache`` (resumable)."""
+    from dm4isl.evaluation.uncertainty_scores import EnsembleProducts
+    from dm4isl.io.atomic import atomic_path
+    from dm4isl.io.layout import DDPM, DDPMAVG, STD_INTRA, seed_product
+    from dm4isl.prediction.calibration import predict_patch_set
+
+    if cache.is_file():
+        with np.load(cache) as z:
+            return EnsembleProducts(ddpm=z["ddpm"], ddpmavg=z["ddpmavg"], std_intra=z["std_intra"])
+    settings = replace(model.test_settings, **sampler, mean_correction=False)
+    tic = time.perf_counter()
+    pred = predict_patch_set(model, patches, settings, n_seeds, keep_seeds=True)
+    seeds = range(settings.seed, settings.seed + n_seeds)
+    products = EnsembleProducts(
+        ddpm=np.stack([pred[seed_product(DDPM, k)] for k in seeds]),
+        ddpmavg=np.stack([pred[seed_product(DDPMAVG, k)] for k in seeds]),
+        std_intra=pred[STD_INTRA],
+    )
+    np.testing.assert_allclose(products.mean, pred[DDPMAVG], atol=1e-5)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(cache) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, ddpm=products.ddpm, ddpmavg=products.ddpmavg, std_intra=products.std_intra)
+    print(f"[uncertainty] sampled {len(patches)} patches x {n_seeds} seeds in {time.perf_counter() - tic:.0f} s "
+          f"-> {cache.name}", flush=True)
+    return products
+
+
+def uncertainty_table(arms: Sequence[str], out: Path, threads: int, n_test: int, n_val: int, n_seeds: int,
+                      samplers: dict[str, str], tau: float, at_step: int | None) -> list[dict[str, Any]]:
+    """Uncertainty of every arm on the calibrated synthetic data: voxel AUROCs of the intra- and inter-process std
+    against errors, planted ambiguities and surprises (95 % CIs over patches), the patch flag at a threshold
+    calibrated on validation, fair CRPS, spread–skill and test DDPMavg PCC; ``uncertainty_arms.csv`` + PNG."""
+    import torch
+
+    from dm4isl.evaluation.uncertainty_scores import calibrate_flag_thresholds, ensemble_uncertainty_scores
+    from dm4isl.io.atomic import write_csv
+    from dm4isl.models.checkpoint import load_model
+    from dm4isl.uncertainty.masks import MaskSettings
+
+    torch.set_num_threads(threads)
+    out.mkdir(parents=True, exist_ok=True)
+    dm = study_datamodule(TEST_PATCH, n_test)
+    val, test = dm.val_set, dm.test_set
+    val = replace(val, **{k: getattr(val, k)[:n_val] for k in ("bf", "fl", "mask", "corners")},
+                  names=val.names[:n_val], sources=val.sources[:n_val])
+    csv_path = out / "uncertainty_arms.csv"
+    rows = read_rows(csv_path)
+    cache_dir = RUNS.parent / "uncertainty"
+    for arm in arms:
+        sampler_name = samplers.get(arm, samplers["*"])
+        found = [(st, p) for st, p in snapshots(arm) if at_step is None or st == at_step]
+        if not found or any(r["arm"] == arm and r["sampler"] == sampler_name for r in rows):
+            continue
+        step, path = found[-1]
+        model = load_model(path)
+        sampler = UNCERTAINTY_SAMPLERS[sampler_name]
+        tag = f"{arm}-step{step}-{sampler_name}-k{n_seeds}"
+        val_products = ensemble_products(model, val, sampler, n_seeds, cache_dir / f"{tag}-val{len(val)}.npz")
+        test_products = ensemble_products(model, test, sampler, n_seeds, cache_dir / f"{tag}-test{len(test)}.npz")
+        thresholds = calibrate_flag_thresholds(val_products, val.fl, tau)
+        scores = ensemble_uncertainty_scores(test_products, test.fl, test.mask, thresholds, tau,
+                                             MaskSettings.for_organelle(DEFAULT_ORGANELLE))
+        row = {"arm": arm, "recipe": "fast" if arm == FAST_ARM else "", "sampler": sampler_name, "step": step,
+               "n_patches": len(test), "n_seeds": n_seeds, "n_val_patches": len(val), "tau": tau,
+               **scores,
+               "flag_recall": scores["flag_recall_intra"], "flag_precision": scores["flag_precision_intra"]}
+        rows = [r for r in rows if not (r["arm"] == arm and r["sampler"] == sampler_name)] + [row]
+        columns = UNCERTAINTY_COLUMNS + sorted({k for r in rows for k in r} - set(UNCERTAINTY_COLUMNS))
+        write_csv(csv_path, rows, columns)
+        print(f"[uncertainty] {arm} ({sampler_name}): PCC {row['pcc']:.3f}, AUROC error intra "
+              f"{row['auroc_error_intra']:.3f}, planted inter {row['auroc_planted_inter']:.3f}", flush=True)
+    if rows:
+        plot_uncertainty(rows, out / "uncertainty_arms.png")
+    return rows
+
+
+def plot_uncertainty(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    """Voxel AUROCs (95 % CIs) per arm: intra/inter std against errors, planted ambiguities and surprises; PCC."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dm4isl.io.atomic import atomic_path
+
+    labels = [f"{r['arm']} ({r['sampler']})" + (" [fast]" if r.get("recipe") == "fast" else "") for r in rows]
+    panels = [("error", "std vs |error| > tau"), ("planted", "std vs planted ambiguities"),
+              ("surprise", "std vs surprises")]
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4.2 * (len(panels) + 1), 0.6 * len(rows) + 2.2),
+                             sharey=True)
+    y = np.arange(len(rows))
+    for ax, (truth, title) in zip(axes, panels, strict=False):
+        for offset, (name, colour) in zip((-0.15, 0.15), (("intra", "tab:blue"), ("inter", "tab:orange")),
+                                          strict=True):
+            key = f"auroc_{truth}_{name}"
+            v = np.array([float(r.get(key, "nan") or "nan") for r in rows])
+            lo = np.array([float(r.get(f"{key}_lo", "nan") or "nan") for r in rows])
+            hi = np.array([float(r.get(f"{key}_hi", "nan") or "nan") for r in rows])
+            ax.errorbar(v, y + offset, xerr=[v - lo, hi - v], fmt="o", color=colour, capsize=3, label=name)
+        ax.axvline(0.5, color="grey", lw=0.8, ls=":")
+        ax.set(title=title, xlabel="voxel AUROC", xlim=(0.3, 1.0))
+        ax.grid(alpha=0.3)
+    axes[0].set_yticks(y, labels)
+    axes[0].legend(fontsize=8, loc="lower left")
+    axes[-1].barh(y, [float(r["pcc"]) for r in rows], color="tab:green")
+    axes[-1].set(title="test DDPMavg PCC", xlim=(0.0, 1.0))
+    axes[-1].grid(alpha=0.3)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(buf.getvalue())
+
+
 def summarize(per_patch: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean per arm × correction, and the paired difference from the paper arm (no correction) with 95 % CIs."""
     def values(arm: str, correction: str, key: str) -> np.ndarray:
@@ -366,7 +492,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     train.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="optimizer steps per arm")
     train.add_argument("--threads", type=int, default=1, help="CPU threads per training process")
     train.add_argument("--precision", default="bf16-mixed", help="Lightning precision of every arm")
-    for name in ("curves", "test"):
+    for name in ("curves", "test", "uncertainty"):
         cmd = sub.add_parser(name, help=f"{name} of the trained arms")
         cmd.add_argument("--arms", default=",".join(DEFAULT_ORDER))
         cmd.add_argument("--out", type=Path, default=ROOT / "docs" / "study")
@@ -382,6 +508,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     test.add_argument("--corrections", default="off,on",
                       help="sampling settings scored: off, on, or arm:off / arm:on pairs (e.g. paper:off,eps_pm1:on)")
     test.add_argument("--tau", type=float, default=0.2, help="|error| above which a voxel is wrong")
+    unc = sub.choices["uncertainty"]
+    unc.add_argument("--at-step", type=int, default=None, help="score every arm's snapshot after this many steps "
+                     "(default: each arm's last)")
+    unc.add_argument("--n-test", type=int, default=32, help="test patches (16 x 64 x 64)")
+    unc.add_argument("--n-val", type=int, default=16, help="validation patches (threshold calibration)")
+    unc.add_argument("--n-seeds", type=int, default=4, help="seeds per patch")
+    unc.add_argument("--sampler", default="ddim50", help=f"one of {sorted(UNCERTAINTY_SAMPLERS)} for every arm, "
+                     "then optional arm:sampler pairs, e.g. ddim50,paper:ddpm1000")
+    unc.add_argument("--tau", type=float, default=0.2, help="|error| above which a voxel is wrong")
     return parser.parse_args(argv)
 
 
@@ -398,6 +533,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     if args.command == "curves":
         curves(arms, args.out, args.threads, args.every)
+    elif args.command == "uncertainty":
+        parts = [p.strip() for p in args.sampler.split(",") if p.strip()]
+        samplers = {"*": parts[0], **dict(p.split(":") for p in parts[1:])}
+        unknown = sorted(set(samplers.values()) - set(UNCERTAINTY_SAMPLERS))
+        if unknown:
+            raise SystemExit(f"unknown samplers {unknown}; expected some of {sorted(UNCERTAINTY_SAMPLERS)}")
+        uncertainty_table(arms, args.out, args.threads, args.n_test, args.n_val, args.n_seeds, samplers, args.tau,
+                          args.at_step)
     else:
         pairs = [p.strip() for p in args.uncertainty.split(",") if p.strip()]
         corrections = [c.strip() for c in args.corrections.split(",") if c.strip()]

@@ -20,14 +20,16 @@ from dm4isl.uncertainty.thresholds import describe, organelle_threshold, same_se
 
 
 def predict_patch_set(
-    model: Predictor, patches: PatchSet, settings: SamplerSettings, n_seeds: int, batch_size: int = 8
+    model: Predictor, patches: PatchSet, settings: SamplerSettings, n_seeds: int, batch_size: int = 8,
+    keep_seeds: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Sample every patch of a fixed set; returns ``(N, Z, Y, X)`` arrays by product name (patch id = position)."""
+    """Sample every patch of a fixed set; returns ``(N, Z, Y, X)`` arrays by product name (patch id = position),
+    with ``keep_seeds`` also every seed's DDPM and DDPMavg (:func:`dm4isl.io.layout.seed_product` names)."""
     out: dict[str, list[np.ndarray]] = {}
     for start in range(0, len(patches), batch_size):
         bf = torch.from_numpy(patches.bf[start : start + batch_size])[:, None]
         ids = list(range(start, start + bf.shape[0]))
-        request = PredictRequest(settings=settings, n_seeds=n_seeds)
+        request = PredictRequest(settings=settings, n_seeds=n_seeds, keep_seeds=keep_seeds)
         for name, arr in model.predict_products(bf, ids, request).items():
             out.setdefault(name, []).append(arr[:, 0].float().cpu().numpy())
     return {k: np.concatenate(v) for k, v in out.items()}
