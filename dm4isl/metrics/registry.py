@@ -169,6 +169,12 @@ _SPECS = [
 
 #: Every metric by name.
 METRICS: dict[str, MetricSpec] = {spec.name: spec for spec in _SPECS}
+#: Metrics computed on the masks chosen by ``segmentation`` (reference | spec); the benchmark protocol's ``*_2d``
+#: metrics always use its own per-slice segmentation.
+SEGMENTED = (
+    "iou", "dice", "precision", "recall", "hausdorff", "hausdorff_3d", "volume_error", "volume_error_relative",
+    "instance_f1", "centroid_distance", "nn_distance_error", "area_error",
+)
 
 #: The named metric sets (also the ``metrics/`` config group): validation, the paper's 14, the benchmark protocol's
 #: 11, everything. The paper's 14 follow the reference's earlier definitions; ``*_fixed_range``, ``*_histogram``,
