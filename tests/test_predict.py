@@ -144,7 +144,7 @@ def test_predictions_csv_has_the_authors_patch_flag(compose_cfg, tiny_run: dict,
     """benchmark_flagged: the intra-process std above the threshold → the authors' per-patch segmentation → more
     than 1 % of the patch, recomputed here from the std_intra files."""
     out = tmp_path / "pred"
-    threshold = 0.02
+    threshold = 0.012  # about the 80th percentile of this model's std maps
     rows = predict_command(_predict_cfg(compose_cfg, tiny_run, out, [
         "n_seeds=1", "uncertainty.source=intra", f"uncertainty.threshold={threshold}"]))
     expected = []
