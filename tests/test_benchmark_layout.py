@@ -164,3 +164,9 @@ def test_the_flag_is_the_authors_pipeline_on_a_continuous_std_map():
     small = np.full((16, 64, 64), 0.02, np.float32)
     small[4:8, 10:16, 10:16] = 0.08
     assert patch_flag(small, 0.055, MaskSettings.for_organelle("nuclear_envelope")) == (False, 4 * 32 / std.size)
+    # a barely uncertain region (0.06) beside a very uncertain one (0.5): Otsu on the kept continuous values keeps only
+    # the latter (0.2 %), so the patch is not flagged; thresholding first would keep both (1.7 %) and flag it
+    mixed = np.full((16, 64, 64), 0.02, np.float32)
+    mixed[4:8, 10:26, 10:26] = 0.06
+    mixed[4:8, 40:46, 40:46] = 0.5
+    assert patch_flag(mixed, 0.055, MaskSettings.for_organelle("nuclear_envelope")) == (False, 4 * 32 / std.size)
