@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR
@@ -228,3 +229,14 @@ def test_an_empty_slice_is_nan_not_zero():
     assert np.isnan(r.centroid[1]) and np.isnan(r.centroid[2]) and r.patch_value("centroid") == 0.0
     empty = patch_metrics(np.zeros((2, 64, 64), np.float32), np.zeros((2, 64, 64), np.float32), BENCHMARK[5:])
     assert all(np.isnan(v) for v in empty.values()), empty
+
+
+def test_a_chosen_metric_set_is_named_beside_the_protocol(tmp_path: Path):
+    rng = np.random.default_rng(0)
+    for folder in ("GT", "Unet", "DDPMavg"):
+        (tmp_path / "in" / folder).mkdir(parents=True)
+        for i in range(2):
+            tifffile.imwrite(tmp_path / "in" / folder / f"{i}.tiff", rng.integers(0, 256, (16, 64, 64), np.uint8))
+    evaluate_folder(tmp_path / "in", tmp_path / "out", metrics="fast", n_resamples=9, progress=False)
+    md = (tmp_path / "out" / "metrics_summary.md").read_text(encoding="utf-8")
+    assert "Protocol benchmark: " in md and "Metrics chosen instead of the protocol's set: pcc, mse, ms_ssim." in md
