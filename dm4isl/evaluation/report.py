@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from dm4isl.evaluation.ensembles import CRPS
 from dm4isl.evaluation.result import EvaluationResult
 from dm4isl.io.atomic import write_bytes, write_csv, write_text
 from dm4isl.io.layout import BENCHMARK_METHODS
 from dm4isl.metrics.protocols import get_protocol
-from dm4isl.metrics.registry import METRICS, PATCH
+from dm4isl.metrics.registry import CLS_LPIPS, METRICS, PATCH
 from dm4isl.metrics.table import (
     CI_HIGH,
     CI_LOW,
@@ -154,8 +155,13 @@ def _pooled_rows(result: EvaluationResult) -> list[tuple[str, dict[str, str]]]:
 
 
 def _protocol_line(result: EvaluationResult) -> str:
-    """``Protocol benchmark: <source>.`` (the protocol's one-line description)."""
-    line = get_protocol(result.protocol).describe()
+    """``Protocol benchmark: <source>.`` (the protocol's one-line description), and the metrics when they were chosen
+    instead of the protocol's own set."""
+    protocol = get_protocol(result.protocol)
+    line = protocol.describe()
+    chosen = [m for m in result.metric_names if METRICS[m].is_score and m not in (CLS_LPIPS, CRPS)]
+    if chosen != list(protocol.metrics):
+        line += f". Metrics chosen instead of the protocol's set: {', '.join(chosen)}"
     return line[0].upper() + line[1:] + "."
 
 
