@@ -2,10 +2,11 @@
 
 Per organelle: train ``organelle=<organelle> model=<model>`` for model in unet, gan, ddpm (checkpoint chosen on the
 validation split), predict the cached test split with each (DDPM final sample, DDPMavg, intra-process std and error
-mask for the diffusion model), evaluate the four methods with :func:`dm4isl.evaluation.evaluate_folder` (the paper's
-14 metrics, improvement % against the better baseline, Wilcoxon test, bootstrap CI), and assemble the paper-style
-table (``results.md``, ``results.csv``) and a figure grid (``figure_grid.png``: BF | GT | U-Net | GAN | DDPM |
-DDPMavg | intra std | error mask, middle Z slice).
+mask for the diffusion model), evaluate the four methods with :func:`dm4isl.evaluation.evaluate_folder` (the metrics
+of ``--protocol``: ``benchmark``, the default, = the 11 columns of the authors' newest calc_metrics; ``paper14`` = the
+paper's 14 metrics as their earlier code computed them; improvement % against the better baseline, Wilcoxon test,
+bootstrap CI), and assemble the paper-style table (``results.md``, ``results.csv``, both naming the protocol) and a
+figure grid (``figure_grid.png``: BF | GT | U-Net | GAN | DDPM | DDPMavg | intra std | error mask, middle Z slice).
 
 Layout under ``--output-dir`` (deterministic: a re-run reuses finished checkpoints and predictions)::
 
@@ -48,6 +49,7 @@ from dm4isl.data.readers import read_volume
 from dm4isl.evaluation import EvaluationResult, evaluate_folder
 from dm4isl.io.atomic import write_csv, write_text
 from dm4isl.io.figures import GridRow, prediction_grid
+from dm4isl.metrics.protocols import DEFAULT_PROTOCOL, PROTOCOLS, get_protocol
 from dm4isl.metrics.registry import METRICS
 from dm4isl.metrics.table import CI_HIGH, CI_LOW, IMPROVEMENT, WILCOXON_P, headline_statistic
 from dm4isl.models.checkpoint import load_predictor, prediction_provenance, read_checkpoint, selection_score
@@ -214,9 +216,11 @@ def assemble_methods(organelle_dir: Path) -> Path:
 
 
 def organelle_rows(organelle: str, result: EvaluationResult) -> list[dict[str, Any]]:
-    """Paper-style rows of one organelle: per score metric, the headline value of each method, the reference
-    baseline, DDPM's and DDPMavg's improvement %, and DDPMavg's Wilcoxon p-value and 95 % CI vs that baseline."""
+    """Paper-style rows of one organelle: per score metric (with the protocol that made it and its heading there),
+    the headline value of each method, the reference baseline, DDPM's and DDPMavg's improvement %, and DDPMavg's
+    Wilcoxon p-value and 95 % CI vs that baseline."""
     by_key = {(r.metric, r.statistic): r for r in result.summary}
+    protocol = get_protocol(result.protocol)
     rows = []
     for name in result.metric_names:
         spec = METRICS[name]
@@ -224,7 +228,8 @@ def organelle_rows(organelle: str, result: EvaluationResult) -> list[dict[str, A
             continue
         stat = headline_statistic(spec)
         headline = by_key[(name, stat)]
-        row: dict[str, Any] = {"organelle": organelle, "metric": name, "statistic": stat,
+        row: dict[str, Any] = {"protocol": protocol.name, "organelle": organelle, "metric": name,
+                               "heading": protocol.heading(name), "statistic": stat,
                                "higher_is_better": spec.higher_is_better}
         row.update({m: headline.values.get(m, math.nan) for m in METHODS})
         improvement = by_key.get((name, IMPROVEMENT))
@@ -256,6 +261,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], notes: Sequence[str] = ()) ->
     """The Markdown results: one table per organelle (metrics × methods, best value in bold, DDPMavg's
     improvement % over the better baseline with its Wilcoxon p-value) and a closing summary."""
     lines = ["# DM4ISL reproduction: U-Net, GAN, DDPM and DDPMavg on the test split", ""]
+    for protocol in dict.fromkeys(r["protocol"] for r in rows):
+        line = get_protocol(protocol).describe()
+        lines += [line[0].upper() + line[1:] + ".", ""]
     lines += [f"{n}" for n in notes] + ([""] if notes else [])
     organelles = list(dict.fromkeys(r["organelle"] for r in rows))
     for organelle in organelles:
@@ -271,7 +279,7 @@ def markdown_table(rows: Sequence[dict[str, Any]], notes: Sequence[str] = ()) ->
             arrow = "↑" if r["higher_is_better"] else "↓"
             improvement = _fmt(r["DDPMavg_improvement_pct"], "+.1f")
             ref = LABELS.get(r["reference"], r["reference"])
-            lines.append(f"| {METRICS[r['metric']].label} {arrow} | " + " | ".join(cells)
+            lines.append(f"| {r['heading']} {arrow} | " + " | ".join(cells)
                          + f" | {improvement} % ({ref}) | {_fmt(r[f'DDPMavg_{WILCOXON_P}'], '.2g')} |")
         wins = sum(r["DDPMavg_beats_both"] for r in org_rows)
         gains = [r["DDPMavg_improvement_pct"] for r in org_rows if not math.isnan(r["DDPMavg_improvement_pct"])]
@@ -322,16 +330,18 @@ def reproduce(
     output_dir: Path,
     synthetic: bool,
     overrides: Sequence[str] = (),
-    metrics: str = "paper",
+    metrics: str | None = None,
     n_resamples: int = 9999,
     patch_index: int = 0,
     throughput: bool = False,
     classifier: str | None = None,
     classifier_overrides: Sequence[str] = (),
+    protocol: str = DEFAULT_PROTOCOL,
 ) -> list[dict[str, Any]]:
     """Run the whole comparison (module docstring) and return the table rows; writes everything under
     ``output_dir``. ``overrides`` apply to every model after the --synthetic profile. ``classifier`` (a file, or
-    ``"train"`` with ``classifier_overrides``) adds CLS-LPIPS to the evaluation."""
+    ``"train"`` with ``classifier_overrides``) adds CLS-LPIPS to the evaluation. ``protocol`` names the metric
+    definitions; ``metrics`` (a set name or list) replaces the protocol's own set."""
     output_dir = output_dir.resolve()
     root = Path.cwd()
     rows: list[dict[str, Any]] = []
@@ -359,7 +369,7 @@ def reproduce(
         result = evaluate_folder(methods, output_dir / organelle / "evaluation", metrics=metrics,
                                  methods=list(METHODS), baselines=list(BASELINES),
                                  voxel_size=list(cfg.organelle.metric_voxel_size), n_resamples=n_resamples,
-                                 progress=False, classifier=spec)
+                                 progress=False, classifier=spec, protocol=protocol)
         rows += organelle_rows(organelle, result)
     write_csv(output_dir / "results.csv", rows)
     write_text(output_dir / "results.md", markdown_table(rows, notes))
@@ -380,7 +390,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="default: outputs/reproduce/synthetic or outputs/reproduce/paper")
     parser.add_argument("--override", action="append", default=[], metavar="KEY=VALUE",
                         help="Hydra override applied to every model (repeatable), e.g. trainer=gpu")
-    parser.add_argument("--metrics", default="paper", help="metric set of dm4isl.metrics (fast | paper | all)")
+    parser.add_argument("--protocol", default=DEFAULT_PROTOCOL, choices=sorted(PROTOCOLS),
+                        help="metric definitions of the tables (docs/metrics.md): benchmark = the authors' newest "
+                             "calc_metrics (11 columns), paper14 = the paper's 14 metrics as their earlier code")
+    parser.add_argument("--metrics", default=None,
+                        help="a metric set (fast | paper | benchmark | all) instead of the protocol's own")
     parser.add_argument("--n-resamples", type=int, default=9999, help="bootstrap resamples of the CIs")
     parser.add_argument("--patch-index", type=int, default=0, help="test patch shown in the figure grid")
     parser.add_argument("--throughput", action="store_true", help="also time training patches/s per model")
@@ -394,7 +408,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     output_dir = args.output_dir or Path("outputs") / "reproduce" / ("synthetic" if args.synthetic else "paper")
     tic = time.perf_counter()
     reproduce(organelles, output_dir, args.synthetic, args.override, args.metrics, args.n_resamples,
-              args.patch_index, args.throughput, args.classifier, args.classifier_override)
+              args.patch_index, args.throughput, args.classifier, args.classifier_override, args.protocol)
     log.info("done in %.1f min: %s/results.md", (time.perf_counter() - tic) / 60.0, output_dir)
 
 

@@ -71,8 +71,8 @@ def small_input(tmp_path: Path) -> Path:
 def test_evaluate_reference_folder_writes_all_outputs(nucenv_dir, compose_cfg, tmp_path):
     out = tmp_path / "eval"
     cfg = compose_cfg("evaluate", [f"input_dir={nucenv_dir}", f"output_dir={out}", "statistics.n_resamples=999",
-                                   "progress=false"])
-    assert list(cfg.voxel_size) == [0.29, 0.29, 0.29] and cfg.metrics.names[-1] == "volume_error"
+                                   "progress=false", "protocol=paper14"])
+    assert list(cfg.voxel_size) == [0.29, 0.29, 0.29] and cfg.protocol == "paper14"
     result = run(cfg)
     methods = ["DDPM", "DDPMavg", "FL_pred", "FLavg_pred", "GAN", "Unet"]
     assert result.methods == methods and result.baselines == ["Unet", "GAN"]

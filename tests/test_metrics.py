@@ -115,10 +115,10 @@ def test_metric_sets_and_directions():
     assert METRIC_SETS["fast"] == ("pcc", "mse", "ms_ssim")
     assert len(PAPER) == 14 and set(PAPER) <= set(METRIC_SETS["all"])
     higher = {"pcc", "ms_ssim", "mi", "mi_fixed_range", "glcm_correlation", "iou", "dice", "precision", "recall",
-              "psnr", "ssim", "instance_f1"}
+              "psnr", "ssim", "instance_f1", "iou_2d", "f1_2d"}
     lower = {"mse", "jsd", "jsd_histogram", "hog_distance", "perceptual_distance", "cls_lpips", "hausdorff",
              "hausdorff_3d", "volume_error", "volume_error_relative", "centroid_distance", "nn_distance_error",
-             "area_error", "crps"}
+             "area_error", "crps", "centroid_2d", "min_distance_2d", "area_2d", "hausdorff_2d"}
     assert {n for n, s in METRICS.items() if s.higher_is_better is True} == higher
     assert {n for n, s in METRICS.items() if s.higher_is_better is False} == lower
     assert METRICS["glcm_feature"].higher_is_better is None
@@ -132,7 +132,7 @@ def test_metric_sets_and_directions():
     assert "glcm_feature" in resolve_metric_names(["glcm_correlation"])
     with pytest.raises(ValueError, match="unknown metric"):
         resolve_metric_names(["pcc", "fid"])
-    for name in ("fast", "paper", "all"):  # the metrics/ config group lists the same sets as the registry
+    for name in ("fast", "paper", "benchmark", "all"):  # the metrics/ config group lists the registry's sets
         listed = OmegaConf.load(CONF_DIR / "metrics" / f"{name}.yaml").names
         assert sorted(resolve_metric_names(list(listed))) == sorted(resolve_metric_names(name)), name
 

@@ -23,6 +23,7 @@ from dm4isl.io.atomic import read_channel_names, read_tiff_info
 from dm4isl.models.checkpoint import load_model, read_checkpoint
 from dm4isl.predict import predict_command
 from dm4isl.train import train
+from dm4isl.uncertainty.masks import MaskSettings, patch_flag
 
 TINY = [
     "experiment=demo",
@@ -126,6 +127,7 @@ def test_predict_folder_products_skip_and_csv(compose_cfg, tiny_run: dict, tmp_p
     assert table[0]["uncertainty_source"] == "inter" and float(table[0]["threshold"]) == 0.1
     assert table[0]["threshold_source"] == "given"
     assert table[0]["flagged"] in ("0", "1") and 0.0 <= float(table[0]["mask_fraction"]) <= 1.0
+    assert table[0]["benchmark_flagged"] == ""  # no intra threshold valid for DDIM-5 (the published one: DDPM-1000)
     # a rerun with the same settings skips every input and rewrites nothing
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.tiff")}
     predict_command(_predict_cfg(compose_cfg, tiny_run, out, ["uncertainty.threshold=0.1"]))
@@ -136,6 +138,23 @@ def test_predict_folder_products_skip_and_csv(compose_cfg, tiny_run: dict, tmp_p
     assert not list((out / "std_inter").glob("*.tiff")) and not list((out / "error_mask").glob("*.tiff"))
     assert len(list((out / "std_intra").glob("*.tiff"))) == 4
     assert all(r["products"] == "DDPM;DDPMavg;std_intra" for r in rows)
+
+
+def test_predictions_csv_has_the_authors_patch_flag(compose_cfg, tiny_run: dict, tmp_path: Path) -> None:
+    """benchmark_flagged: the intra-process std above the threshold → the authors' per-patch segmentation → more
+    than 1 % of the patch, recomputed here from the std_intra files."""
+    out = tmp_path / "pred"
+    threshold = 0.012  # about the 80th percentile of this model's std maps
+    rows = predict_command(_predict_cfg(compose_cfg, tiny_run, out, [
+        "n_seeds=1", "uncertainty.source=intra", f"uncertainty.threshold={threshold}"]))
+    expected = []
+    for row in rows:
+        std = tifffile.imread(out / "std_intra" / f"{row['name']}.ome.tiff")
+        flagged, fraction = patch_flag(std, threshold, MaskSettings.for_organelle("nuclear_envelope"))
+        expected.append((int(flagged), f"{fraction:.6f}"))
+    assert [(r["benchmark_flagged"], r["benchmark_fraction"]) for r in rows] == expected
+    assert [(r["flagged"], r["mask_fraction"]) for r in rows] == expected  # the configured mask is the same rule here
+    assert any(float(f) > 0 for _, f in expected)
 
 
 def test_changed_input_under_an_old_name_is_predicted_again(compose_cfg, tiny_run: dict, tmp_path: Path) -> None:

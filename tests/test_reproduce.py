@@ -54,13 +54,15 @@ def test_reproduce_minimal(tmp_path: Path, data_cache_dir: Path, monkeypatch: py
         monkeypatch.setitem(script.SYNTHETIC_MODEL, model, [*script.SYNTHETIC_MODEL[model], *extra])
     out = tmp_path / "reproduce"
     overrides = [*MINIMAL, f"paths.data_dir={data_cache_dir}"]
-    rows = script.reproduce(ORGANELLES, out, synthetic=True, overrides=overrides, metrics="paper", n_resamples=99)
+    rows = script.reproduce(ORGANELLES, out, synthetic=True, overrides=overrides, protocol="paper14",
+                            n_resamples=99)
 
     paper_scores = 14  # the paper's metrics are all scores (glcm_correlation at dataset level)
     assert len(rows) == len(ORGANELLES) * paper_scores
     with open(out / "results.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
     assert [r["organelle"] for r in table] == [o for o in ORGANELLES for _ in range(paper_scores)]
+    assert {r["protocol"] for r in table} == {"paper14"}
     for column in ("Unet", "GAN", "DDPM", "DDPMavg", "reference", "DDPMavg_improvement_pct", "DDPMavg_wilcoxon_p"):
         assert column in table[0], column
     pcc = {r["organelle"]: r for r in table if r["metric"] == "pcc"}
@@ -70,6 +72,7 @@ def test_reproduce_minimal(tmp_path: Path, data_cache_dir: Path, monkeypatch: py
         assert pcc[organelle]["reference"] in ("Unet", "GAN")
     markdown = (out / "results.md").read_text()
     assert markdown.count("## ") == len(ORGANELLES) and "| metric | U-Net | GAN | DDPM | DDPMavg |" in markdown
+    assert "Protocol paper14: the paper's 14 metrics" in markdown
     with Image.open(out / "figure_grid.png") as img:
         assert img.size[0] > img.size[1]  # 8 columns, 2 rows
     for organelle in ORGANELLES:
@@ -82,7 +85,7 @@ def test_reproduce_minimal(tmp_path: Path, data_cache_dir: Path, monkeypatch: py
     stamps = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/checkpoints/*.ckpt")}
     done = {p: json.loads(p.read_text()) for p in out.glob("runs/*/done.json")}
     assert len(done) == len(ORGANELLES) * 3
-    rows_again = script.reproduce(ORGANELLES, out, synthetic=True, overrides=overrides, metrics="paper",
+    rows_again = script.reproduce(ORGANELLES, out, synthetic=True, overrides=overrides, protocol="paper14",
                                   n_resamples=99)
     assert {p: p.stat().st_mtime_ns for p in out.glob("runs/*/checkpoints/*.ckpt")} == stamps
     for method in ("Unet", "GAN", "DDPM", "DDPMavg"):

@@ -27,6 +27,7 @@ from dm4isl.data.images import (
     read_zyx,
     select_scene,
 )
+from dm4isl.data.readers import list_tiffs, tiff_stem
 from dm4isl.errors import DataError
 from dm4isl.io.atomic import atomic_path
 
@@ -48,6 +49,15 @@ PLAIN_COLUMNS = {"path": "path", "bf_channel": "bf_channel", "fl_channel": "fl_c
 MANIFEST_STYLES = ("allen", "plain")
 #: ``organelle.fl_channel`` values: which Allen column holds the fluorescence channel of the organelle.
 FL_CHANNEL_COLUMNS = {"structure": "structure_channel", "dna": "dna_channel"}
+#: The label-free imaging collection (quilt ``aics/label-free-imaging-collection``) as the authors' loader reads it
+#: (``load_organelle_fovs`` of their ``src/LoadSaveFunctions.py``, folder names of their ``src/Config.py``): one folder
+#: of multi-channel ``(C, Z, Y, X)`` FOVs per structure, brightfield in channel 0, DNA dye in 1, the structure in 3;
+#: DNA comes from the mitochondria FOVs.
+COLLECTION_FOLDERS = {
+    "nuclear_envelope": "Nuclear-envelope", "nucleoli": "Nucleolus-(Dense-Fibrillar-Component)", "dna": "Mitochondria",
+    "actin": "Actin-filaments", "mitochondria": "Mitochondria", "microtubules": "Microtubules",
+}
+COLLECTION_CHANNELS = {"bf": 0, "dna": 1, "structure": 3}
 #: Axes a multi-channel FOV may have besides Z, C, Y, X — each must have length 1 (e.g. T in TCZYX).
 SINGLETON_AXES = "TSIQ"
 RESAMPLE_METHODS = ("nearest", "linear")
@@ -266,6 +276,37 @@ def _resolve(value: str, root: Path) -> Path:
     """A manifest path: absolute as is, relative to ``root`` otherwise."""
     path = Path(str(value).strip())
     return path if path.is_absolute() else root / path
+
+
+def collection_manifest(root: str | os.PathLike, organelle: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows of a plain manifest (``path, bf_channel, fl_channel, fov_id``; paths relative to ``root``) for the FOVs of
+    ``organelle`` in a copy of the label-free imaging collection at ``root`` (:data:`COLLECTION_FOLDERS`,
+    :data:`COLLECTION_CHANNELS`), in file-name order; the FOV id is the file name without its suffix."""
+    root = Path(root)
+    name = organelle.get("name")
+    if name not in COLLECTION_FOLDERS:
+        raise DataError(f"organelle {name!r} has no folder in the label-free imaging collection; expected one of "
+                        f"{sorted(COLLECTION_FOLDERS)}")
+    folder = root / COLLECTION_FOLDERS[name]
+    files = list_tiffs(folder) if folder.is_dir() else []
+    if not files:
+        raise DataError(f"{folder}: no FOV images (expected the collection's {COLLECTION_FOLDERS[name]}/ folder)")
+    fl = COLLECTION_CHANNELS[organelle.get("fl_channel", "structure")]
+    return [{"path": f.relative_to(root).as_posix(), "bf_channel": COLLECTION_CHANNELS["bf"], "fl_channel": fl,
+             "fov_id": tiff_stem(f)} for f in files]
+
+
+def write_collection_manifest(
+    root: str | os.PathLike, organelle: Mapping[str, Any], path: str | os.PathLike | None = None
+) -> Path:
+    """Write :func:`collection_manifest` as a CSV (default ``<root>/<organelle>.csv``) for ``data=manifest``."""
+    out = Path(path) if path else Path(root) / f"{organelle['name']}.csv"
+    rows = collection_manifest(root, organelle)
+    with atomic_path(out) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out
 
 
 def read_manifest(

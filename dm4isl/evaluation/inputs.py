@@ -17,9 +17,9 @@ from dm4isl.errors import DataError
 
 log = logging.getLogger(__name__)
 
-#: Sub-folders that hold no predictions: brightfield inputs, uncertainty maps, error masks and the per-seed members
-#: of ensembles (``<method>_seeds/``, scored with the CRPS) — glob patterns.
-DEFAULT_EXCLUDE = ("BF", "FLavg_std*", "std_*", "error_mask*", "uncertainty*", "*_seeds")
+#: Sub-folders that hold no predictions: brightfield inputs, uncertainty maps (the benchmark's ``DDPMstd``), error
+#: masks and the per-seed members of ensembles (``<method>_seeds/``, scored with the CRPS) — glob patterns.
+DEFAULT_EXCLUDE = ("BF", "DDPMstd", "FLavg_std*", "std_*", "error_mask*", "uncertainty*", "*_seeds")
 #: Folder names recognised as the baselines (U-Net and GAN spellings).
 DEFAULT_BASELINES = ("Unet", "UNet", "unet", "U-Net", "GAN", "gan")
 #: At most this many problems are listed in one validation error.

@@ -15,15 +15,18 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from dm4isl.evaluation.ensembles import CRPS, load_ensembles, score_ensembles
+from dm4isl.evaluation.flags import FlagSettings, compute_flags
 from dm4isl.evaluation.inputs import DEFAULT_BASELINES, DEFAULT_EXCLUDE, EvaluationInputs, load_inputs
 from dm4isl.evaluation.report import write_report
 from dm4isl.evaluation.result import EvaluationResult
 from dm4isl.metrics.overlap import DEFAULT_VOXEL_SIZE_UM
+from dm4isl.metrics.protocols import DEFAULT_PROTOCOL, get_protocol
 from dm4isl.metrics.registry import (
     DATASET,
     DEFAULT_TORCH_THREADS,
     METRICS,
     PATCH,
+    SEGMENTED,
     PairContext,
     resolve_metric_names,
     torch_threads,
@@ -167,7 +170,7 @@ def compute_results(
 def evaluate_folder(
     input_dir: str | os.PathLike,
     output_dir: str | os.PathLike | None = None,
-    metrics: str | Iterable[str] = "paper",
+    metrics: str | Iterable[str] | None = None,
     gt_name: str = "GT",
     methods: Sequence[str] | None = None,
     exclude: Sequence[str] = DEFAULT_EXCLUDE,
@@ -184,8 +187,15 @@ def evaluate_folder(
     classifier: ClassifierSpec | str | os.PathLike | None = None,
     ensembles: bool = True,
     segmentation: SegmentationSettings | None = None,
+    protocol: str = DEFAULT_PROTOCOL,
+    flags: FlagSettings | None = None,
 ) -> EvaluationResult:
     """Evaluate every method folder of ``input_dir`` against ``input_dir/<gt_name>`` and write the report.
+
+    ``protocol`` (:data:`dm4isl.metrics.protocols.PROTOCOLS`: ``benchmark`` or ``paper14``) names the definitions
+    and gives the metric set when ``metrics`` is None; every output says which protocol made it. With ``flags``
+    and a std-map folder beside the methods (the benchmark's ``DDPMstd/``) every patch is flagged from its std map
+    and, in an annotated benchmark organelle folder, the flags are checked against the authors' annotations.
 
     All inputs are read and validated first (:func:`dm4isl.evaluation.inputs.load_inputs`); then metrics are
     computed (:func:`compute_results`) and summarised with improvement %, Wilcoxon p-values and bootstrap CIs
@@ -202,8 +212,11 @@ def evaluate_folder(
     """
     if classifier is not None and not isinstance(classifier, ClassifierSpec):
         classifier = ClassifierSpec(path=str(classifier))
+    chosen = get_protocol(protocol)
+    metrics = chosen.metrics if metrics is None else metrics
     inputs = load_inputs(input_dir, gt_name, methods, exclude, gt_window, pred_window)
     members = load_ensembles(inputs, pred_window) if ensembles else {}
+    patch_flags = compute_flags(input_dir, inputs.patches, flags) if flags is not None else None
     log.info("evaluating %d patches of %d methods: %s", len(inputs.patches), len(inputs.methods), inputs.methods)
     names, results, gt_companions = compute_results(inputs, metrics, voxel_size, progress, n_threads, n_workers,
                                                     classifier, segmentation)
@@ -217,7 +230,9 @@ def evaluate_folder(
         log.warning("no baseline folder among %s: improvement %% and statistics are not computed", list(baselines))
     result = EvaluationResult(Path(input_dir), gt_name, inputs.patches, names, results, gt_companions, present,
                               ensembles=ensemble_scores,
-                              segmentation=(segmentation or SegmentationSettings()).describe())
+                              segmentation=(segmentation or SegmentationSettings()).describe()
+                              if any(n in SEGMENTED for n in names) else "",
+                              protocol=chosen.name, flags=patch_flags)
     result.summary = summarize(results, names, present, gt_companions, confidence, n_resamples, seed)
     if output_dir is not None:
         write_report(result, output_dir)

@@ -12,9 +12,12 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from dm4isl.evaluation.ensembles import CRPS
 from dm4isl.evaluation.result import EvaluationResult
 from dm4isl.io.atomic import write_bytes, write_csv, write_text
-from dm4isl.metrics.registry import METRICS, PATCH
+from dm4isl.io.layout import BENCHMARK_METHODS
+from dm4isl.metrics.protocols import get_protocol
+from dm4isl.metrics.registry import CLS_LPIPS, METRICS, PATCH
 from dm4isl.metrics.table import (
     CI_HIGH,
     CI_LOW,
@@ -26,6 +29,7 @@ from dm4isl.metrics.table import (
     SummaryRow,
     headline_statistic,
 )
+from dm4isl.uncertainty.annotations import annotation_source
 
 PER_PATCH_CSV = "metrics_per_patch.csv"
 SUMMARY_CSV = "metrics_summary.csv"
@@ -33,6 +37,10 @@ SUMMARY_MD = "metrics_summary.md"
 REPORT_HTML = "report.html"
 SPREAD_SKILL_CSV = "spread_skill.csv"
 SPREAD_SKILL_PNG = "spread_skill.png"
+FLAGS_CSV = "uncertainty_flags.csv"
+ANNOTATIONS_CSV = "annotation_check.csv"
+#: First column of every CSV: the protocol that made it.
+PROTOCOL = "protocol"
 FIGURE_DIR = "figures"
 #: Spread–skill plot size in inches (square: the calibrated diagonal at 45°).
 SPREAD_SKILL_SIZE_IN = (4.4, 4.0)
@@ -58,10 +66,11 @@ def _rows_by(result: EvaluationResult) -> dict[tuple[str, str], SummaryRow]:
 
 
 def summary_rows(result: EvaluationResult) -> list[dict[str, object]]:
-    """``metrics_summary.csv`` rows: ``metric, statistic, direction, unit, reference`` then one column per method
-    (unrounded values; ``reference`` is the baseline the comparison rows are computed against)."""
+    """``metrics_summary.csv`` rows: ``protocol, metric, statistic, direction, unit, reference`` then one column per
+    method (unrounded values; ``reference`` is the baseline the comparison rows are computed against)."""
     return [
         {
+            PROTOCOL: result.protocol,
             "metric": r.metric,
             "statistic": r.statistic,
             "direction": DIRECTION_WORD[METRICS[r.metric].higher_is_better],
@@ -145,10 +154,105 @@ def _pooled_rows(result: EvaluationResult) -> list[tuple[str, dict[str, str]]]:
     return out
 
 
+def _protocol_line(result: EvaluationResult) -> str:
+    """``Protocol benchmark: <source>.`` (the protocol's one-line description), and the metrics when they were chosen
+    instead of the protocol's own set."""
+    protocol = get_protocol(result.protocol)
+    line = protocol.describe()
+    chosen = [m for m in result.metric_names if METRICS[m].is_score and m not in (CLS_LPIPS, CRPS)]
+    if chosen != list(protocol.metrics):
+        line += f". Metrics chosen instead of the protocol's set: {', '.join(chosen)}"
+    return line[0].upper() + line[1:] + "."
+
+
+def _table_methods(result: EvaluationResult) -> list[str]:
+    """Methods in the paper's order: the benchmark's U-Net, GAN, DM, DM4ISL folders first, then the others."""
+    known = [m for m in BENCHMARK_METHODS if m in result.results]
+    return known + [m for m in result.methods if m not in known]
+
+
+def protocol_table(result: EvaluationResult) -> str:
+    """The protocol's comparison table in the paper's form (Markdown): one row per metric under the protocol's
+    heading, one column per method (benchmark folder names shown as U-Net, GAN, DM, DM4ISL) with the mean over
+    patches, then for every method that is not a baseline its improvement % over the better baseline with the
+    paired Wilcoxon p-value."""
+    protocol = get_protocol(result.protocol)
+    rows = _rows_by(result)
+    methods = _table_methods(result)
+    compared = [m for m in methods if m not in result.baselines] if result.baselines else []
+    label = {m: BENCHMARK_METHODS.get(m, m) for m in methods}
+    header = ["metric", *(label[m] for m in methods), *(f"{label[m]} vs better baseline" for m in compared)]
+    lines = [f"| {' | '.join(header)} |", "|---" * len(header) + "|"]
+    for metric in result.metric_names:
+        spec = METRICS[metric]
+        if not spec.is_score:
+            continue
+        values = rows[(metric, headline_statistic(spec))].values
+        cells = [_fmt(values[m]) for m in methods]
+        imp, p = rows.get((metric, IMPROVEMENT)), rows.get((metric, WILCOXON_P))
+        for m in compared:
+            cells.append("–" if imp is None else f"{_fmt(imp.values[m], '+.1f')} % (p = {_fmt(p.values[m], '.2g')})")
+        lines.append(f"| {protocol.heading(metric)} {DIRECTION_ARROW[spec.higher_is_better]} | " + " | ".join(cells)
+                     + " |")
+    return "\n".join(lines) + "\n"
+
+
+def flag_rows(result: EvaluationResult) -> list[dict[str, object]]:
+    """``uncertainty_flags.csv`` rows: per patch, the share of it in the error mask, its flag and the annotation
+    lists it is on (benchmark organelles)."""
+    flags = result.flags
+    if flags is None:
+        return []
+    listed = {}
+    if flags.report is not None:
+        listed = {str(r["patch"]): r["annotations"] for r in flags.report.patch_rows()}
+    return [{PROTOCOL: result.protocol, "patch": p, "std_fraction": flags.fractions[p],
+             "flagged": int(flags.flagged[p]), "annotations": listed.get(p, "")} for p in result.patches]
+
+
+def _flag_section(result: EvaluationResult) -> list[str]:
+    """Markdown lines of the uncertainty flags and their check against the authors' annotations."""
+    flags = result.flags
+    if flags is None:
+        return []
+    n_flagged = sum(flags.flagged.values())
+    lines = ["", "## Uncertainty flags", "", f"{flags.settings.describe()}: {n_flagged} of {len(result.patches)} "
+             f"patches flagged (per patch: {FLAGS_CSV})."]
+    report = flags.report
+    if report is None:
+        return lines
+    row = report.summary()
+    source = annotation_source()
+    lines += [
+        "", f"Against the authors' manual annotations of {row['organelle']} ({source['repository']} "
+        f"{source['file']} at {source['commit'][:7]}, cell {source['cell']}; patches 0–{report.n_patches - 1}):", "",
+        "| what | count | patches |", "|---|---|---|",
+        f"| annotated DM4ISL errors flagged (recall {_fmt(report.recall, '.3f')}) | {row['errors_flagged']} of "
+        f"{row['dm4isl_errors']} | {_indices(report.caught)} |",
+        f"| annotated DM4ISL errors not flagged | {row['errors_missed']} | {_indices(report.missed)} |",
+        f"| flags without an annotated DM4ISL error | {row['flags_without_error']} | "
+        + ", ".join(f"{p} ({report.flag_kind(p)})" for p in report.unannotated_flags) + " |",
+        f"| annotated errors: U-Net vs DM4ISL | {row['unet_errors']} vs {row['dm4isl_errors']} | |",
+        f"| the authors' caught (UncMap_TP) also flagged here | {row['agree_with_authors_caught']} of "
+        f"{row['authors_caught']} | |",
+        f"| the authors' missed (UncMap_FN) also unflagged here | {row['agree_with_authors_missed']} of "
+        f"{row['authors_missed']} | |",
+    ]
+    return lines
+
+
+def _indices(patches: list[int]) -> str:
+    """Patch indices as a comma-separated list (an en dash when empty)."""
+    return ", ".join(str(p) for p in patches) or "–"
+
+
 def markdown_summary(result: EvaluationResult) -> str:
-    """Paper-style Markdown tables: headline values (best in bold) and the comparison against the baseline."""
+    """Paper-style Markdown tables: the protocol's table, headline values (best in bold), the comparison against
+    the baseline and, with a std-map folder, the uncertainty flags."""
     methods = result.methods
-    lines = ["# Evaluation summary", "", _confidence_note(result), "", "## Metrics", ""]
+    lines = ["# Evaluation summary", "", _protocol_line(result), "", _confidence_note(result), "",
+             f"## The paper's table (protocol {result.protocol})", "", protocol_table(result).rstrip("\n"),
+             *_flag_section(result), "", "## Metrics", ""]
     lines.append("| metric | value | " + " | ".join(methods) + " |")
     lines.append("|---|---|" + "---|" * len(methods))
     for metric in result.metric_names:
@@ -268,6 +372,7 @@ def html_report(result: EvaluationResult, figures: dict[str, bytes]) -> str:
     for label, cells in _pooled_rows(result):
         body.append([label, POOLED] + [cells[m] for m in methods])
         bold.append(None)
+    protocol_rows = [line.strip("|").split(" | ") for line in protocol_table(result).splitlines()]
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8"><title>dm4isl evaluation</title>',
@@ -277,7 +382,10 @@ def html_report(result: EvaluationResult, figures: dict[str, bytes]) -> str:
         "<h1>dm4isl evaluation</h1>",
         f"<p>Input: <code>{html.escape(str(result.input_dir))}</code>; ground truth "
         f"<code>{html.escape(result.gt_name)}</code>; methods: {html.escape(', '.join(methods))}.</p>",
+        f"<p><b>{html.escape(_protocol_line(result))}</b></p>",
         f"<p>{html.escape(_confidence_note(result))}</p>",
+        f"<h2>The paper's table (protocol {html.escape(result.protocol)})</h2>",
+        _html_table([c.strip() for c in protocol_rows[0]], [[c.strip() for c in r] for r in protocol_rows[2:]]),
         f'<p>Files: <a href="{PER_PATCH_CSV}">{PER_PATCH_CSV}</a>, <a href="{SUMMARY_CSV}">{SUMMARY_CSV}</a>, '
         f'<a href="{SUMMARY_MD}">{SUMMARY_MD}</a>.</p>',
         "<h2>Metrics</h2>",
@@ -294,6 +402,9 @@ def html_report(result: EvaluationResult, figures: dict[str, bytes]) -> str:
         [s.name, DIRECTION_WORD[s.higher_is_better], s.unit or "–", s.level, "yes" if s.pooled else "no"]
         for s in (METRICS[m] for m in result.metric_names)
     ]
+    flag_lines = _flag_section(result)
+    if flag_lines:
+        parts += ["<h2>Uncertainty flags</h2>", "<pre>" + html.escape("\n".join(flag_lines[3:])) + "</pre>"]
     if result.ensembles:
         data = base64.b64encode(spread_skill_png(result)).decode("ascii")
         parts += [
@@ -316,9 +427,10 @@ def html_report(result: EvaluationResult, figures: dict[str, bytes]) -> str:
 def write_report(result: EvaluationResult, output_dir: str | os.PathLike) -> list[Path]:
     """Render every output in memory, then write each atomically into ``output_dir``; returns the paths written.
 
-    Files: ``metrics_per_patch.csv`` (long: method, patch, metric, value), ``metrics_summary.csv``,
+    Files: ``metrics_per_patch.csv`` (long: protocol, method, patch, metric, value), ``metrics_summary.csv``,
     ``metrics_summary.md``, ``figures/boxplot_<metric>.png`` (per-patch metrics) and ``report.html``; with seed
-    ensembles also ``spread_skill.csv`` and ``figures/spread_skill.png``.
+    ensembles also ``spread_skill.csv`` and ``figures/spread_skill.png``; with uncertainty flags
+    ``uncertainty_flags.csv`` and, for an annotated benchmark organelle, ``annotation_check.csv``.
     """
     output_dir = Path(output_dir)
     figures = {m: boxplot_png(result, m) for m in result.metric_names if METRICS[m].level == PATCH}
@@ -326,12 +438,19 @@ def write_report(result: EvaluationResult, output_dir: str | os.PathLike) -> lis
     summary = summary_rows(result)
     md = markdown_summary(result)
     page = html_report(result, figures)
+    per_patch = [{PROTOCOL: result.protocol, **row} for row in per_patch]
     written = [
-        write_csv(output_dir / PER_PATCH_CSV, per_patch, ["method", "patch", "metric", "value"]),
-        write_csv(output_dir / SUMMARY_CSV, summary, ["metric", "statistic", "direction", "unit", "reference",
-                                                      *result.methods]),
+        write_csv(output_dir / PER_PATCH_CSV, per_patch, [PROTOCOL, "method", "patch", "metric", "value"]),
+        write_csv(output_dir / SUMMARY_CSV, summary, [PROTOCOL, "metric", "statistic", "direction", "unit",
+                                                      "reference", *result.methods]),
         write_text(output_dir / SUMMARY_MD, md),
     ]
+    if result.flags is not None:
+        written.append(write_csv(output_dir / FLAGS_CSV, flag_rows(result),
+                                 [PROTOCOL, "patch", "std_fraction", "flagged", "annotations"]))
+        if result.flags.report is not None:
+            check = {PROTOCOL: result.protocol, **result.flags.report.summary()}
+            written.append(write_csv(output_dir / ANNOTATIONS_CSV, [check], list(check)))
     written += [write_bytes(output_dir / FIGURE_DIR / f"boxplot_{m}.png", png) for m, png in figures.items()]
     if result.ensembles:
         written.append(write_csv(output_dir / SPREAD_SKILL_CSV, spread_skill_rows(result),

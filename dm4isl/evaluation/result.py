@@ -12,6 +12,7 @@ from dm4isl.metrics.registry import METRICS
 
 if TYPE_CHECKING:
     from dm4isl.evaluation.ensembles import EnsembleScore
+    from dm4isl.evaluation.flags import PatchFlags
 from dm4isl.metrics.table import MethodValues, SummaryRow
 
 
@@ -21,7 +22,8 @@ class EvaluationResult:
 
     ``results[method]`` holds per-patch arrays (patch order of ``patches``) and pooled/dataset values;
     ``gt_companions[metric]`` the ground truth's per-patch companion values of dataset-level metrics;
-    ``ensembles[method]`` the size and spread–skill curve of each method scored as a seed ensemble.
+    ``ensembles[method]`` the size and spread–skill curve of each method scored as a seed ensemble; ``flags`` the
+    patch flags of the uncertainty maps and their check against the authors' annotations.
     """
 
     input_dir: Path
@@ -34,6 +36,8 @@ class EvaluationResult:
     summary: list[SummaryRow] = field(default_factory=list)
     ensembles: dict[str, EnsembleScore] = field(default_factory=dict)
     segmentation: str = ""  #: how the masks of the segmentation metrics were made (one phrase, for the report)
+    protocol: str = ""  #: the protocol that made the tables (:data:`dm4isl.metrics.protocols.PROTOCOLS`)
+    flags: PatchFlags | None = None  #: uncertainty flags of every patch, when a std-map folder was evaluated
 
     @property
     def methods(self) -> list[str]:

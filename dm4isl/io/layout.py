@@ -10,6 +10,10 @@ A prediction folder holds one sub-folder per product with one ``<name>.ome.tiff`
     error_mask/                   the thresholded, segmented std map (uint8)
     Unet/ GAN/ linear/            baselines
     DDPM_seeds/seed<k>/ DDPMavg_seeds/seed<k>/   each seed's products of an ensemble
+
+The authors' benchmark (BioImage Archive) has its own layout, read as it is: ``<root>/<Organelle>/<Method>/<i>.tiff``
+(uint8, value / 255; i = 0..127) with organelle folders :data:`BENCHMARK_ORGANELLES` and method folders ``BF``,
+``GT``, ``Unet``, ``GAN``, ``DDPM``, ``DDPMavg`` and ``DDPMstd`` (the intra-process std map).
 """
 
 from __future__ import annotations
@@ -44,6 +48,23 @@ SEEDS_SUFFIX = "_seeds"
 SEED_DIR_PREFIX = "seed"
 #: Products that show the brightfield input rather than the organelle (channel name without the organelle).
 BRIGHTFIELD_PRODUCTS = (BF,)
+
+#: The benchmark layout: organelle folder → organelle config name (``conf/organelle``), the std-map folder, and the
+#: method folders with the names the paper's table gives them (U-Net, GAN, DM = final sample, DM4ISL = DDPMavg).
+BENCHMARK_ORGANELLES = {
+    "Nuclear_envelope": "nuclear_envelope", "Nucleoli": "nucleoli", "DNA": "dna", "Actin_filaments": "actin",
+    "Mitochondria": "mitochondria", "Microtubules": "microtubules",
+}
+BENCHMARK_STD = "DDPMstd"
+BENCHMARK_METHODS = {UNET: "U-Net", GAN: "GAN", DDPM: "DM", DDPMAVG: "DM4ISL"}
+
+
+def benchmark_organelle(folder: str | os.PathLike) -> str | None:
+    """The organelle config name of a benchmark organelle folder (``<root>/DNA`` → ``dna``): a folder named as one of
+    :data:`BENCHMARK_ORGANELLES` that holds a ``GT/`` folder; None for any other folder."""
+    folder = Path(folder)
+    name = BENCHMARK_ORGANELLES.get(folder.name)
+    return name if name is not None and (folder / GT).is_dir() else None
 
 
 def product_file(output_dir: str | os.PathLike, product: str, name: str) -> Path:

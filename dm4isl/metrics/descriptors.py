@@ -28,6 +28,18 @@ FEATURE_SEED = 0
 FEATURE_POOL = (1, 2, 2)
 #: Guards the per-voxel channel normalisation against all-zero feature vectors.
 FEATURE_NORM_EPS = 1e-10
+#: 8-bit grey levels of normalised data (``value / 255``), and how close to a level a value must lie to count as one.
+UINT8_MAX = 255
+UINT8_LEVEL_TOL = 1e-3
+
+
+def exact_levels(volume: np.ndarray) -> np.ndarray:
+    """``volume`` in float64; 8-bit grey levels / 255 stored as float32 become exactly ``k / 255`` in float64, as the
+    reference holds its saved uint8 patches — so voxels on a histogram edge or an Otsu level fall as in its code."""
+    v = np.asarray(volume, dtype=np.float64)
+    levels = v * UINT8_MAX
+    rounded = np.rint(levels)
+    return rounded / UINT8_MAX if np.all(np.abs(levels - rounded) < UINT8_LEVEL_TOL) else v
 
 
 def intensity_histogram(volume: np.ndarray, bins: int = HISTOGRAM_BINS) -> np.ndarray:

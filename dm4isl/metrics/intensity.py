@@ -15,9 +15,6 @@ MI_BINS = 20
 LOG_BASE = 2
 #: Intensity range of normalised data, used by PSNR and SSIM.
 DATA_RANGE = 1.0
-#: 8-bit grey levels of normalised data (``value / 255``), and how close to a level a value must lie to count as one.
-UINT8_MAX = 255
-UINT8_LEVEL_TOL = 1e-3
 
 
 def _mutual_information(joint: np.ndarray) -> float:
@@ -26,15 +23,6 @@ def _mutual_information(joint: np.ndarray) -> float:
     h_p = entropy(joint.sum(axis=0), base=LOG_BASE)
     h_gp = entropy(joint.ravel(), base=LOG_BASE)
     return float(max(h_g + h_p - h_gp, 0.0))
-
-
-def _as_loaded_by_reference(volume: np.ndarray) -> np.ndarray:
-    """``volume`` in float64; 8-bit grey levels / 255 stored as float32 become exactly ``k / 255`` in float64, as the
-    reference holds its saved uint8 patches — so voxels that lie exactly on a histogram edge fall into its bins."""
-    v = np.asarray(volume, dtype=np.float64)
-    levels = v * UINT8_MAX
-    rounded = np.rint(levels)
-    return rounded / UINT8_MAX if np.all(np.abs(levels - rounded) < UINT8_LEVEL_TOL) else v
 
 
 def mi(gt: np.ndarray | VolumeFeatures, pred: np.ndarray | VolumeFeatures) -> float:
@@ -46,13 +34,11 @@ def mi(gt: np.ndarray | VolumeFeatures, pred: np.ndarray | VolumeFeatures) -> fl
     the ground truth's 20-bin histogram over its own range (0 for a constant ground truth). Because the bins
     follow each volume's range, a prediction with a different range (e.g. one bright outlier) is binned
     differently from the ground truth; :func:`mi_fixed_range` bins both on [0, 1]. Volumes of 8-bit grey levels
-    are binned at the reference's float64 precision (:func:`_as_loaded_by_reference`), which reproduces its values
+    are binned at the reference's float64 precision (:attr:`VolumeFeatures.exact`), which reproduces its values
     on its saved patches exactly.
     """
     g, p = as_pair(gt, pred)
-    joint, _, _ = np.histogram2d(
-        _as_loaded_by_reference(g.volume).ravel(), _as_loaded_by_reference(p.volume).ravel(), bins=MI_BINS
-    )
+    joint, _, _ = np.histogram2d(g.exact.ravel(), p.exact.ravel(), bins=MI_BINS)
     return _mutual_information(joint)
 
 

@@ -11,20 +11,43 @@ from scipy.optimize import linear_sum_assignment
 from skimage.feature import peak_local_max
 from skimage.filters import gaussian, threshold_otsu
 from skimage.morphology import disk, remove_small_objects
-from skimage.segmentation import watershed
+from skimage.segmentation import relabel_sequential, watershed
 
 #: Gaussian smoothing before Otsu thresholding (SPEC §5), in pixels.
 SMOOTHING_SIGMA_PX = 1.0
 #: Radius of the disk used for the morphological opening (SPEC §5), in pixels.
 OPENING_RADIUS_PX = 1
-#: Objects smaller than this fraction of the slice area are dropped (SPEC §5: 1 %).
+#: Objects smaller than this fraction of the slice area are dropped (SPEC §5: 1 %; 40.96 px on 64 × 64 slices).
 MIN_OBJECT_FRACTION = 0.01
-#: Minimum distance between watershed seeds (maxima of the distance transform), in pixels.
+#: Minimum distance between watershed seeds (maxima of the distance transform), in pixels: SPEC §5's variant, and
+#: the benchmark protocol (the authors' newest ``SegParams.peak_min_distance``).
 WATERSHED_MIN_PEAK_DISTANCE_PX = 5
+BENCHMARK_MIN_PEAK_DISTANCE_PX = 10
 #: Instances are matched when their IoU reaches this value (SPEC §5).
 MATCH_IOU_THRESHOLD = 0.6
 #: A slice whose smoothed intensity range is below this value is constant: it has no foreground.
 CONSTANT_RANGE_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class SliceSettings:
+    """How :func:`segment_slice` splits a slice's foreground into instances.
+
+    ``peak_min_distance_px``: least distance between watershed seeds (maxima of the distance transform).
+    ``seed_every_component``: a connected component without a seed becomes one seed (else it stays unlabelled).
+    ``merge_small``: instances smaller than :data:`MIN_OBJECT_FRACTION` of the slice lose their seed and the
+    watershed is run once more, so their pixels join a neighbour.
+    """
+
+    peak_min_distance_px: int = WATERSHED_MIN_PEAK_DISTANCE_PX
+    seed_every_component: bool = False
+    merge_small: bool = False
+
+
+#: SPEC §5's description (``segmentation=spec``).
+SPEC_SLICES = SliceSettings()
+#: The benchmark protocol: the default ``SegParams`` of the authors' newest ``src/MetricsFunctions.py``.
+BENCHMARK_SLICES = SliceSettings(BENCHMARK_MIN_PEAK_DISTANCE_PX, seed_every_component=True, merge_small=True)
 
 
 @dataclass(frozen=True)
@@ -38,12 +61,16 @@ class Segmentation:
     labels: np.ndarray
 
 
-def segment_slice(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def segment_slice(
+    image: np.ndarray, settings: SliceSettings = SPEC_SLICES
+) -> tuple[np.ndarray, np.ndarray]:
     """Segment one ``(Y, X)`` slice in [0, 1]; returns ``(mask bool (Y, X), labels int32 (Y, X))``.
 
     Steps (SPEC §5): Gaussian σ = 1 px → Otsu threshold of the slice → fill holes → opening with disk(1) → drop
     objects smaller than 1 % of the slice area → watershed of the negated distance transform, seeded at its
-    local maxima (at least 5 px apart), to split touching objects. A constant slice has no foreground.
+    local maxima (at least ``settings.peak_min_distance_px`` apart), to split touching objects; with
+    ``settings`` of the benchmark protocol every component is seeded and instances below 1 % of the slice are
+    re-flooded into their neighbours. Labels are 1..n. A constant slice has no foreground.
     """
     smoothed = gaussian(np.asarray(image, dtype=np.float64), sigma=SMOOTHING_SIGMA_PX, preserve_range=True)
     if float(smoothed.max() - smoothed.min()) < CONSTANT_RANGE_EPS:
@@ -52,30 +79,58 @@ def segment_slice(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     mask = smoothed > threshold_otsu(smoothed)
     mask = ndi.binary_fill_holes(mask)
     mask = ndi.binary_opening(mask, structure=disk(OPENING_RADIUS_PX))
-    min_size = math.ceil(MIN_OBJECT_FRACTION * mask.size)
-    mask = remove_small_objects(mask, max_size=min_size - 1)
+    min_size = MIN_OBJECT_FRACTION * mask.size
+    mask = remove_small_objects(mask, max_size=math.ceil(min_size) - 1)
     if not mask.any():
         return mask, np.zeros(mask.shape, dtype=np.int32)
+    return mask, split_instances(mask, settings, min_size)
+
+
+def _seed_components(markers: np.ndarray, components: np.ndarray, n_components: int) -> np.ndarray:
+    """Give every connected component of ``components`` without a seed in ``markers`` ``(Y, X)`` one seed (the whole
+    component), numbered on from the largest marker, in component order; modifies and returns ``markers``."""
+    seeded = np.zeros(n_components + 1, dtype=bool)
+    seeded[components[markers > 0]] = True
+    next_id = int(markers.max()) + 1
+    for c in np.flatnonzero(~seeded[1:]) + 1:
+        markers[components == c] = next_id
+        next_id += 1
+    return markers
+
+
+def split_instances(mask: np.ndarray, settings: SliceSettings, min_size: float) -> np.ndarray:
+    """Instance labels int32 ``(Y, X)`` of a non-empty foreground ``mask``: distance-transform watershed
+    (:func:`skimage.segmentation.watershed`) seeded at :func:`skimage.feature.peak_local_max` of the distance map,
+    with the component seeding and small-instance merging of ``settings`` (instances under ``min_size`` pixels)."""
     distance = ndi.distance_transform_edt(mask)
-    components, _ = ndi.label(mask)
+    components, n_components = ndi.label(mask)
     peaks = peak_local_max(
-        distance, min_distance=WATERSHED_MIN_PEAK_DISTANCE_PX, labels=components, exclude_border=False
+        distance, min_distance=settings.peak_min_distance_px, labels=components, exclude_border=False
     )
     markers = np.zeros(mask.shape, dtype=np.int32)
     markers[tuple(peaks.T)] = np.arange(1, len(peaks) + 1, dtype=np.int32)
-    labels = watershed(-distance, markers, mask=mask).astype(np.int32)
-    return mask, labels
+    if settings.seed_every_component:
+        markers = _seed_components(markers, components, n_components)
+    labels = watershed(-distance, markers, mask=mask)
+    if settings.merge_small:
+        small = np.flatnonzero(np.bincount(labels.ravel()) < min_size)
+        small = small[small > 0]
+        if small.size:
+            markers[np.isin(markers, small)] = 0
+            labels = watershed(-distance, _seed_components(markers, components, n_components), mask=mask)
+        labels = relabel_sequential(labels)[0]
+    return labels.astype(np.int32)
 
 
-def segment_volume(volume: np.ndarray) -> Segmentation:
-    """Segment a ``(Z, Y, X)`` volume slice by slice with :func:`segment_slice`."""
+def segment_volume(volume: np.ndarray, settings: SliceSettings = SPEC_SLICES) -> Segmentation:
+    """Segment a ``(Z, Y, X)`` volume slice by slice with :func:`segment_slice` and ``settings``."""
     volume = np.asarray(volume)
     if volume.ndim != 3:
         raise ValueError(f"expected a (Z, Y, X) volume to segment, got shape {volume.shape}")
     mask = np.zeros(volume.shape, dtype=bool)
     labels = np.zeros(volume.shape, dtype=np.int32)
     for z in range(volume.shape[0]):
-        mask[z], labels[z] = segment_slice(volume[z])
+        mask[z], labels[z] = segment_slice(volume[z], settings)
     return Segmentation(mask=mask, labels=labels)
 
 
@@ -91,11 +146,13 @@ class SliceMatch:
     n_pred: int
 
 
-def match_instances(gt_labels: np.ndarray, pred_labels: np.ndarray) -> SliceMatch:
+def match_instances(gt_labels: np.ndarray, pred_labels: np.ndarray, threshold_first: bool = False) -> SliceMatch:
     """Match instances of two label images ``(Y, X)`` (labels 1..n, 0 = background) one-to-one.
 
     The pairwise IoU matrix is maximised with :func:`scipy.optimize.linear_sum_assignment`; assigned pairs with
-    IoU below :data:`MATCH_IOU_THRESHOLD` are discarded.
+    IoU below :data:`MATCH_IOU_THRESHOLD` are discarded. ``threshold_first`` (the benchmark protocol) sets the
+    IoUs below the threshold to 0 before the assignment, so that a sub-threshold overlap cannot take an instance
+    away from a pair that would match.
     """
     n_gt, n_pred = int(gt_labels.max()), int(pred_labels.max())
     if n_gt == 0 or n_pred == 0:
@@ -108,6 +165,8 @@ def match_instances(gt_labels: np.ndarray, pred_labels: np.ndarray) -> SliceMatc
     area_pred = joint[:, 1:].sum(axis=0, keepdims=True)
     union = area_gt + area_pred - inter
     iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    if threshold_first:
+        iou[iou < MATCH_IOU_THRESHOLD] = 0.0
     rows, cols = linear_sum_assignment(iou, maximize=True)
     pairs = [(int(r) + 1, int(c) + 1) for r, c in zip(rows, cols, strict=True) if iou[r, c] >= MATCH_IOU_THRESHOLD]
     return SliceMatch(pairs=pairs, n_gt=n_gt, n_pred=n_pred)

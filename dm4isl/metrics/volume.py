@@ -10,7 +10,7 @@ import torch
 from dm4isl.errors import DataError
 from dm4isl.metrics import descriptors
 from dm4isl.metrics.perceptual import ClassifierFeatures
-from dm4isl.metrics.segmentation import Segmentation, SegmentationSettings, segment
+from dm4isl.metrics.segmentation import BENCHMARK_SLICES, Segmentation, SegmentationSettings, segment, segment_volume
 
 #: Values may exceed [0, 1] by this much (float rounding) before a volume is rejected.
 UNIT_RANGE_TOL = 1e-3
@@ -49,6 +49,11 @@ class VolumeFeatures:
         return self.volume.shape
 
     @cached_property
+    def exact(self) -> np.ndarray:
+        """The volume in float64, 8-bit levels exactly ``k / 255`` (:func:`.descriptors.exact_levels`)."""
+        return descriptors.exact_levels(self.volume)
+
+    @cached_property
     def histogram(self) -> np.ndarray:
         """256-bin intensity histogram on [0, 1], ``(256,)`` counts."""
         return descriptors.intensity_histogram(self.volume)
@@ -81,6 +86,12 @@ class VolumeFeatures:
         """Per-slice foreground mask and instance labels (:func:`dm4isl.metrics.segmentation.segment`, with this
         volume's :class:`~dm4isl.metrics.segmentation.SegmentationSettings`)."""
         return segment(self.volume, self.segmentation_settings)
+
+    @cached_property
+    def slice_segmentation(self) -> Segmentation:
+        """Per-slice foreground mask and instances of the benchmark protocol (:func:`segment_volume` with
+        :data:`~dm4isl.metrics.segmentation.BENCHMARK_SLICES`), whatever ``segmentation`` says."""
+        return segment_volume(self.exact, BENCHMARK_SLICES)
 
 
 def as_features(

@@ -8,6 +8,11 @@ Output layout (what ``dm4isl-evaluate`` reads next to a ``GT/`` folder), one fil
     <output_dir>/GT/ BF/                                           (copied when the input has a ground truth)
     <output_dir>/predictions.csv                                   (one row per input)
 
+``predictions.csv`` flags each diffusion patch twice: ``flagged``/``mask_fraction`` from the configured error mask
+(``uncertainty.*``), and ``benchmark_flagged``/``benchmark_fraction`` as the authors' BENCHMARK notebook flags a patch
+(the intra-process std above the organelle's intra threshold valid for this sampling setting → their per-patch
+segmentation → more than ``flag_fraction`` of the patch; empty when no such threshold exists).
+
 Inputs larger than a tile (default: the checkpoint's training patch) are predicted whole: baselines by
 Gaussian-weighted sliding windows, diffusion models by one reverse process over the whole volume whose ε̂ is
 blended from tiles at every step (:mod:`dm4isl.sampling.tiled`). Outputs are float32 OME-TIFFs ``<name>.ome.tiff``
@@ -60,7 +65,7 @@ from dm4isl.prediction.inputs import (
 from dm4isl.prediction.sharding import Shard, all_rows, merge_csvs
 from dm4isl.sampling.sampler import SamplerSettings
 from dm4isl.sampling.tiled import TileSettings
-from dm4isl.uncertainty.masks import MaskSettings, error_mask, flag
+from dm4isl.uncertainty.masks import MaskSettings, error_mask, flag, patch_flag
 from dm4isl.uncertainty.thresholds import Threshold, resolve_threshold, sampling_setting
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,7 @@ log = logging.getLogger(__name__)
 CSV_FIELDS = [
     "name", "input", "input_hash", "model", "checkpoint", "sampler", "steps", "seeds", "settings_hash", "products",
     "flagged", "mask_fraction", "uncertainty_source", "threshold", "threshold_source", "seconds",
+    "benchmark_flagged", "benchmark_fraction",
 ]
 #: ``output_format`` values: OME-TIFF folders per product, one OME-Zarr image per input, or both.
 OUTPUT_FORMATS = ("tiff", "ome-zarr", "both")
@@ -223,13 +229,15 @@ def run_predict(
     output = output or OutputSettings()
     diffusion = is_diffusion(model)
     settings = (settings or model.test_settings) if diffusion else None
-    source, threshold = None, None
+    source, threshold, benchmark = None, None, None
     if diffusion:
         available = {STD_INTRA} | ({STD_INTER} if n_seeds > 1 else set())
         setting = sampling_setting(settings.to_dict(), (model.target.low, model.target.high),
                                    model.schedule.num_train_timesteps)
         source, threshold, reason = _uncertainty_choice(available, organelle, unc, setting, calibrations)
         (log.info if threshold is not None or source is None else log.warning)("%s", reason)
+        benchmark, _ = resolve_threshold("intra", setting, organelle, calibrations,
+                                         unc.threshold if source == "intra" else None)
     config = {
         "checkpoint": checkpoint_id, "sampler": settings.to_dict() if settings else None,
         "n_seeds": n_seeds if diffusion else 0,
@@ -283,6 +291,7 @@ def run_predict(
     mask_settings = MaskSettings.faithful() if unc.faithful else MaskSettings.for_organelle(
         organelle.get("name"), unc.rule, flag_fraction=unc.flag_fraction
     )
+    benchmark_masks = MaskSettings.for_organelle(organelle.get("name"), flag_fraction=unc.flag_fraction)
     steps = ""
     if settings is not None:
         steps = str(settings.num_steps if settings.method == "ddim" else model.schedule.num_train_timesteps)
@@ -311,6 +320,10 @@ def run_predict(
                     images[ERROR_MASK] = mask.astype(np.uint8)
                     is_flagged, frac = flag(mask, mask_settings.flag_fraction)
                     flagged, fraction = int(is_flagged), f"{frac:.6f}"
+                bench_flagged, bench_fraction = "", ""
+                if benchmark is not None:
+                    is_flagged, frac = patch_flag(images[STD_INTRA], benchmark.value, benchmark_masks)
+                    bench_flagged, bench_fraction = int(is_flagged), f"{frac:.6f}"
                 companions = {name: arr.astype(np.float32) for name, arr in ((BF, inp.bf), (GT, inp.gt))
                               if arr is not None}
                 if output.tiff:
@@ -328,6 +341,7 @@ def run_predict(
                     "mask_fraction": fraction, "uncertainty_source": source or "",
                     "threshold": "" if threshold is None else threshold.value,
                     "threshold_source": "" if threshold is None else threshold.source, "seconds": f"{seconds:.3f}",
+                    "benchmark_flagged": bench_flagged, "benchmark_fraction": bench_fraction,
                 }
             write_csv(csv_path, list(rows.values()), CSV_FIELDS)
             bar.update(len(batch))

@@ -143,3 +143,12 @@ def flag(mask: np.ndarray, flag_fraction: float = FLAG_FRACTION) -> tuple[bool, 
     """``(flagged, covered fraction)``: a patch is flagged when its mask covers more than ``flag_fraction``."""
     fraction = float(np.count_nonzero(mask)) / float(np.asarray(mask).size)
     return fraction > flag_fraction, fraction
+
+
+def patch_flag(std_map: np.ndarray, threshold: float, settings: MaskSettings | None = None) -> tuple[bool, float]:
+    """``(flagged, covered fraction)`` of a std map ``(Z, Y, X)``: its :func:`error_mask` covers more than
+    ``settings.flag_fraction`` of the patch. With :meth:`MaskSettings.for_organelle` and the organelle's std
+    threshold this is the authors' flag (their BENCHMARK notebook: std above the threshold →
+    ``segmentation_pipeline_per_patch`` → more than 1 % of the patch)."""
+    settings = settings or MaskSettings()
+    return flag(error_mask(std_map, threshold, settings), settings.flag_fraction)
