@@ -22,13 +22,15 @@ import torch
 from monai.networks.nets import UNet
 from omegaconf import OmegaConf
 
-from dm4isl.data.normalize import clip_raw, unit_std_threshold, window_normalize
+from dm4isl.data.normalize import clip_raw, unit_std_threshold, window_normalize, zscore_per_patch
 from dm4isl.data.patches import Volume, crop_slices, passes_filter, random_corner, sample_crop
 from dm4isl.data.synthetic import ORGANELLES, load_fov, synthetic_dataset
 from dm4isl.metrics.basic import pcc, pooled_pcc
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ORGANELLE_CONF_DIR = REPO_ROOT / "dm4isl" / "conf" / "organelle"
+#: Fraction of cells planted as surprises: the synthetic data config's.
+SURPRISE_FRACTION = float(OmegaConf.load(REPO_ROOT / "dm4isl" / "conf" / "data" / "synthetic.yaml").ambiguous_fraction)
 UNET_CHANNELS = (16, 32, 64, 128)
 UNET_STRIDES = (2, 2, 2)
 LEARNING_RATE = 1e-3
@@ -95,8 +97,15 @@ def probe_organelle(
     n_test_crops: int = 32,
     budget_s: float = 60.0,
     max_steps: int | None = None,
+    zscore: bool = True,
+    ambiguous_fraction: float = SURPRISE_FRACTION,
 ) -> dict[str, float]:
     """Generate a dataset, measure it, train the U-Net probe and return the numbers (see the module docstring).
+
+    ``zscore``: the probe (and the linear baseline) see each brightfield crop standardised on its own
+    (:func:`~dm4isl.data.normalize.zscore_per_patch`, as ``recipe=fast``'s networks): the calibrated data vary in
+    brightfield level from FOV to FOV as real data do, and a probe fed the window-normalised grey levels of a few
+    training FOVs learns their levels, not the cells.
 
     Keys: ``gen_s_per_fov``, ``gen_s_dataset``, ``pcc_bf_fl`` (voxel-wise, all FOVs pooled), ``pass_rate``,
     ``linear_pcc`` and ``unet_pcc`` (pooled over the held-out crops), ``unet_pcc_median`` (per crop), ``steps``,
@@ -110,7 +119,7 @@ def probe_organelle(
         seed,
         bf_window=tuple(bf_window),
         fl_window=tuple(fl_window),
-        ambiguous_fraction=0.15,
+        ambiguous_fraction=ambiguous_fraction,
         cache_dir=cache_dir,
     )
     gen_s = time.perf_counter() - t0
@@ -124,9 +133,18 @@ def probe_organelle(
     rng = np.random.default_rng(seed)
     threshold = unit_std_threshold(std_th, fl_window)
     train, test = vols[:n_train], vols[n_train:]
-    test_crops = [random_crop(rng, test, crop_zyx, threshold) for _ in range(n_test_crops)]
 
-    bf_train = np.concatenate([v.bf.ravel() for v in train])
+    def prepare(bf: np.ndarray) -> np.ndarray:
+        """``(..., Z, Y, X)`` brightfield crops as the probe sees them."""
+        if not zscore:
+            return bf
+        batch = torch.from_numpy(np.ascontiguousarray(bf, np.float32)).reshape(-1, 1, *bf.shape[-3:])
+        return zscore_per_patch(batch).reshape(bf.shape).numpy()
+
+    test_crops = [(prepare(c[0]), c[1], c[2]) for c in (random_crop(rng, test, crop_zyx, threshold)
+                                                        for _ in range(n_test_crops))]
+
+    bf_train = np.concatenate([prepare(v.bf).ravel() for v in train])
     fl_train = np.concatenate([v.fl.ravel() for v in train])
     slope = float(np.cov(bf_train, fl_train)[0, 1] / bf_train.var(ddof=1))
     intercept = float(fl_train.mean() - slope * bf_train.mean())
@@ -139,7 +157,7 @@ def probe_organelle(
     net.train()
     while time.perf_counter() - t_train < budget_s and (max_steps is None or steps < max_steps):
         batch = [random_crop(rng, train, crop_zyx, threshold) for _ in range(batch_size)]
-        bf = torch.from_numpy(np.stack([b[0] for b in batch])[:, None])
+        bf = torch.from_numpy(prepare(np.stack([b[0] for b in batch]))[:, None])
         fl = torch.from_numpy(np.stack([b[1] for b in batch])[:, None])
         loss = torch.nn.functional.mse_loss(net(bf), fl)
         opt.zero_grad()
@@ -183,6 +201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--cache-dir", type=Path, default=None, help="reuse a cache (default: a fresh temp folder)")
     parser.add_argument("--conf-dir", type=Path, default=ORGANELLE_CONF_DIR, help="folder of <organelle>.yaml")
+    parser.add_argument("--no-zscore", action="store_true", help="feed the probe window-normalised brightfield")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -205,6 +224,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 crop_zyx=args.crop,
                 budget_s=args.budget_s,
                 max_steps=args.max_steps,
+                zscore=not args.no_zscore,
             )
             print(
                 f"{organelle:17s} {res['gen_s_per_fov']:9.3f} {res['gen_s_dataset']:9.2f} {res['pcc_bf_fl']:+10.3f} "

@@ -66,9 +66,14 @@ def real(nucenv_dir: Path) -> tuple[np.ndarray, np.ndarray]:
     return realism.real_patches(nucenv_dir, ORGANELLE)
 
 
-def _rows(real, tmp_path: Path, generator: dict | None) -> list[realism.Comparison]:
-    patches = realism.synthetic_patches(ORGANELLE, generator, n=64, size=(16, 64, 64), seed=12345, n_fovs=16,
-                                        fov_shape=(32, 128, 128), cache_dir=tmp_path)
+def _rows(real, tmp_path: Path, data: str) -> list[realism.Comparison]:
+    """Realism table of the ``data=<data>`` config (its generator and surprise fraction) against the real patches."""
+    cfg = OmegaConf.load(CONF_DIR / "data" / f"{data}.yaml")
+    base = OmegaConf.load(CONF_DIR / "data" / "synthetic.yaml")
+    cfg = OmegaConf.to_container(OmegaConf.merge(base, cfg))
+    patches = realism.synthetic_patches(ORGANELLE, cfg["generator"], n=64, size=(16, 64, 64), seed=12345, n_fovs=16,
+                                        fov_shape=(32, 128, 128), cache_dir=tmp_path,
+                                        ambiguous_fraction=cfg["ambiguous_fraction"])
     assert patches.bf.shape == (64, 16, 64, 64)
     return realism.compare(*real, patches.bf, patches.fl)
 
@@ -86,14 +91,14 @@ def test_real_reference_values(real) -> None:
 
 
 def test_calibrated_generator_is_within_every_tolerance(real, tmp_path: Path) -> None:
-    rows = _rows(real, tmp_path, None)
+    rows = _rows(real, tmp_path, "synthetic")
     assert [r.name for r in rows if not r.within] == []
     assert len(rows) == len(realism.STATISTICS) == 18
 
 
 def test_legacy_generator_fails_most_statistics(real, tmp_path: Path) -> None:
     """The first generator: brightness varies 20× too little between patches, in-focus slices are flat."""
-    rows = {r.name: r for r in _rows(real, tmp_path, GeneratorSettings.legacy().as_dict())}
+    rows = {r.name: r for r in _rows(real, tmp_path, "synthetic_v1")}
     assert sum(r.within for r in rows.values()) <= 8
     assert rows["bf_mean_spread"].synthetic < 0.02 and not rows["bf_mean_spread"].within
     assert rows["bf_min_slice_std"].synthetic < 0.015 and not rows["bf_min_slice_std"].within

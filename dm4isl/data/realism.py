@@ -191,7 +191,7 @@ def synthetic_patches(
     n_fovs: int,
     fov_shape: Sequence[int],
     cache_dir: str | os.PathLike,
-    ambiguous_fraction: float = 0.15,
+    ambiguous_fraction: float,
 ) -> PatchSet:
     """``n`` crops of ``size`` (Z, Y, X) that pass the organelle's empty-patch filter, drawn from all ``n_fovs`` FOVs
     of a synthetic dataset (``generator``: :class:`~dm4isl.data.synthetic.GeneratorSettings` mapping; None: the

@@ -132,9 +132,9 @@ class GeneratorSettings:
     bf_granule_gain: float = 0.068
     bf_granule_sigma_zyx: tuple[float, float, float] = (1.2, 1.7, 1.7)
     #: Granule contrast inside nuclei relative to the cytoplasm (nucleoplasm looks smoother).
-    bf_nucleus_granules: float = 0.0
+    bf_nucleus_granules: float = 0.4
     #: Light a nucleus absorbs relative to the cytoplasm (nuclei look this much darker in every slice).
-    bf_nucleus_absorption: float = 0.03
+    bf_nucleus_absorption: float = 0.01
     #: Brightfield camera noise relative to the mean level: read noise (std) and shot noise (std at the level).
     bf_read_noise: float = 0.018
     bf_shot_noise: float = 0.004
@@ -160,7 +160,7 @@ class GeneratorSettings:
     planted_margin_zyx: tuple[float, float, float] = (6.0, 5.0, 5.0)
     planted_cell_margin_zyx: tuple[int, int, int] = (3, 3, 3)
     #: Fraction of the cells whose brightfield is occluded by debris (planted ambiguities, mask value 2).
-    occluded_fraction: float = 0.15
+    occluded_fraction: float = 0.10
     #: Margin of an occluder around the planted nucleus / cell footprint and width of its soft edge.
     occluder_margin_px: float = 3.0
     occluder_edge_px: float = 2.0
