@@ -209,6 +209,19 @@ def curves(arms: Sequence[str], out: Path, threads: int, every: int = SNAPSHOT_E
     return rows
 
 
+def write_png(fig: Any, path: Path) -> None:
+    """Save a matplotlib figure as a PNG atomically and close it."""
+    import matplotlib.pyplot as plt
+
+    from dm4isl.io.atomic import write_bytes
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    write_bytes(path, buf.getvalue())
+
+
 def read_rows(path: Path) -> list[dict[str, Any]]:
     """Rows of a CSV file ([] when it does not exist)."""
     import csv
@@ -226,7 +239,6 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dm4isl.io.atomic import atomic_path
 
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     palette = plt.get_cmap("tab20" if len(arms) > 10 else "tab10")
@@ -247,12 +259,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
     axes[0].grid(alpha=0.3)
     axes[1].grid(alpha=0.3)
     fig.legend(*axes[0].get_legend_handles_labels(), fontsize=7, ncol=1, loc="center left", bbox_to_anchor=(1.0, 0.5))
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(buf.getvalue())
+    write_png(fig, path)
 
 
 def paired_ci(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
@@ -425,7 +432,6 @@ def plot_uncertainty(rows: Sequence[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dm4isl.io.atomic import atomic_path
 
     labels = [f"{r['arm']} ({r['sampler']})" + (" [fast]" if r.get("recipe") == "fast" else "") for r in rows]
     panels = [("error", "std vs |error| > tau"), ("planted", "std vs planted ambiguities"),
@@ -449,12 +455,7 @@ def plot_uncertainty(rows: Sequence[dict[str, Any]], path: Path) -> None:
     axes[-1].barh(y, [float(r["pcc"]) for r in rows], color="tab:green")
     axes[-1].set(title="test DDPMavg PCC", xlim=(0.0, 1.0))
     axes[-1].grid(alpha=0.3)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(buf.getvalue())
+    write_png(fig, path)
 
 
 def summarize(per_patch: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

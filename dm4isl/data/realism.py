@@ -78,63 +78,64 @@ class Statistic:
     why: str
 
 
+def _slice_std_ratio(x: np.ndarray) -> float:
+    """Median over patches of the largest over the smallest per-slice std (the profile through Z)."""
+    per_slice = _per_slice_std(x)
+    return float(np.median(per_slice.max(axis=1) / np.maximum(per_slice.min(axis=1), 1e-6)))
+
+
+#: Measures of one channel's ``(N, Z, Y, X)`` patches: name suffix, description, function.
+_MEASURES: dict[str, tuple[str, Callable[[np.ndarray], float]]] = {
+    "patch_std": ("median over patches of the patch's std", lambda x: float(np.median(x.std(axis=(1, 2, 3))))),
+    "mean_spread": ("std across patches of the patch means", lambda x: float(x.mean(axis=(1, 2, 3)).std())),
+    "patch_mean": ("median over patches of the patch mean", lambda x: float(np.median(x.mean(axis=(1, 2, 3))))),
+    "median": ("median over patches of the median voxel (background and haze)",
+               lambda x: float(np.median(np.median(x.reshape(len(x), -1), axis=1)))),
+    "p99": ("median over patches of the 99th percentile (brightest structures)",
+            lambda x: float(np.median(np.percentile(x.reshape(len(x), -1), 99, axis=1)))),
+    "min_slice_std": ("median over patches of the flattest slice's std",
+                      lambda x: float(np.median(_per_slice_std(x).min(axis=1)))),
+    "slice_std_ratio": ("median over patches of max/min per-slice std (profile through Z)", _slice_std_ratio),
+    "adjacent_slice_r": ("median r between neighbouring slices", _adjacent_slice_corr),
+    "low_band_power": (f"fraction of slice power below {LOW_CUTOFF} cycles/px",
+                       lambda x: _band_fraction(x, -1.0, LOW_CUTOFF)),
+    "mid_band_power": (f"fraction of slice power at {MID_BAND[0]}-{MID_BAND[1]} cycles/px",
+                       lambda x: _band_fraction(x, *MID_BAND)),
+    "high_band_power": (f"fraction of slice power above {HIGH_CUTOFF} cycles/px",
+                        lambda x: _band_fraction(x, HIGH_CUTOFF, 1.0)),
+}
+
+
+def _of(channel: str, measure: str, tolerance: float, why: str) -> Statistic:
+    """The statistic ``<channel>_<measure>`` of :data:`_MEASURES` on the BF or the FL patches."""
+    description, fn = _MEASURES[measure]
+    index = ("bf", "fl").index(channel)
+    return Statistic(f"{channel}_{measure}", f"{channel.upper()}: {description}",
+                     lambda bf, fl: fn((bf, fl)[index]), tolerance, why)
+
+
 STATISTICS: tuple[Statistic, ...] = (
-    Statistic("bf_patch_std", "BF: median over patches of the patch's std",
-              lambda bf, fl: float(np.median(bf.std(axis=(1, 2, 3)))), 0.011,
-              "real patches 0.031-0.054"),
-    Statistic("bf_mean_spread", "BF: std across patches of the patch means",
-              lambda bf, fl: float(bf.mean(axis=(1, 2, 3)).std()), 0.070,
-              "5 real patches 0.180; the reference's 128 training patches imply ~0.13 (pooled std 0.136)"),
-    Statistic("bf_min_slice_std", "BF: median over patches of the flattest slice's std",
-              lambda bf, fl: float(np.median(_per_slice_std(bf).min(axis=1))), 0.01,
-              "real patches 0.025-0.046"),
-    Statistic("bf_slice_std_ratio", "BF: median over patches of max/min per-slice std (profile through Z)",
-              lambda bf, fl: float(np.median(_per_slice_std(bf).max(axis=1) / np.maximum(
-                  _per_slice_std(bf).min(axis=1), 1e-6))), 0.17,
-              "real patches 1.08-1.42"),
-    Statistic("bf_adjacent_slice_r", "BF: median r between neighbouring slices",
-              lambda bf, fl: _adjacent_slice_corr(bf), 0.064,
-              "real patches 0.77-0.90"),
-    Statistic("bf_low_band_power", f"BF: fraction of slice power below {LOW_CUTOFF} cycles/px",
-              lambda bf, fl: _band_fraction(bf, -1.0, LOW_CUTOFF), 0.013,
-              "real patches 0.013-0.038"),
-    Statistic("bf_mid_band_power", f"BF: fraction of slice power at {MID_BAND[0]}-{MID_BAND[1]} cycles/px",
-              lambda bf, fl: _band_fraction(bf, *MID_BAND), 0.092,
-              "real patches 0.36-0.55"),
-    Statistic("bf_high_band_power", f"BF: fraction of slice power above {HIGH_CUTOFF} cycles/px",
-              lambda bf, fl: _band_fraction(bf, HIGH_CUTOFF, 1.0), 0.061,
-              "real patches 0.13-0.25"),
-    Statistic("fl_patch_std", "FL: median over patches of the patch's std",
-              lambda bf, fl: float(np.median(fl.std(axis=(1, 2, 3)))), 0.026,
-              "real patches 0.132-0.185"),
-    Statistic("fl_patch_mean", "FL: median over patches of the patch mean",
-              lambda bf, fl: float(np.median(fl.mean(axis=(1, 2, 3)))), 0.03,
-              "real patches 0.137-0.197"),
-    Statistic("fl_median", "FL: median over patches of the median voxel (background and haze)",
-              lambda bf, fl: float(np.median(np.median(fl.reshape(len(fl), -1), axis=1))), 0.018,
-              "real patches 0.094-0.129"),
-    Statistic("fl_p99", "FL: median over patches of the 99th percentile (brightest structures)",
-              lambda bf, fl: float(np.median(np.percentile(fl.reshape(len(fl), -1), 99, axis=1))), 0.147,
-              "real patches 0.68-0.98"),
-    Statistic("fl_slice_std_ratio", "FL: median over patches of max/min per-slice std (profile through Z)",
-              lambda bf, fl: float(np.median(_per_slice_std(fl).max(axis=1) / np.maximum(
-                  _per_slice_std(fl).min(axis=1), 1e-6))), 0.54,
-              "real patches 1.27-2.35"),
-    Statistic("fl_adjacent_slice_r", "FL: median r between neighbouring slices",
-              lambda bf, fl: _adjacent_slice_corr(fl), 0.021,
-              "real patches 0.900-0.942"),
-    Statistic("fl_low_band_power", f"FL: fraction of slice power below {LOW_CUTOFF} cycles/px",
-              lambda bf, fl: _band_fraction(fl, -1.0, LOW_CUTOFF), 0.154,
-              "real patches 0.19-0.50"),
-    Statistic("fl_mid_band_power", f"FL: fraction of slice power at {MID_BAND[0]}-{MID_BAND[1]} cycles/px",
-              lambda bf, fl: _band_fraction(fl, *MID_BAND), 0.061,
-              "real patches 0.28-0.40"),
-    Statistic("fl_high_band_power", f"FL: fraction of slice power above {HIGH_CUTOFF} cycles/px",
-              lambda bf, fl: _band_fraction(fl, HIGH_CUTOFF, 1.0), 0.029,
-              "real patches 0.074-0.131"),
+    _of("bf", "patch_std", 0.011, "real patches 0.031-0.054"),
+    _of("bf", "mean_spread", 0.070,
+        "5 real patches 0.180; the reference's 128 training patches imply ~0.13 (pooled std 0.136)"),
+    _of("bf", "min_slice_std", 0.01, "real patches 0.025-0.046"),
+    _of("bf", "slice_std_ratio", 0.17, "real patches 1.08-1.42"),
+    _of("bf", "adjacent_slice_r", 0.064, "real patches 0.77-0.90"),
+    _of("bf", "low_band_power", 0.013, "real patches 0.013-0.038"),
+    _of("bf", "mid_band_power", 0.092, "real patches 0.36-0.55"),
+    _of("bf", "high_band_power", 0.061, "real patches 0.13-0.25"),
+    _of("fl", "patch_std", 0.026, "real patches 0.132-0.185"),
+    _of("fl", "patch_mean", 0.03, "real patches 0.137-0.197"),
+    _of("fl", "median", 0.018, "real patches 0.094-0.129"),
+    _of("fl", "p99", 0.147, "real patches 0.68-0.98"),
+    _of("fl", "slice_std_ratio", 0.54, "real patches 1.27-2.35"),
+    _of("fl", "adjacent_slice_r", 0.021, "real patches 0.900-0.942"),
+    _of("fl", "low_band_power", 0.154, "real patches 0.19-0.50"),
+    _of("fl", "mid_band_power", 0.061, "real patches 0.28-0.40"),
+    _of("fl", "high_band_power", 0.029, "real patches 0.074-0.131"),
     Statistic("bf_fl_mutual_information", f"BF-FL mutual information (bits, {MI_BINS} bins), median over patches",
-              lambda bf, fl: float(np.median([mutual_information(b, f) for b, f in zip(bf, fl, strict=True)])), 0.0105,
-              "real patches 0.019-0.040"),
+              lambda bf, fl: float(np.median([mutual_information(b, f) for b, f in zip(bf, fl, strict=True)])),
+              0.0105, "real patches 0.019-0.040"),
 )
 
 
