@@ -377,7 +377,8 @@ def ensemble_products(model: Any, patches: Any, sampler: dict[str, Any], n_seeds
 
 
 def uncertainty_table(arms: Sequence[str], out: Path, threads: int, n_test: int, n_val: int, n_seeds: int,
-                      samplers: dict[str, str], tau: float, at_step: int | None) -> list[dict[str, Any]]:
+                      samplers: dict[str, str], tau: float, at_step: int | None,
+                      patch: Sequence[int] = TEST_PATCH) -> list[dict[str, Any]]:
     """Uncertainty of every arm on the calibrated synthetic data: voxel AUROCs of the intra- and inter-process std
     against errors, planted ambiguities and surprises (95 % CIs over patches), the patch flag at a threshold
     calibrated on validation, fair CRPS, spread–skill and test DDPMavg PCC; ``uncertainty_arms.csv`` + PNG."""
@@ -390,7 +391,7 @@ def uncertainty_table(arms: Sequence[str], out: Path, threads: int, n_test: int,
 
     torch.set_num_threads(threads)
     out.mkdir(parents=True, exist_ok=True)
-    dm = study_datamodule(TEST_PATCH, n_test)
+    dm = study_datamodule(patch, n_test)
     val, test = dm.val_set, dm.test_set
     val = replace(val, **{k: getattr(val, k)[:n_val] for k in ("bf", "fl", "mask", "corners")},
                   names=val.names[:n_val], sources=val.sources[:n_val])
@@ -405,7 +406,7 @@ def uncertainty_table(arms: Sequence[str], out: Path, threads: int, n_test: int,
         step, path = found[-1]
         model = load_model(path)
         sampler = UNCERTAINTY_SAMPLERS[sampler_name]
-        tag = f"{arm}-step{step}-{sampler_name}-k{n_seeds}"
+        tag = f"{arm}-step{step}-{sampler_name}-k{n_seeds}-{'x'.join(map(str, patch))}"
         val_products = ensemble_products(model, val, sampler, n_seeds, cache_dir / f"{tag}-val{len(val)}.npz")
         test_products = ensemble_products(model, test, sampler, n_seeds, cache_dir / f"{tag}-test{len(test)}.npz")
         thresholds = calibrate_flag_thresholds(val_products, val.fl, tau)
@@ -413,6 +414,7 @@ def uncertainty_table(arms: Sequence[str], out: Path, threads: int, n_test: int,
                                              MaskSettings.for_organelle(DEFAULT_ORGANELLE))
         row = {"arm": arm, "recipe": "fast" if arm == FAST_ARM else "", "sampler": sampler_name, "step": step,
                "n_patches": len(test), "n_seeds": n_seeds, "n_val_patches": len(val), "tau": tau,
+               "patch_zyx": "x".join(map(str, patch)),
                **scores,
                "flag_recall": scores["flag_recall_intra"], "flag_precision": scores["flag_precision_intra"]}
         rows = [r for r in rows if not (r["arm"] == arm and r["sampler"] == sampler_name)] + [row]
@@ -512,7 +514,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     unc = sub.choices["uncertainty"]
     unc.add_argument("--at-step", type=int, default=None, help="score every arm's snapshot after this many steps "
                      "(default: each arm's last)")
-    unc.add_argument("--n-test", type=int, default=32, help="test patches (16 x 64 x 64)")
+    unc.add_argument("--n-test", type=int, default=32, help="test patches")
+    unc.add_argument("--patch", type=int, nargs=3, default=TEST_PATCH, metavar=("Z", "Y", "X"),
+                     help="size of the validation and test patches (default: the test table's)")
     unc.add_argument("--n-val", type=int, default=16, help="validation patches (threshold calibration)")
     unc.add_argument("--n-seeds", type=int, default=4, help="seeds per patch")
     unc.add_argument("--sampler", default="ddim50", help=f"one of {sorted(UNCERTAINTY_SAMPLERS)} for every arm, "
@@ -541,7 +545,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         if unknown:
             raise SystemExit(f"unknown samplers {unknown}; expected some of {sorted(UNCERTAINTY_SAMPLERS)}")
         uncertainty_table(arms, args.out, args.threads, args.n_test, args.n_val, args.n_seeds, samplers, args.tau,
-                          args.at_step)
+                          args.at_step, args.patch)
     else:
         pairs = [p.strip() for p in args.uncertainty.split(",") if p.strip()]
         corrections = [c.strip() for c in args.corrections.split(",") if c.strip()]
