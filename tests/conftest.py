@@ -30,6 +30,26 @@ GOLDEN = {
 GOLDEN_TOL = 5e-4
 
 
+#: Spread of the noise :func:`perturb_` adds to a stand-in network's weights.
+PERTURB_STD = 0.05
+
+
+def perturb_(net, seed: int = 0, std: float = PERTURB_STD):
+    """Add seeded Gaussian noise to every weight of ``net`` (in place) and return it.
+
+    MONAI zero-initialises the output layer of its diffusion U-Net, so an untrained stand-in predicts the same
+    constant for every input: a test that a product belongs to its input, or that two products differ, cannot fail
+    on it. A perturbed net's outputs depend on its input.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in net.parameters():
+            param.add_(torch.randn(param.shape, generator=gen, dtype=param.dtype) * std)
+    return net
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
 
