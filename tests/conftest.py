@@ -64,12 +64,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def require(condition: bool, reason: str) -> None:
-    """Skip with ``reason`` when ``condition`` is false — but fail under CI=true, where nothing may be missing."""
+    """Skip with ``reason`` when ``condition`` is false — but fail under CI=true, where nothing may be missing.
+
+    Every skip for missing data or a missing extra goes through here (also at module level), never through
+    ``pytest.skip`` or ``pytest.importorskip`` directly: tests/test_ci.py checks it."""
     if condition:
         return
     if IN_CI:
         pytest.fail(f"CI=true and {reason}")
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)
 
 
 @pytest.fixture(scope="session")

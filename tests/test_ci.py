@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -43,3 +44,41 @@ def test_make_test_passes_pytest_args_to_pytest() -> None:
     dry = subprocess.run(["make", "-n", "test", "PYTEST_ARGS=--runslow -k metrics"], cwd=REPO_ROOT,
                          capture_output=True, text=True, check=True, timeout=60)
     assert "-m pytest --durations=25 --runslow -k metrics" in dry.stdout
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "true"), ("1", "1")])
+def test_ci_script_exports_ci(tmp_path: Path, given: str | None, expected: str) -> None:
+    """.ci/run exports CI (true unless set), so that require() fails instead of skipping in the tests it starts."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    record = tmp_path / "ci_value"
+    fake = bin_dir / "make"
+    fake.write_text(f'#!/usr/bin/env bash\nprintf "%s" "${{CI-unset}}" > {record}\n')
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"
+    if given is not None:
+        env["CI"] = given
+    subprocess.run(["bash", str(CI_SCRIPT)], env=env, check=True, capture_output=True, timeout=60)
+    assert record.read_text() == expected
+
+
+def test_require_fails_under_ci_and_skips_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    import conftest
+
+    monkeypatch.setattr(conftest, "IN_CI", True)
+    with pytest.raises(pytest.fail.Exception, match="CI=true and the thing is missing"):
+        conftest.require(False, "the thing is missing")
+    monkeypatch.setattr(conftest, "IN_CI", False)
+    with pytest.raises(pytest.skip.Exception, match="the thing is missing"):
+        conftest.require(False, "the thing is missing")
+    conftest.require(True, "never said")
+
+
+def test_every_skip_goes_through_require() -> None:
+    """No test skips for missing data or an extra by ``pytest.skip``/``pytest.importorskip``/``skipif`` directly: those
+    would skip under CI=true too. The slow-test switch (conftest) is the one other skip."""
+    pattern = re.compile(r"pytest\.(skip|importorskip)\(|mark\.skipif")
+    offenders = [f"{path.name}:{n}" for path in sorted((REPO_ROOT / "tests").glob("test_*.py"))
+                 for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
+    assert offenders == []
