@@ -260,10 +260,15 @@ def test_demo_fast_dev_run(compose_cfg, capsys: pytest.CaptureFixture) -> None:
     metrics = train(cfg)
     for key in ("val/ddpmavg_pcc", "test/ddpm_pcc", "test/ddpmavg_pcc", "test/linear_pcc", "test/ddpmavg_ms_ssim"):
         assert np.isfinite(metrics[key]), key
-    # the metrics callback adds the chosen set (here the paper's 14) for every output, at validation and test
+    # the metrics callback adds the rest of the chosen set (the paper's 14) for every output, at validation and test
     for key in ("val/metrics/ddpmavg_mi", "test/metrics/ddpmavg_iou", "test/metrics/linear_hausdorff",
                 "test/metrics/ddpm_perceptual_distance"):
         assert key in metrics, key
+    # each per-patch metric is logged once: the model's own scores are not repeated under metrics/
+    for stage in ("val", "test"):
+        twice = [k for k in metrics if k.startswith(f"{stage}/metrics/")
+                 and f"{stage}/{k.split('/', 2)[2]}" in metrics]
+        assert twice == [], twice
     _assert_demo_outputs(Path(cfg.paths.output_dir), capsys.readouterr().out)
 
 
