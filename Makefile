@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 EXTRAS ?= dev
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test lint mutants clean
 
 $(VENV)/.installed-$(EXTRAS): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,5 +29,11 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check dm4isl tests scripts
 
+# Mutation testing per module (docs/testing.md): MODULES="uncertainty io" to run some; scores in build/mutation/.
+MODULES ?=
+mutants:
+	$(MAKE) install EXTRAS=ci,mutation
+	OMP_NUM_THREADS=1 $(PY) scripts/mutants.py $(MODULES)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache build/mutation

@@ -82,11 +82,23 @@ def report_expected_errors(task: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def console_script(hydra_main: Callable[[], Any]) -> Callable[[], Any]:
+def expand_shorthand(args: list[str], key: str, field: str) -> list[str]:
+    """``key=<v>`` becomes ``key.<field>=<v>`` when another ``key.<x>=`` override is also given.
+
+    ``input=<file> input.channel=Brightfield`` is what a person types first; Hydra refuses it, because ``input=<file>``
+    has replaced the ``input`` mapping by a string before ``input.channel`` is set. Alone, ``key=<v>`` stays as it is.
+    """
+    if not any(arg.startswith(f"{key}.") for arg in args):
+        return list(args)
+    return [f"{key}.{field}={arg[len(key) + 1:]}" if arg.startswith(f"{key}=") else arg for arg in args]
+
+
+def console_script(hydra_main: Callable[[], Any], shorthands: dict[str, str] | None = None) -> Callable[[], Any]:
     """Entry point around a ``@hydra.main`` function: ``--debug``, and exit 2 for configuration errors.
 
     Hydra reports an invalid override or a missing config itself (one message, exit 1) before the task starts;
-    such an exit becomes status 2 like every other expected error.
+    such an exit becomes status 2 like every other expected error. ``shorthands`` maps a config mapping to the field
+    that ``<mapping>=<value>`` sets when other fields of it are also given (:func:`expand_shorthand`).
     """
 
     @functools.wraps(hydra_main)
@@ -95,6 +107,8 @@ def console_script(hydra_main: Callable[[], Any]) -> Callable[[], Any]:
         if DEBUG_FLAG in sys.argv[1:]:
             sys.argv.remove(DEBUG_FLAG)
             os.environ[FULL_ERROR_ENV] = "1"
+        for key, field in (shorthands or {}).items():
+            sys.argv[1:] = expand_shorthand(sys.argv[1:], key, field)
         if not debugging():
             for name, level in QUIET_LOGGERS.items():
                 logging.getLogger(name).setLevel(level)

@@ -76,6 +76,8 @@ def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
     With ``devices``/``num_nodes`` > 1 every process predicts its share of the inputs (and of this job's
     ``shard`` of ``num_shards``); the last one to finish merges the shard CSVs into ``predictions.csv``.
     """
+    output = _output_settings(cfg)
+    output.check_dependencies()  # before any work: a missing writer must not leave a half-written folder
     fabric = start_processes(str(cfg.device), int(cfg.get("devices", 1)), int(cfg.get("num_nodes", 1)))
     shard = Shard(int(cfg.get("shard", 0)), int(cfg.get("num_shards", 1)))
     if fabric is not None:
@@ -116,7 +118,7 @@ def predict_command(cfg: DictConfig) -> list[dict[str, Any]]:
         model, inputs, cfg.output_dir, organelle=organelle, settings=settings, n_seeds=int(cfg.n_seeds),
         batch_size=int(cfg.batch_size), max_batch=cfg.max_batch, uncertainty=unc,
         checkpoint_id=meta["checkpoint_sha256_16"], metadata=meta, tiles=tiles, voxel_size=voxel, shard=shard,
-        output=_output_settings(cfg), check=lambda shape, _: _check(model, organelle, shape, str(ckpt), tiles),
+        output=output, check=lambda shape, _: _check(model, organelle, shape, str(ckpt), tiles),
         calibrations=calibrations, save_seeds=bool(cfg.get("save_seeds", False)),
     )
     if fabric is not None:
@@ -192,7 +194,8 @@ class _CallableModule(types.ModuleType):
 sys.modules[__name__].__class__ = _CallableModule
 
 #: Console script (pyproject): expected errors as one line and exit status 2 (:mod:`dm4isl.cli`).
-cli = console_script(main)
+#: ``input=<file> input.channel=...`` is read as ``input.path=<file> input.channel=...``.
+cli = console_script(main, shorthands={"input": "path"})
 
 if __name__ == "__main__":
     cli()

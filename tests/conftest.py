@@ -30,6 +30,26 @@ GOLDEN = {
 GOLDEN_TOL = 5e-4
 
 
+#: Spread of the noise :func:`perturb_` adds to a stand-in network's weights.
+PERTURB_STD = 0.05
+
+
+def perturb_(net, seed: int = 0, std: float = PERTURB_STD):
+    """Add seeded Gaussian noise to every weight of ``net`` (in place) and return it.
+
+    MONAI zero-initialises the output layer of its diffusion U-Net, so an untrained stand-in predicts the same
+    constant for every input: a test that a product belongs to its input, or that two products differ, cannot fail
+    on it. A perturbed net's outputs depend on its input.
+    """
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in net.parameters():
+            param.add_(torch.randn(param.shape, generator=gen, dtype=param.dtype) * std)
+    return net
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
 
@@ -44,12 +64,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def require(condition: bool, reason: str) -> None:
-    """Skip with ``reason`` when ``condition`` is false — but fail under CI=true, where nothing may be missing."""
+    """Skip with ``reason`` when ``condition`` is false — but fail under CI=true, where nothing may be missing.
+
+    Every skip for missing data or a missing extra goes through here (also at module level), never through
+    ``pytest.skip`` or ``pytest.importorskip`` directly: tests/test_ci.py checks it."""
     if condition:
         return
     if IN_CI:
         pytest.fail(f"CI=true and {reason}")
-    pytest.skip(reason)
+    pytest.skip(reason, allow_module_level=True)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from conftest import require
 from dm4isl.errors import DataError
 from dm4isl.evaluate import run
 from dm4isl.io.layout import BENCHMARK_ORGANELLES, benchmark_organelle
@@ -133,8 +134,7 @@ def test_missing_std_map_names_the_file_and_writes_nothing(tmp_path: Path):
 
 def test_console_script_prints_the_papers_table(tmp_path: Path):
     script = Path(sys.executable).with_name("dm4isl-evaluate")
-    if not script.exists():
-        pytest.skip(f"console script not installed at {script} (pip install -e .)")
+    require(script.exists(), f"console script not installed at {script} (pip install -e .)")
     folder = write_benchmark_organelle(tmp_path / "bia", "Nuclear_envelope", n=4)
     proc = subprocess.run(
         [str(script), f"input_dir={folder}", f"output_dir={tmp_path / 'eval'}", "statistics.n_resamples=99",

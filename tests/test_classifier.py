@@ -133,6 +133,36 @@ def test_cls_lpips_is_zero_for_identical_volumes_and_grows_with_blur() -> None:
     assert distances[-1] == pytest.approx(float(np.mean(per_layer)), rel=1e-6)
 
 
+def _hand_net() -> torch.nn.Module:
+    """A classifier with hand-set weights: layer1 = 2x; layer2 = (x, −x); layer3 = ReLU; layer4 = mean over voxels per
+    channel; fc = sum of the two channels."""
+    from collections import OrderedDict
+
+    layer1, layer2 = torch.nn.Conv3d(1, 1, 1, bias=False), torch.nn.Conv3d(1, 2, 1, bias=False)
+    fc = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        layer1.weight.fill_(2.0)
+        layer2.weight.copy_(torch.tensor([1.0, -1.0]).reshape(2, 1, 1, 1, 1))
+        fc.weight.fill_(1.0)
+    return torch.nn.Sequential(OrderedDict(layer1=layer1, layer2=layer2, layer3=torch.nn.ReLU(),
+                                           layer4=torch.nn.AdaptiveAvgPool3d(1), flatten=torch.nn.Flatten(), fc=fc))
+
+
+def test_cls_lpips_of_a_hand_computed_pair() -> None:
+    """Ground truth 0 everywhere; prediction 0.5 on half of the voxels, 0 on the others. Per layer, the mean squared
+    feature difference: layer1 (2·0.5 = 1 on half) 0.5; layer2 (±1 on half, 2 channels) 0.5; layer3 (ReLU keeps 1 on
+    half of one channel) 0.25; layer4 (channel means 0.5, 0) 0.125; fc (0.5) 0.25. CLS-LPIPS = 1.625 / 5 = 0.325."""
+    gt = np.zeros((2, 16, 16), np.float32)
+    pred = gt.copy()
+    pred[:, :8] = 0.5
+    features = ClassifierFeatures(_hand_net())
+    assert layer_distances(features.features(gt[None]), features.features(pred[None])) == pytest.approx(
+        [0.5, 0.5, 0.25, 0.125, 0.25])
+    assert perceptual_distance(gt, pred, features) == pytest.approx(0.325)
+    assert perceptual_distance(pred, gt, features) == pytest.approx(0.325)
+    assert perceptual_distance(gt, pred) != pytest.approx(0.325, rel=0.05)  # the random-feature distance is another
+
+
 def test_cls_lpips_differs_from_the_random_feature_distance() -> None:
     features = ClassifierFeatures(_random_net())
     vol = _volume()

@@ -8,7 +8,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR
+from conftest import CONF_DIR, REPO_ROOT
 
 ORGANELLES = ["actin", "dna", "microtubules", "mitochondria", "nuclear_envelope", "nucleoli"]
 
@@ -141,6 +141,63 @@ def test_fast_recipe_and_demo_deviate_only_where_documented(compose_cfg) -> None
     factor = downsampling_factor(demo.model.net)
     for key in ("patch_size", "val_patch_size", "eval_patch_size"):
         assert all(int(n) % factor == 0 for n in demo.data[key]), (key, list(demo.data[key]), factor)
+
+
+#: The rows of the README's recipe table ("Recipes: the paper's method, and a measured fast variant") and the config
+#: keys each row is about (the std thresholds are no config key: calibrated on validation).
+RECIPE_ROWS = {
+    "network output, loss": {"recipe.prediction_type", "recipe.loss", "recipe.loss_weighting"},
+    "fluorescence range in training": {"recipe.target_range"},
+    "brightfield fed to the network": {"recipe.cond_norm"},
+    "optimiser": {"recipe.lr", "recipe.lr_schedule", "recipe.warmup_steps"},
+    "test / predict sampler": {"sampler.name", "sampler.method", "sampler.num_steps", "sampler.eta"},
+    "DDPMavg window, x̂0 clip": {"sampler.window", "sampler.clip_x0"},
+    "ε̂ mean correction": {"sampler.mean_correction"},
+    "std thresholds": set(),
+}
+
+
+def _flat(node: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(node, dict):
+        return {k: v for key, value in node.items() for k, v in _flat(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: node}
+
+
+def _recipe_table() -> dict[str, tuple[str, str]]:
+    """``{setting: (paper cell, fast cell)}`` of the README's recipe table."""
+    lines = (REPO_ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    start = lines.index("| setting | `recipe=paper` (default) | `recipe=fast` |")
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        setting, paper, fast = (cell.strip() for cell in line.strip("|").split("|"))
+        rows[setting] = (paper, fast)
+    return rows
+
+
+def test_fast_recipe_deviates_from_paper_exactly_as_the_readme_table_says(compose_cfg) -> None:
+    """Every config key that differs between recipe=paper and recipe=fast is a row of the README's table whose fast
+    column says how it differs; every row whose fast column says "same" (or repeats the paper's value) differs in
+    no key."""
+    from omegaconf import OmegaConf
+
+    paper = _flat(OmegaConf.to_container(compose_cfg("train", ["recipe=paper"]), resolve=False))
+    fast = _flat(OmegaConf.to_container(compose_cfg("train", ["recipe=fast"]), resolve=False))
+    differ = {k for k in set(paper) | set(fast) if paper.get(k) != fast.get(k)} - {"recipe.name"}
+    table = _recipe_table()
+    assert set(table) == set(RECIPE_ROWS)
+    documented = set()
+    for setting, (paper_cell, fast_cell) in table.items():
+        keys = RECIPE_ROWS[setting]
+        assert keys <= set(paper), (setting, keys - set(paper))  # the mapping names real keys
+        same = fast_cell.startswith("same") or fast_cell.split(" (")[0] == paper_cell.split(" (")[0]
+        if same:
+            assert not keys & differ, (setting, sorted(keys & differ))
+        else:
+            assert not keys or keys & differ, (setting, "documented as different, but no key differs")
+            documented |= keys & differ
+    assert differ == documented, sorted(differ ^ documented)
 
 
 def test_recipe_does_not_touch_baselines(compose_cfg) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 from pathlib import Path
 
 import lightning as L
@@ -13,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from conftest import MICRO_NET, MICRO_ORGANELLE
+from conftest import MICRO_NET, MICRO_ORGANELLE, require
 from dm4isl.callbacks.prediction_writer import PredictionWriter
 from dm4isl.errors import CheckpointError
 from dm4isl.io.atomic import read_channel_names, read_tiff_info
@@ -26,7 +27,8 @@ FOLDERS = ("BF", "GT", "DDPM", "DDPMavg", "std_intra", "linear")
 NET_DIR = Path(__file__).resolve().parents[1] / "dm4isl" / "conf" / "model" / "net"
 #: Parameters of the paper's network (SPEC §2: ≈ 192.8 M).
 PAPER_PARAMETERS = 192_765_569
-ORGANELLE = MICRO_ORGANELLE
+#: Unequal voxel sizes (Z, Y, X) µm, so that a swap of axes in the written metadata shows.
+ORGANELLE = {**MICRO_ORGANELLE, "voxel_size": [0.5, 0.29, 0.27]}
 PATCH = (4, 16, 16)
 #: Cheap sampler: 4 DDIM steps, all of them inside the averaging window.
 CHEAP_SAMPLER = {"method": "ddim", "num_steps": 4, "window": [0, 1000], "mean_correction": True}
@@ -107,7 +109,12 @@ def test_fit_validate_test_and_checkpoint_roundtrip(tmp_path: Path) -> None:
     assert ddpmavg.dtype == np.float32 and ddpmavg.shape == PATCH and 0 <= ddpmavg.min() <= ddpmavg.max() <= 1
     # the same provenance as dm4isl-predict: sampler, seeds, checkpoint (path and hash), revision; channel names
     voxel, meta = read_tiff_info(ddpmavg_file)
-    assert voxel == tuple(ORGANELLE["voxel_size"]) and meta["model"] == "DDPMModule"
+    assert voxel == pytest.approx(ORGANELLE["voxel_size"]) and meta["model"] == "DDPMModule"
+    require(importlib.util.find_spec("bioio_ome_tiff") is not None, "bioio-ome-tiff (an independent reader) is missing")
+    from bioio import BioImage
+    from bioio_ome_tiff import Reader as OmeTiffReader
+
+    assert tuple(BioImage(ddpmavg_file, reader=OmeTiffReader).physical_pixel_sizes) == pytest.approx((0.5, 0.29, 0.27))
     assert meta["sampler"] == model.test_settings.to_dict() and meta["seeds"] == [model.test_settings.seed]
     assert meta["checkpoint"] == str(ckpt) and meta["checkpoint_sha256_16"] == fingerprint(ckpt)
     assert meta["revision"] and meta["patch"] == "p1" and meta["output"] == "DDPMavg"
@@ -253,10 +260,15 @@ def test_demo_fast_dev_run(compose_cfg, capsys: pytest.CaptureFixture) -> None:
     metrics = train(cfg)
     for key in ("val/ddpmavg_pcc", "test/ddpm_pcc", "test/ddpmavg_pcc", "test/linear_pcc", "test/ddpmavg_ms_ssim"):
         assert np.isfinite(metrics[key]), key
-    # the metrics callback adds the chosen set (here the paper's 14) for every output, at validation and test
+    # the metrics callback adds the rest of the chosen set (the paper's 14) for every output, at validation and test
     for key in ("val/metrics/ddpmavg_mi", "test/metrics/ddpmavg_iou", "test/metrics/linear_hausdorff",
                 "test/metrics/ddpm_perceptual_distance"):
         assert key in metrics, key
+    # each per-patch metric is logged once: the model's own scores are not repeated under metrics/
+    for stage in ("val", "test"):
+        twice = [k for k in metrics if k.startswith(f"{stage}/metrics/")
+                 and f"{stage}/{k.split('/', 2)[2]}" in metrics]
+        assert twice == [], twice
     _assert_demo_outputs(Path(cfg.paths.output_dir), capsys.readouterr().out)
 
 
@@ -344,3 +356,46 @@ def test_one_prediction_interface_and_scores_computed_once(tmp_path: Path, monke
     assert len(rows) == 9
     mean = np.mean([v for (_, method), v in rows.items() if method == "DDPMavg"])
     assert logged["test/ddpmavg_pcc"] == pytest.approx(mean, abs=1e-6)
+
+
+def test_every_caller_goes_through_predict_products(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    compose_cfg) -> None:
+    """A spy on ``Predictor.predict_products`` (the one prediction interface): testing, ``dm4isl-predict`` and the
+    threshold calibration each call it; none samples through another route."""
+    from dm4isl.data.patches import PatchSet
+    from dm4isl.predict import predict_command
+    from dm4isl.prediction.calibration import calibrate_and_score
+
+    calls: list[str] = []
+    real = DDPMModule.predict_products
+
+    def spy(self, bf, patch_ids, request=None):
+        calls.append(caller)
+        return real(self, bf, patch_ids, request)
+
+    monkeypatch.setattr(DDPMModule, "predict_products", spy)
+    model = _module()
+    model.data_stats += torch.tensor([1.0, 0.5, 0.3, 0.3, 0.2], dtype=torch.float64)
+
+    caller = "test_step"
+    _trainer(tmp_path).test(model, dataloaders=_loader(3, seed=2, batch_size=2), verbose=False)
+    assert calls.count("test_step") == 2  # 3 patches in batches of 2
+
+    caller = "dm4isl-predict"
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "dm4isl": {"model_class": "dm4isl.models.ddpm.DDPMModule"}}, ckpt)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(3):
+        tifffile.imwrite(folder / f"fov{i}.tif", np.random.default_rng(i).integers(0, 256, PATCH, dtype=np.uint8))
+    predict_command(compose_cfg("predict", [f"ckpt_path={ckpt}", f"input={folder}", f"output_dir={tmp_path / 'p'}",
+                                            "device=cpu", "batch_size=2"]))
+    assert calls.count("dm4isl-predict") == 2
+
+    caller = "calibration"
+    rng = np.random.default_rng(0)
+    patches = PatchSet(rng.random((2, *PATCH), dtype=np.float32), rng.random((2, *PATCH), dtype=np.float32),
+                       np.ones((2, *PATCH), bool), ["a", "b"], ["s", "s"], np.zeros((2, 3), np.int64))
+    calibrate_and_score(model, patches, patches, model.test_settings, 2, ORGANELLE)
+    assert calls.count("calibration") == 2  # validation and test sets, one batch each

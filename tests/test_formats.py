@@ -13,7 +13,7 @@ import pytest
 import tifffile
 import torch
 
-from conftest import MICRO_NET, require
+from conftest import MICRO_NET, perturb_, require
 from dm4isl.data.allen import read_channels
 from dm4isl.data.datamodule import ManifestDataModule
 from dm4isl.data.images import needs_resampling, open_image, physical_voxel_size, resample_to_voxel
@@ -39,11 +39,12 @@ def _has(module: str) -> bool:
 
 
 def micro_checkpoint(path: Path) -> Path:
-    """A randomly initialised x0-predicting diffusion checkpoint (DDIM-3) with training statistics."""
+    """A random, perturbed x0-predicting diffusion checkpoint (DDIM-3) with training statistics."""
     torch.manual_seed(0)
     model = DDPMModule(net=MICRO_NET, organelle=ORGANELLE, patch_size=list(PATCH), prediction_type="sample",
                        test_sampler={"method": "ddim", "num_steps": 3})
     model.data_stats.copy_(torch.tensor([1.0, 0.5, 0.2, 0.3, 0.1], dtype=torch.float64))
+    perturb_(model.net)  # an untrained MONAI net predicts a constant: its products would not depend on the input
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
                 "dm4isl": {"model_class": "dm4isl.models.ddpm.DDPMModule"}}, path)
     return path

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+import yaml
 
 import dm4isl
-from conftest import REPO_ROOT, require
+from conftest import CONF_DIR, REPO_ROOT, require
 from dm4isl.errors import CheckpointError, DataError
 from dm4isl.evaluation import evaluate_folder
 from dm4isl.io import layout
@@ -95,7 +96,8 @@ def test_checkpoint_is_self_describing_and_weights_only(tiny_run: dict) -> None:
     ckpt = read_checkpoint(tiny_run["ckpt"])  # torch.load(weights_only=True) inside
     hp = ckpt["hyper_parameters"]
     assert hp["organelle"]["name"] == "nuclear_envelope" and hp["organelle"]["fl_window"] == [390, 1500]
-    assert hp["patch_size"] == [16, 24, 24] and hp["array_axes"] == "ZYX"  # the demo's training crop
+    demo = yaml.safe_load((CONF_DIR / "experiment" / "demo.yaml").read_text(encoding="utf-8"))
+    assert hp["patch_size"] == demo["data"]["patch_size"] and hp["array_axes"] == "ZYX"  # the demo's crop, as written
     assert ckpt["dm4isl"]["model_class"] == "dm4isl.models.ddpm.DDPMModule"
     model = load_model(tiny_run["ckpt"])
     assert not model.training and model.fl_mean is not None

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from test_formats import PATCH, TRAIN_VOXEL, micro_checkpoint
+from test_formats import PATCH, micro_checkpoint
 
 from conftest import REPO_ROOT, require
 from dm4isl.io.atomic import read_tiff_info
@@ -27,6 +27,8 @@ PRODUCTS = ["DDPM", "DDPMavg", "std_intra"]
 N_INPUTS = 5
 #: Agreement between one process and two (float32 sampling, batch-independent noise, other batch sizes).
 ATOL = 1e-5
+#: Unequal voxel sizes (Z, Y, X) µm written to the outputs: a Z <-> X swap anywhere shows.
+VOXEL = (0.5, 0.29, 0.27)
 
 
 def _has(module: str) -> bool:
@@ -71,9 +73,14 @@ def test_ome_zarr_output_read_by_an_independent_reader(compose_cfg, scale_setup,
     from ome_zarr.io import parse_url
     from ome_zarr.reader import Reader
 
+    require(_has("bioio_ome_tiff"), "bioio-ome-tiff (an independent OME-TIFF reader) is not installed")
+    from bioio import BioImage
+    from bioio_ome_tiff import Reader as OmeTiffReader
+
     for version in ("0.4", "0.5"):
         out = tmp_path / version
-        cfg = compose_cfg("predict", _overrides(scale_setup, out, "output_format=both", f"zarr.ngff_version={version}"))
+        cfg = compose_cfg("predict", _overrides(scale_setup, out, "output_format=both", f"zarr.ngff_version={version}",
+                                                f"voxel_size=[{','.join(map(str, VOXEL))}]"))
         rows = predict_command(cfg)
         assert len(rows) == N_INPUTS
         for row in rows:
@@ -84,10 +91,14 @@ def test_ome_zarr_output_read_by_an_independent_reader(compose_cfg, scale_setup,
             assert node.metadata["channel_names"] == ["BF", *PRODUCTS]
             assert [a["name"] for a in node.metadata["axes"]] == ["c", "z", "y", "x"]
             assert [a.get("unit") for a in node.metadata["axes"]] == [None, *["micrometer"] * 3]
-            assert node.metadata["coordinateTransformations"][0][0]["scale"] == pytest.approx([1.0, *TRAIN_VOXEL])
+            assert node.metadata["coordinateTransformations"][0][0]["scale"] == pytest.approx([1.0, *VOXEL])
             assert node.data[0].chunksize == (1, *PATCH)  # one channel per chunk (DEFAULT_CHUNKS, shrunk)
             for k, name in enumerate(["BF", *PRODUCTS]):
                 np.testing.assert_array_equal(data[k], tifffile.imread(out / name / f"{row['name']}.ome.tiff"))
+            assert np.abs(data[1] - data[2]).max() > 1e-3  # DDPM and DDPMavg differ: a swap of the two would show
+            tiff = BioImage(out / "DDPMavg" / f"{row['name']}.ome.tiff", reader=OmeTiffReader)  # bioio, not dm4isl
+            assert tuple(tiff.physical_pixel_sizes) == pytest.approx(VOXEL)
+            np.testing.assert_array_equal(tiff.get_image_data("ZYX"), data[2])
             voxel, names, provenance = read_zarr_info(image)
             tiff_voxel, tiff_meta = read_tiff_info(out / "DDPMavg" / f"{row['name']}.ome.tiff")
             assert voxel == pytest.approx(tiff_voxel) and names == ["BF", *PRODUCTS]
@@ -126,6 +137,9 @@ def test_two_processes_equal_one_and_write_each_output_once(compose_cfg, scale_s
             assert row["name"] not in owners, f"{row['name']} predicted by two processes"
             owners[row["name"]] = f"{index}/2"
     assert sorted(owners) == names and len({v for v in owners.values()}) == 2
+    # the stand-in's products depend on its input: a product written under another input's name would show
+    spread = [tifffile.imread(one / "DDPMavg" / f"{name}.ome.tiff") for name in names]
+    assert min(float(np.abs(a - b).max()) for i, a in enumerate(spread) for b in spread[i + 1:]) > 100 * ATOL
     max_diff = 0.0
     for name in names:
         for product in PRODUCTS:

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from conftest import require
 from dm4isl.callbacks.wandb_images import COLUMNS, ImageGrid, per_patch_table
 from dm4isl.io.figures import GridRow, grid_image
 from dm4isl.train import train
 from dm4isl.utils.resume import WANDB_ID_FILE
 
-pytest.importorskip("wandb")
+require(importlib.util.find_spec("wandb") is not None, "wandb is not installed (pip install wandb)")
 
 RUN = [
     "model/net=tiny",

@@ -85,8 +85,9 @@ class MetricsCallback(pl.Callback):
     ``(N, Z, Y, X)`` stacks are accepted too). Under DDP the patches of all ranks are gathered and each patch id
     counted once, so the metrics equal those of one process. At epoch end this callback logs
     ``"<stage>/<prefix><method>_<metric>"`` (see :func:`compute_stage_metrics`) with ``pl_module.log`` and empties
-    the dict. Modules fill the dict with :func:`collect_outputs`. A module without the attribute, or with an
-    empty dict, is left alone.
+    the dict. The scores the module computed and logged itself (``<stage>/<method>_<score>``: PCC, MSE, MS-SSIM of
+    the diffusion model) are reused, not logged a second time under the prefix. Modules fill the dict with
+    :func:`collect_outputs`. A module without the attribute, or with an empty dict, is left alone.
     """
 
     def __init__(
@@ -107,9 +108,11 @@ class MetricsCallback(pl.Callback):
         if not outputs:
             return {}
         stacked = stack_outputs(outputs)
+        known = known_scores(pl_module, stage)
         with torch_threads(self.n_threads):
-            values = compute_stage_metrics(stacked, self.metrics, self.voxel_size, known_scores(pl_module, stage))
-        logged = {f"{stage}/{self.prefix}{key}": value for key, value in values.items()}
+            values = compute_stage_metrics(stacked, self.metrics, self.voxel_size, known)
+        own = {f"{method}_{name}" for method, scores in known.items() for name in scores}  # logged by the module
+        logged = {f"{stage}/{self.prefix}{key}": value for key, value in values.items() if key not in own}
         pl_module.log_dict(logged, sync_dist=True)
         outputs.clear()
         return logged

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -18,6 +19,9 @@ from dm4isl.io.layout import BF, DDPM, DDPMAVG, ERROR_MASK, GAN, GT, STD_INTER, 
 #: How to install the OME-Zarr writer.
 FORMATS_HINT = 'pip install -e ".[formats]"'
 
+#: Modules the OME-Zarr writer imports (the formats extra), by the name pip installs them under.
+WRITER_MODULES = {"bioio_ome_zarr": "bioio-ome-zarr", "dask": "dask"}
+
 #: NGFF version → Zarr format (0.4: Zarr v2, read by every OME-Zarr viewer; 0.5: Zarr v3).
 NGFF_ZARR_FORMAT = {"0.4": 2, "0.5": 3}
 #: Chunk shape (C, Z, Y, X): one channel per chunk, so napari loads only the channels shown; ≤ 4 MiB of float32.
@@ -29,6 +33,17 @@ PROVENANCE_KEY = "dm4isl"
 #: Display colours (RRGGBB) of the products; others are grey.
 CHANNEL_COLORS = {BF: "FFFFFF", GT: "00FF00", DDPM: "FF00FF", DDPMAVG: "FF00FF", UNET: "FF00FF",
                   GAN: "FF00FF", STD_INTRA: "FFFF00", STD_INTER: "FFA500", ERROR_MASK: "FF0000"}
+
+
+def missing_writer_modules() -> list[str]:
+    """The pip names of the OME-Zarr writer's modules that cannot be imported here (empty when it can write)."""
+    missing = []
+    for module, package in WRITER_MODULES.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(package)
+    return missing
 
 
 def zarr_path(output_dir: str | os.PathLike, name: str) -> Path:

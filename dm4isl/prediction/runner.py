@@ -52,7 +52,7 @@ from dm4isl.io.layout import (
     std_product,
     write_products,
 )
-from dm4isl.io.zarr import DEFAULT_CHUNKS, write_ome_zarr, zarr_path
+from dm4isl.io.zarr import DEFAULT_CHUNKS, FORMATS_HINT, missing_writer_modules, write_ome_zarr, zarr_path
 from dm4isl.models.predictor import Predictor, PredictRequest
 from dm4isl.prediction.inputs import (
     InputSettings,
@@ -94,6 +94,16 @@ class OutputSettings:
     def __post_init__(self) -> None:
         if self.format not in OUTPUT_FORMATS:
             raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {self.format!r}")
+
+    def check_dependencies(self) -> None:
+        """Raise :class:`~dm4isl.errors.ConfigError` (one line) when a writer this format needs is not installed.
+
+        Called before any work, so that a run never stops half-way with some products written and others not.
+        """
+        missing = missing_writer_modules() if self.zarr else []
+        if missing:
+            raise ConfigError(f"output_format={self.format} needs {', '.join(missing)}, not installed here: "
+                              f"{FORMATS_HINT}, or output_format=tiff")
 
     @property
     def tiff(self) -> bool:
@@ -187,6 +197,110 @@ def _uncertainty_choice(
     return source, threshold, reason
 
 
+@dataclass(frozen=True)
+class MaskPlan:
+    """How each prediction is masked and flagged: the std map and threshold of the error mask (``source`` None: no
+    mask) and the intra threshold of the benchmark flag (``benchmark`` None: no such flag), with their rules."""
+
+    source: str | None = None
+    threshold: Threshold | None = None
+    benchmark: Threshold | None = None
+    masks: MaskSettings = MaskSettings()
+    benchmark_masks: MaskSettings = MaskSettings()
+
+
+def plan_masks(
+    model: L.LightningModule, settings: SamplerSettings | None, n_seeds: int, organelle: Mapping[str, Any],
+    unc: UncertaintySettings, calibrations: Sequence[Mapping[str, Any]] = (),
+) -> MaskPlan:
+    """The thresholds valid for this model and sampling ``settings`` (none for a baseline: ``settings`` None)."""
+    if settings is None:
+        return MaskPlan()
+    available = {STD_INTRA} | ({STD_INTER} if n_seeds > 1 else set())
+    setting = sampling_setting(settings.to_dict(), (model.target.low, model.target.high),
+                               model.schedule.num_train_timesteps)
+    source, threshold, reason = _uncertainty_choice(available, organelle, unc, setting, calibrations)
+    (log.info if threshold is not None or source is None else log.warning)("%s", reason)
+    benchmark, _ = resolve_threshold("intra", setting, organelle, calibrations,
+                                     unc.threshold if source == "intra" else None)
+    masks = MaskSettings.faithful() if unc.faithful else MaskSettings.for_organelle(
+        organelle.get("name"), unc.rule, flag_fraction=unc.flag_fraction
+    )
+    benchmark_masks = MaskSettings.for_organelle(organelle.get("name"), flag_fraction=unc.flag_fraction)
+    return MaskPlan(source, threshold, benchmark, masks, benchmark_masks)
+
+
+def mask_and_flag(images: dict[str, np.ndarray], plan: MaskPlan) -> dict[str, Any]:
+    """Add the error mask ``(Z, Y, X)`` uint8 to one input's products ``images`` (``(Z, Y, X)`` each), in place;
+    returns the CSV columns ``flagged``, ``mask_fraction``, ``benchmark_flagged``, ``benchmark_fraction``."""
+    cols: dict[str, Any] = {"flagged": "", "mask_fraction": "", "benchmark_flagged": "", "benchmark_fraction": ""}
+    if plan.source is not None and plan.threshold is not None:
+        mask = error_mask(images[std_product(plan.source)], plan.threshold.value, plan.masks)
+        images[ERROR_MASK] = mask.astype(np.uint8)
+        is_flagged, frac = flag(mask, plan.masks.flag_fraction)
+        cols["flagged"], cols["mask_fraction"] = int(is_flagged), f"{frac:.6f}"
+    if plan.benchmark is not None:
+        is_flagged, frac = patch_flag(images[STD_INTRA], plan.benchmark.value, plan.benchmark_masks)
+        cols["benchmark_flagged"], cols["benchmark_fraction"] = int(is_flagged), f"{frac:.6f}"
+    return cols
+
+
+def pending_inputs(
+    mine: Sequence[PredictInput | InputSource], done: Mapping[str, Mapping[str, str]], out: Path, key: str,
+    output: OutputSettings,
+) -> tuple[list[PredictInput | InputSource], dict[str, str]]:
+    """``(inputs still to predict, fingerprint by input name)``: an input is done when its row in ``done`` has the
+    settings hash ``key`` and its fingerprint, and every file the row lists exists."""
+    fingerprints = {inp.name: input_fingerprint(inp) for inp in mine}
+
+    def finished(name: str) -> bool:
+        row = done.get(name)
+        if row is None or row.get("settings_hash") != key or row.get("input_hash") != fingerprints[name]:
+            return False
+        tiffs = not output.tiff or all(product_file(out, p, name).is_file() for p in row["products"].split(";") if p)
+        return tiffs and (not output.zarr or zarr_path(out, name).is_dir())
+
+    return [inp for inp in mine if not finished(inp.name)], fingerprints
+
+
+def read_and_check(
+    todo: Sequence[PredictInput | InputSource], check: Callable[[tuple[int, ...], str], None] | None = None,
+) -> tuple[dict[str, tuple[int, ...]], dict[str, PredictInput]]:
+    """Read every input once before predicting anything (a bad file stops the run with nothing written).
+
+    Returns the brightfield shape ``(Z, Y, X)`` by input name, and the inputs kept in memory (up to
+    :data:`KEEP_LOADED_BYTES`; the others are read again when predicted). ``check(shape, source)`` raises for a
+    shape the model cannot take.
+    """
+    shapes: dict[str, tuple[int, ...]] = {}
+    kept: dict[str, PredictInput] = {}
+    kept_bytes = 0
+    for inp in tqdm(todo, desc="check inputs", unit="input", disable=len(todo) < 2 or None):
+        loaded = inp.load()
+        shapes[inp.name] = tuple(loaded.bf.shape)
+        if check is not None:
+            check(shapes[inp.name], loaded.source)
+        size = loaded.bf.nbytes + (loaded.gt.nbytes if loaded.gt is not None else 0)
+        if kept_bytes + size <= KEEP_LOADED_BYTES:  # small sets (patch folders) are not read twice
+            kept[inp.name], kept_bytes = loaded, kept_bytes + size
+    return shapes, kept
+
+
+def write_outputs(
+    out: Path, inp: PredictInput, images: Mapping[str, np.ndarray], voxel: Sequence[float] | None,
+    meta: Mapping[str, Any], organelle_name: str | None, output: OutputSettings,
+) -> None:
+    """Write one input's products ``images`` (``(Z, Y, X)`` each) with its brightfield and ground truth: OME-TIFF
+    folders and/or one OME-Zarr image (``output``), voxel size ``voxel`` ``(Z, Y, X)`` µm, metadata ``meta``."""
+    companions = {name: arr.astype(np.float32) for name, arr in ((BF, inp.bf), (GT, inp.gt)) if arr is not None}
+    if output.tiff:
+        write_products(out, inp.name, {**images, **companions}, voxel, meta, organelle_name)
+    if output.zarr:
+        channels = {**{k: companions[k] for k in ZARR_CHANNEL_ORDER if k in companions}, **images}
+        write_ome_zarr(zarr_path(out, inp.name), channels, voxel, {**meta, "products": list(channels)},
+                       output.ngff_version, output.chunks)
+
+
 def run_predict(
     model: L.LightningModule,
     inputs: Sequence[PredictInput | InputSource],
@@ -221,27 +335,23 @@ def run_predict(
     tiling, input and settings hash. ``output`` chooses OME-TIFF folders (``<name>.ome.tiff``) and/or one OME-Zarr
     image per input. ``save_seeds`` (ensembles of ``n_seeds > 1``) also writes every seed's DDPM and DDPMavg, which
     ``dm4isl-evaluate`` scores with the CRPS.
+
+    The walk: inputs (:func:`pending_inputs`, :func:`read_and_check`) → thresholds (:func:`plan_masks`) → products
+    (:func:`predict_arrays`, :func:`mask_and_flag`) → writers (:func:`write_outputs`, the CSV).
     """
     out = Path(output_dir)
     unc = uncertainty or UncertaintySettings()
     tiles = tiles or TileSettings()
     shard = shard or Shard()
     output = output or OutputSettings()
-    diffusion = is_diffusion(model)
-    settings = (settings or model.test_settings) if diffusion else None
-    source, threshold, benchmark = None, None, None
-    if diffusion:
-        available = {STD_INTRA} | ({STD_INTER} if n_seeds > 1 else set())
-        setting = sampling_setting(settings.to_dict(), (model.target.low, model.target.high),
-                                   model.schedule.num_train_timesteps)
-        source, threshold, reason = _uncertainty_choice(available, organelle, unc, setting, calibrations)
-        (log.info if threshold is not None or source is None else log.warning)("%s", reason)
-        benchmark, _ = resolve_threshold("intra", setting, organelle, calibrations,
-                                         unc.threshold if source == "intra" else None)
+    output.check_dependencies()
+    settings = (settings or model.test_settings) if is_diffusion(model) else None
+    plan = plan_masks(model, settings, n_seeds, organelle, unc, calibrations)
+    threshold = plan.threshold
     config = {
         "checkpoint": checkpoint_id, "sampler": settings.to_dict() if settings else None,
-        "n_seeds": n_seeds if diffusion else 0,
-        "uncertainty": [source, None if threshold is None else threshold.value, unc.faithful],
+        "n_seeds": n_seeds if settings else 0,
+        "uncertainty": [plan.source, None if threshold is None else threshold.value, unc.faithful],
         "tiling": tiles.to_dict(),
     }
     if unc.rule != "reference":
@@ -249,37 +359,18 @@ def run_predict(
     if save_seeds:
         config["save_seeds"] = True
     key = settings_hash(config)
+
     done = all_rows(out)
     mine = shard.select(inputs)
-
-    fingerprints = {inp.name: input_fingerprint(inp) for inp in mine}
-
-    def finished(name: str) -> bool:
-        row = done.get(name)
-        if row is None or row.get("settings_hash") != key or row.get("input_hash") != fingerprints[name]:
-            return False
-        tiffs = not output.tiff or all(product_file(out, p, name).is_file() for p in row["products"].split(";") if p)
-        return tiffs and (not output.zarr or zarr_path(out, name).is_dir())
-
-    todo = [inp for inp in mine if not finished(inp.name)]
-    rows = {name: row for name, row in done.items()} if shard.single else {
-        inp.name: done[inp.name] for inp in mine if inp.name in done}
+    todo, fingerprints = pending_inputs(mine, done, out, key, output)
+    rows = dict(done) if shard.single else {inp.name: done[inp.name] for inp in mine if inp.name in done}
     if len(todo) < len(mine):
         log.info("skipping %d inputs already predicted with these settings", len(mine) - len(todo))
     if not shard.single:
         log.info("shard %d of %d: %d of %d inputs, %d to predict", shard.index, shard.count, len(mine), len(inputs),
                  len(todo))
-    shapes: dict[str, tuple[int, ...]] = {}
-    kept: dict[str, PredictInput] = {}
-    kept_bytes = 0
-    for inp in tqdm(todo, desc="check inputs", unit="input", disable=len(todo) < 2 or None):
-        loaded = inp.load()  # read once before predicting anything: a bad file stops the run with nothing written
-        shapes[inp.name] = tuple(loaded.bf.shape)
-        if check is not None:
-            check(shapes[inp.name], loaded.source)
-        size = loaded.bf.nbytes + (loaded.gt.nbytes if loaded.gt is not None else 0)
-        if kept_bytes + size <= KEEP_LOADED_BYTES:  # small sets (patch folders) are not read twice
-            kept[inp.name], kept_bytes = loaded, kept_bytes + size
+    shapes, kept = read_and_check(todo, check)
+
     seeds = [settings.seed + k for k in range(n_seeds)] if settings else []
     run_meta = {
         **(metadata or {}), "model": type(model).__name__, "sampler": settings.to_dict() if settings else None,
@@ -288,13 +379,15 @@ def run_predict(
                                                      "valid_for": threshold.setting},
         **({} if shard.single else {"shard": f"{shard.index}/{shard.count}"}),
     }
-    mask_settings = MaskSettings.faithful() if unc.faithful else MaskSettings.for_organelle(
-        organelle.get("name"), unc.rule, flag_fraction=unc.flag_fraction
-    )
-    benchmark_masks = MaskSettings.for_organelle(organelle.get("name"), flag_fraction=unc.flag_fraction)
     steps = ""
     if settings is not None:
         steps = str(settings.num_steps if settings.method == "ddim" else model.schedule.num_train_timesteps)
+    common = {
+        "model": type(model).__name__, "checkpoint": checkpoint_id, "sampler": settings.method if settings else "",
+        "steps": steps, "seeds": ";".join(str(s) for s in seeds), "settings_hash": key,
+        "uncertainty_source": plan.source or "", "threshold": "" if threshold is None else threshold.value,
+        "threshold_source": "" if threshold is None else threshold.source,
+    }
     by_shape: dict[tuple[int, ...], list[PredictInput | InputSource]] = {}
     for inp in todo:
         by_shape.setdefault(shapes[inp.name], []).append(inp)
@@ -308,40 +401,17 @@ def run_predict(
             products = predict_arrays(
                 model, bf, [b.patch_id for b in batch], settings, n_seeds, max_batch, tiles, keep_seeds=save_seeds
             )
-            arrays = {k: v[:, 0].float().cpu().numpy() for k, v in products.items()}
+            arrays = {k: v[:, 0].float().cpu().numpy() for k, v in products.items()}  # (B, Z, Y, X) each
             seconds = (time.perf_counter() - tic) / len(batch)
             for i, inp in enumerate(batch):
-                meta = {**run_meta, "input": inp.source, "patch_id": inp.patch_id}
-                voxel = voxel_size or inp.voxel_size or organelle.get("voxel_size")
                 images = {name: arr[i].astype(np.float32) for name, arr in arrays.items()}
-                flagged, fraction = "", ""
-                if source is not None and threshold is not None:
-                    mask = error_mask(images[std_product(source)], threshold.value, mask_settings)
-                    images[ERROR_MASK] = mask.astype(np.uint8)
-                    is_flagged, frac = flag(mask, mask_settings.flag_fraction)
-                    flagged, fraction = int(is_flagged), f"{frac:.6f}"
-                bench_flagged, bench_fraction = "", ""
-                if benchmark is not None:
-                    is_flagged, frac = patch_flag(images[STD_INTRA], benchmark.value, benchmark_masks)
-                    bench_flagged, bench_fraction = int(is_flagged), f"{frac:.6f}"
-                companions = {name: arr.astype(np.float32) for name, arr in ((BF, inp.bf), (GT, inp.gt))
-                              if arr is not None}
-                if output.tiff:
-                    write_products(out, inp.name, {**images, **companions}, voxel, meta, organelle.get("name"))
-                if output.zarr:
-                    channels = {**{k: companions[k] for k in ZARR_CHANNEL_ORDER if k in companions}, **images}
-                    write_ome_zarr(zarr_path(out, inp.name), channels, voxel, {**meta, "products": list(channels)},
-                                   output.ngff_version, output.chunks)
+                flags = mask_and_flag(images, plan)
+                voxel = voxel_size or inp.voxel_size or organelle.get("voxel_size")
+                meta = {**run_meta, "input": inp.source, "patch_id": inp.patch_id}
+                write_outputs(out, inp, images, voxel, meta, organelle.get("name"), output)
                 rows[inp.name] = {
-                    "name": inp.name, "input": inp.source, "input_hash": fingerprints[inp.name],
-                    "model": type(model).__name__, "checkpoint": checkpoint_id,
-                    "sampler": f"{settings.method}" if settings else "", "steps": steps,
-                    "seeds": ";".join(str(s) for s in seeds),
-                    "settings_hash": key, "products": ";".join(images), "flagged": flagged,
-                    "mask_fraction": fraction, "uncertainty_source": source or "",
-                    "threshold": "" if threshold is None else threshold.value,
-                    "threshold_source": "" if threshold is None else threshold.source, "seconds": f"{seconds:.3f}",
-                    "benchmark_flagged": bench_flagged, "benchmark_fraction": bench_fraction,
+                    "name": inp.name, "input": inp.source, "input_hash": fingerprints[inp.name], **common,
+                    "products": ";".join(images), "seconds": f"{seconds:.3f}", **flags,
                 }
             write_csv(csv_path, list(rows.values()), CSV_FIELDS)
             bar.update(len(batch))
