@@ -25,7 +25,14 @@ from dm4isl.metrics.intensity import jsd, jsd_histogram, mi, mi_fixed_range, psn
 from dm4isl.metrics.objects import link_objects, volume_error
 from dm4isl.metrics.overlap import dice, hausdorff_3d, iou, precision, recall, volume_error_relative
 from dm4isl.metrics.probabilistic import crps, crps_map, spread_skill
-from dm4isl.metrics.registry import METRIC_SETS, METRICS, PAPER, patch_metrics, resolve_metric_names
+from dm4isl.metrics.registry import (
+    METRIC_SETS,
+    METRICS,
+    PAPER,
+    dataset_metrics,
+    patch_metrics,
+    resolve_metric_names,
+)
 from dm4isl.metrics.segmentation import SegmentationSettings, segment, segment_volume_reference
 from dm4isl.metrics.table import (
     IMPROVEMENT,
@@ -576,3 +583,102 @@ def test_metrics_callback_logs_and_clears():
                                   "val/ddpmavg_pcc_pooled", "val/ddpmavg_mse_pooled"}
     assert module.val_outputs == {}
     assert compute_stage_metrics({"x": (gts, gts)}, ["glcm_correlation"])["x_glcm_correlation"] == pytest.approx(1)
+
+
+def test_crps_of_8_bit_volumes_and_malformed_ensembles():
+    """uint8 volumes are scored as numbers, not modulo 256: members (100, 200) for y = 250 give
+    mean|x − y| − |x₁ − x₂| / 2 = (150 + 50) / 2 − 50 = 50; one member 100 for y = 200 gives |100 − 200| = 100."""
+    gt = np.full((1, 1, 1), 250, np.uint8)
+    members = np.array([100, 200], np.uint8).reshape(2, 1, 1, 1)
+    assert crps(gt, members) == pytest.approx(50.0)
+    assert crps(np.full((1, 1, 1), 200, np.uint8), members[:1]) == pytest.approx(100.0)
+    assert crps(np.full((1, 1, 1), 0.5), np.full((1, 1, 1, 1), 0.75)) == pytest.approx(0.25)  # |0.75 − 0.5|
+    with pytest.raises(ValueError, match="do not fit"):  # right rank, wrong shape
+        crps(np.zeros((1, 1, 2)), np.zeros((2, 1, 1, 3)))
+    with pytest.raises(ValueError, match="at least one member"):
+        crps(np.zeros((1, 1, 2)), np.zeros((0, 1, 1, 2)))
+
+
+def _spread_case(d, e, centre=0.5):
+    """Two members centre ± d per voxel (variance 2d², std d·√2, mean ``centre``), truth centre − e."""
+    d, e = np.asarray(d, float), np.asarray(e, float)
+    members = np.stack([centre - d, centre + d]).reshape(2, 1, 1, -1)
+    return (centre - e).reshape(1, 1, -1), members
+
+
+def test_spread_skill_by_hand():
+    """Five voxels of spreads (0, 1, 2, 3, 4)·√2: four equally populated bins have the spreads themselves as
+    edges, so the voxels fall in bins {0}, {1}, {2}, {3, 4} (the largest joins the last bin). Per bin the
+    predicted error is √(mean variance · 3/2) and the observed one the RMSE of the ensemble mean."""
+    d = np.arange(5.0)
+    e = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    gt, members = _spread_case(d, e)
+    curve = spread_skill([gt], [members], n_bins=4)
+    np.testing.assert_allclose(curve.edges, d * np.sqrt(2))
+    np.testing.assert_array_equal(curve.count, [1, 1, 1, 2])
+    var = 2 * d**2
+    np.testing.assert_allclose(curve.spread, np.sqrt(np.array([var[0], var[1], var[2], (var[3] + var[4]) / 2]) * 1.5))
+    np.testing.assert_allclose(curve.rmse, np.sqrt([0.01, 0.04, 0.09, (0.16 + 0.25) / 2]))
+    assert curve.n_members == 2
+    assert curve.ratio == pytest.approx(np.sqrt(np.mean(e**2) / (np.mean(var) * 1.5)))
+    # two voxels, four bins: the two middle bins stay empty and are left out
+    gt, members = _spread_case([0.0, 4.0], [0.1, 0.2])
+    two = spread_skill([gt], [members], n_bins=4)
+    np.testing.assert_array_equal(two.count, [1, 1])
+    np.testing.assert_allclose(two.rmse, [0.1, 0.2])
+    # every voxel equally spread: one bin
+    gt, members = _spread_case([1.0, 1.0, 1.0], [0.1, 0.1, 0.1])
+    flat = spread_skill([gt], [members], n_bins=4)
+    np.testing.assert_array_equal(flat.count, [3])
+    np.testing.assert_allclose(flat.spread, [np.sqrt(2 * 1.5)])
+    with pytest.raises(ValueError, match="one ensemble per ground truth"):
+        spread_skill([gt, gt], [members])
+    with pytest.raises(ValueError, match="one ensemble per ground truth"):
+        spread_skill([], [])
+
+
+def test_summary_rows_of_a_dataset_metric_a_descriptor_and_undefined_patches():
+    """A dataset-level metric gets its dataset row only; a metric without a direction (the GLCM descriptor) gets
+    mean and std and no comparison, and the metrics after it are still summarised; NaN patches are left out of
+    mean and std, counted in ``n_defined``, and a method with no defined patch gets NaN without a warning."""
+    per = {
+        "A": {"glcm_feature": np.array([0.1, 0.2, 0.3]), "mse": np.array([0.01, np.nan, 0.03])},
+        "B": {"glcm_feature": np.array([0.25, 0.25, 0.25]), "mse": np.array([np.nan, np.nan, 0.05])},
+        "C": {"glcm_feature": np.array([0.5, 0.5, 0.5]), "mse": np.array([np.nan, np.nan, np.nan])},
+    }
+    corr = {"A": 0.9, "B": 0.4, "C": 0.1}
+    results = {m: MethodValues(per[m], {"glcm_correlation": corr[m], "mse_pooled": 0.0}) for m in per}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = summarize(results, ["glcm_correlation", "glcm_feature", "mse"], [], n_resamples=9)
+    keyed = {(r.metric, r.statistic): r.values for r in rows}
+    assert [(r.metric, r.statistic) for r in rows] == [
+        ("glcm_correlation", "dataset"), ("glcm_feature", "mean"), ("glcm_feature", "std"),
+        ("mse", "mean"), ("mse", "std"), ("mse", "pooled"), ("mse", "n_defined")]
+    assert keyed[("glcm_correlation", "dataset")] == corr
+    assert keyed[("glcm_feature", "mean")]["A"] == pytest.approx(0.2)
+    assert keyed[("glcm_feature", "std")]["A"] == pytest.approx(0.1)  # sample std (ddof 1) of 0.1, 0.2, 0.3
+    assert keyed[("glcm_feature", "std")]["B"] == 0.0
+    assert keyed[("mse", "mean")]["A"] == pytest.approx(0.02) and keyed[("mse", "mean")]["B"] == pytest.approx(0.05)
+    assert keyed[("mse", "std")]["A"] == pytest.approx(0.01 * np.sqrt(2))  # two values 0.02 apart
+    assert math.isnan(keyed[("mse", "std")]["B"])  # one defined value: no sample std
+    assert math.isnan(keyed[("mse", "mean")]["C"]) and math.isnan(keyed[("mse", "std")]["C"])
+    assert keyed[("mse", "n_defined")] == {"A": 2.0, "B": 1.0, "C": 0.0}
+
+
+def test_dataset_values_of_the_paper_set_and_unpaired_inputs():
+    """By default the paper's set: pooled PCC and MSE over all voxels of all patches (NumPy on the concatenated
+    voxels) and the dataset-level GLCM correlation; unequal numbers of ground truths and predictions raise."""
+    rng = np.random.default_rng(5)
+    gts = [rng.random((4, 16, 16)) for _ in range(3)]
+    preds = [np.clip(g + rng.normal(0, 0.1, g.shape), 0, 1) for g in gts]  # normalised intensities
+    values = dataset_metrics(gts, preds)
+    assert set(values) == {"pcc_pooled", "mse_pooled", "glcm_correlation"}
+    g, p = np.concatenate([x.ravel() for x in gts]), np.concatenate([x.ravel() for x in preds])
+    assert values["mse_pooled"] == pytest.approx(np.mean((g - p) ** 2))
+    assert values["pcc_pooled"] == pytest.approx(np.corrcoef(g, p)[0, 1])
+    assert -1.0 <= values["glcm_correlation"] <= 1.0
+    with pytest.raises(ValueError):
+        dataset_metrics(gts, preds[:2])
+    assert SegmentationSettings.for_organelle("reference", "mitochondria").median_size == 3
+    assert SegmentationSettings.for_organelle("reference", "dna").median_size == 5

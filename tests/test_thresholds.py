@@ -102,6 +102,7 @@ def test_setting_comparison_tolerates_rounding_only() -> None:
     assert not same_setting(paper, {**paper, "clip_x0": None}) and not same_setting({**paper, "clip_x0": None}, paper)
     assert same_setting({**paper, "clip_x0": None}, {**paper, "clip_x0": None})
     assert not same_setting(paper, {**paper, "window": 300})  # a list is never a number
+    assert not same_setting(paper, {**paper, "eta": 0.5}) and not same_setting({**paper, "eta": 0.5}, paper)
 
 
 def test_calibration_file_checks(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from dm4isl.uncertainty.annotations import ErrorAnnotations, annotations, flag_report
 from dm4isl.uncertainty.evaluation import (
     auroc,
     auroc_pair_counts,
@@ -14,7 +15,7 @@ from dm4isl.uncertainty.evaluation import (
     error_truth,
     evaluate_uncertainty,
 )
-from dm4isl.uncertainty.masks import MaskSettings
+from dm4isl.uncertainty.masks import MaskSettings, patch_flag
 
 
 def test_auroc_known_values() -> None:
@@ -133,3 +134,36 @@ def test_pair_counts_by_hand() -> None:
     assert counts.auroc(np.array([0, 0, 1])) == pytest.approx(2 / 3)  # patch 2 alone: 0.4 beats 0 and 0, not 0.6
     with pytest.raises(ValueError, match="equal"):
         auroc_pair_counts(scores, labels[:, :3])
+
+
+def test_flag_report_on_hand_made_annotations() -> None:
+    """Six patches evaluated of a hand-made annotation set: every summary entry counted by hand."""
+    ann = ErrorAnnotations(
+        "Toy", unet_errors=frozenset({0, 1, 6}), dm4isl_errors=frozenset({1, 2, 3, 6}), caught=frozenset({1, 2}),
+        false_alarms=frozenset({5}), missed=frozenset({3}), recovered=frozenset({4}),
+        out_of_distribution=frozenset({0}))
+    assert ann.within(6).organelle == "Toy" and 6 not in ann.within(6).unet_errors  # patch 6 is not evaluated
+    report = flag_report(ann, [True, True, False, True, True, True])  # patches 0, 1, 3, 4, 5 flagged
+    assert report.caught == [1, 3] and report.missed == [2] and report.unannotated_flags == [0, 4, 5]
+    assert [report.flag_kind(p) for p in (0, 4, 5, 2)] == ["out_of_distribution", "recovered", "false_alarm",
+                                                          "unannotated"]
+    assert report.summary() == {
+        "organelle": "Toy", "patches": 6, "flagged": 5, "unet_errors": 2, "dm4isl_errors": 3,
+        "errors_flagged": 2, "errors_missed": 1, "recall": pytest.approx(2 / 3), "flags_without_error": 3,
+        "of_which_recovered": 1, "of_which_out_of_distribution": 1, "of_which_false_alarm": 1,
+        "of_which_unannotated": 0, "agree_with_authors_caught": 1, "authors_caught": 2,
+        "agree_with_authors_missed": 0, "authors_missed": 1,
+    }
+    assert report.patch_rows()[0] == {"patch": 0, "flagged": 1, "annotations": "unet_errors;out_of_distribution"}
+    assert annotations()["DNA"].organelle == "DNA"
+    with pytest.raises(ValueError, match=r"expected every index 0\.\.1$"):
+        flag_report(ann, {0: True, 2: False})
+
+
+def test_patch_flag_uses_its_settings() -> None:
+    """A 10×10 block of high std in a 32×32 patch, less the four corners the 3×3 median rounds off, covers
+    96 / 1024 = 9.4 %: flagged at a 5 % flag fraction, not at 10 %, and dropped by a 100-pixel small-object rule."""
+    std, *_ = _case()
+    assert patch_flag(std[0], 0.1)[0] is True
+    assert patch_flag(std[0], 0.1, MaskSettings(flag_fraction=0.1)) == (False, pytest.approx(96 / 1024))
+    assert patch_flag(std[0], 0.1, MaskSettings.binary(min_object_area=100)) == (False, 0.0)
