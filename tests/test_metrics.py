@@ -682,3 +682,51 @@ def test_dataset_values_of_the_paper_set_and_unpaired_inputs():
         dataset_metrics(gts, preds[:2])
     assert SegmentationSettings.for_organelle("reference", "mitochondria").median_size == 3
     assert SegmentationSettings.for_organelle("reference", "dna").median_size == 5
+
+
+def test_summary_of_a_dataset_level_score_against_a_baseline():
+    """GLCM correlation across 6 patches: the method's features equal the truth's (r = 1), the baseline's are the
+    squares of the truth's (r from np.corrcoef). The improvement is 100 · (1 / r − 1); there is no Wilcoxon test;
+    the bootstrap interval of r_method − r_baseline holds the observed 1 − r within [0, 2]. Without the truth's
+    per-patch features the comparison cannot be made."""
+    gt = np.array([0.1, 0.4, 0.2, 0.9, 0.5, 0.7])
+    base = gt**2
+    r = float(np.corrcoef(gt, base)[0, 1])
+    results = {"M": MethodValues({"glcm_feature": gt.copy()}, {"glcm_correlation": 1.0}),
+               "B": MethodValues({"glcm_feature": base}, {"glcm_correlation": r})}
+    rows = {(x.metric, x.statistic): x for x in summarize(results, ["glcm_correlation"], ["B"],
+                                                          {"glcm_correlation": gt}, n_resamples=199)}
+    assert rows[("glcm_correlation", IMPROVEMENT)].values["M"] == pytest.approx(100 * (1 / r - 1))
+    assert rows[("glcm_correlation", IMPROVEMENT)].reference == "B"
+    assert all(math.isnan(v) for v in rows[("glcm_correlation", "wilcoxon_p")].values.values())
+    low, high = rows[("glcm_correlation", "ci95_low")].values["M"], rows[("glcm_correlation", "ci95_high")].values["M"]
+    assert 0.0 <= low <= 1 - r <= high <= 2.0 and low < high
+    assert math.isnan(rows[("glcm_correlation", "ci95_low")].values["B"])  # the reference itself
+    for companions in (None, {"other": gt}):
+        with pytest.raises(ValueError, match="per-patch glcm_feature values are needed"):
+            summarize(results, ["glcm_correlation"], ["B"], companions, n_resamples=9)
+    assert math.isnan(improvement_pct(0.5, float("inf"), True))  # an infinite baseline gives no ratio
+    assert improvement_pct(0.0, 0.5, True) == pytest.approx(-100.0)  # zero is a valid (worst) value
+
+
+def test_summary_statistics_name_their_baseline_and_follow_the_seed():
+    """Every comparison row names the baseline it was computed against; the bootstrap interval is the same for the
+    same seed and moves with another seed. Wilcoxon by hand: 2 pairs with positive differences give the smallest
+    two-sided p-value, 2 / 2² = 0.5; identical values give 1 without running the test (and without a warning)."""
+    rng = np.random.default_rng(1)
+    per = {m: {"mse": rng.random(8) * s} for m, s in (("M", 0.5), ("U", 1.0), ("G", 2.0))}
+    results = {m: MethodValues(per[m], {"mse_pooled": 0.0}) for m in per}
+
+    def rows(seed):
+        return {(r.metric, r.statistic): r for r in summarize(results, ["mse"], ["U", "G"], seed=seed,
+                                                              n_resamples=199)}
+
+    first, again, other = rows(0), rows(0), rows(1)
+    for stat in (IMPROVEMENT, "wilcoxon_p", "ci95_low", "ci95_high"):
+        assert first[("mse", stat)].reference == "U"  # the better baseline (lower mean MSE)
+    assert first[("mse", "ci95_low")].values["M"] == again[("mse", "ci95_low")].values["M"]
+    assert first[("mse", "ci95_low")].values["M"] != other[("mse", "ci95_low")].values["M"]
+    assert paired_wilcoxon([1.0, 2.0], [0.0, 0.0]) == pytest.approx(0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no test is run on differences that are all zero
+        assert paired_wilcoxon([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 1.0
