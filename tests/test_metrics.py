@@ -33,7 +33,12 @@ from dm4isl.metrics.registry import (
     patch_metrics,
     resolve_metric_names,
 )
-from dm4isl.metrics.segmentation import SegmentationSettings, segment, segment_volume_reference
+from dm4isl.metrics.segmentation import (
+    SegmentationSettings,
+    _seed_components,
+    segment,
+    segment_volume_reference,
+)
 from dm4isl.metrics.table import (
     IMPROVEMENT,
     MethodValues,
@@ -44,7 +49,12 @@ from dm4isl.metrics.table import (
     paired_wilcoxon,
     summarize,
 )
-from dm4isl.metrics.texture import correlation_across_patches, glcm_correlation, glcm_feature, hog_distance
+from dm4isl.metrics.texture import (
+    correlation_across_patches,
+    glcm_correlation,
+    glcm_feature,
+    hog_distance,
+)
 from dm4isl.metrics.texture import perceptual_distance as perceptual
 from dm4isl.metrics.volume import VolumeFeatures
 
@@ -730,3 +740,44 @@ def test_summary_statistics_name_their_baseline_and_follow_the_seed():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no test is run on differences that are all zero
         assert paired_wilcoxon([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 1.0
+
+
+def test_instance_distances_follow_the_voxel_size():
+    """The two-squares case with X pixels of 0.25 µm: the second square's centroid moves 2 px = 0.5 µm (mean over
+    the two pairs 0.25 µm) and the centroid gap grows from 30 to 32 px = 0.5 µm."""
+    gt = np.zeros((4, 64, 64), np.float32)
+    gt[:, 20:30, 10:20] = gt[:, 20:30, 40:50] = 1.0
+    pred = np.zeros_like(gt)
+    pred[:, 20:30, 10:20] = pred[:, 20:30, 42:52] = 1.0
+    voxel = (1.0, 0.5, 0.25)
+    assert centroid_distance(gt, pred, voxel) == pytest.approx((0 + 2) / 2 * 0.25)
+    assert nn_distance_error(gt, pred, voxel) == pytest.approx(2 * 0.25)
+
+
+def test_correlation_across_patches_against_scipy_and_its_shapes():
+    """Pearson r along the last axis, row by row for bootstrap resamples, as scipy's pearsonr; a float for one
+    vector; NaN for a constant vector or fewer than 2 patches, shaped like the broadcast leading axes."""
+    rng = np.random.default_rng(2)
+    g, p = rng.random(7), rng.random((3, 7))
+    one = correlation_across_patches(g, p[0])
+    assert isinstance(one, float) and one == pytest.approx(pearsonr(g, p[0])[0])
+    rows = correlation_across_patches(np.stack([g, g + 5.0, 2 * g]), p)  # rows with different means and scales
+    np.testing.assert_allclose(rows, [pearsonr(g, q)[0] for q in p])
+    assert correlation_across_patches(np.arange(5), np.arange(5)) == 1.0  # integer features
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # documented NaN, no 0/0 warning
+        assert math.isnan(correlation_across_patches(np.full(5, 0.3), p[0, :5]))  # constant: undefined, not 0
+    short = correlation_across_patches(np.zeros(1), np.zeros(1))
+    assert isinstance(short, float) and math.isnan(short)
+    assert correlation_across_patches(np.zeros(1), np.zeros((3, 1))).shape == (3,)
+    assert correlation_across_patches(np.zeros((3, 1)), np.zeros(1)).shape == (3,)
+
+
+def test_unseeded_components_are_numbered_on_from_the_largest_marker():
+    """Components 1–3; only component 1 holds a seed (label 2): components 2 and 3 get seeds 3 and 4."""
+    components = np.zeros((3, 9), int)
+    components[1, 0:2], components[1, 3:5], components[1, 6:8] = 1, 2, 3
+    markers = np.zeros((3, 9), np.int32)
+    markers[1, 0] = 2
+    out = _seed_components(markers, components, 3)
+    assert out[1].tolist() == [2, 0, 0, 3, 3, 0, 4, 4, 0]
