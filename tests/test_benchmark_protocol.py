@@ -261,3 +261,14 @@ def test_contour_distance_and_neighbour_gap_by_hand():
     touching[1, 2:5] = 2
     assert neighbour_gap(touching, 1, 0.5) == 0.0
     assert math.isnan(neighbour_gap(np.where(labels == 1, 1, 0), 1, 0.5))
+
+
+def test_constant_or_speck_only_slices_have_no_instances():
+    """A constant slice has no foreground; a 3×3 speck (9 px < 1 % of a 64×64 slice) is dropped: both give an
+    empty boolean mask and int32 labels of the slice's shape."""
+    speck = np.zeros((64, 64))
+    speck[30:33, 30:33] = 1.0
+    for image in (np.full((64, 64), 0.5), np.zeros((64, 64)), speck):
+        mask, labels = segment_slice(image, BENCHMARK_SLICES)
+        assert mask.dtype == bool and not mask.any() and mask.shape == (64, 64)
+        assert labels.dtype == np.int32 and labels.shape == (64, 64) and not labels.any()

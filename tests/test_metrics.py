@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 from scipy import ndimage as ndi
 from scipy.spatial.distance import jensenshannon
@@ -781,3 +782,70 @@ def test_unseeded_components_are_numbered_on_from_the_largest_marker():
     markers[1, 0] = 2
     out = _seed_components(markers, components, 3)
     assert out[1].tolist() == [2, 0, 0, 3, 3, 0, 4, 4, 0]
+
+
+def test_jsd_of_faint_and_empty_volumes():
+    """A volume summing to less than 1 is still a distribution (one voxel of 0.5: JSD 0 against itself, 1 against
+    a disjoint one); a volume summing to 0 is none: NaN on either side, without a 0/0 warning."""
+    faint = np.zeros((1, 8, 8))
+    faint[0, 2, 2] = 0.5
+    other = np.zeros((1, 8, 8))
+    other[0, 5, 5] = 0.5
+    assert jsd(faint, faint) == pytest.approx(0.0, abs=1e-7) and jsd(faint, other) == pytest.approx(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(jsd(np.zeros_like(faint), faint)) and math.isnan(jsd(faint, np.zeros_like(faint)))
+        assert math.isnan(jsd(np.zeros_like(faint), np.zeros_like(faint)))
+
+
+def test_grey_levels_and_co_occurrence_counts_by_hand():
+    """Quantisation: clip to [0, 1], round to 0..levels−1 (uint8 up to 256 levels, uint16 above). GLCM: each pixel
+    pairs with the one below it; the slice [[0, 255], [255, 0], [0, 0]] gives (0→255) once, (255→0) twice and
+    (0→0) once, and two such slices twice as many."""
+    grey = descriptors.to_grey_levels(np.array([-0.5, 0.5, 1.5]))
+    assert grey.tolist() == [0, 128, 255] and grey.dtype == np.uint8  # rint(127.5) = 128
+    assert descriptors.to_grey_levels(np.array([1.0]), levels=257).tolist() == [256]
+    wide = descriptors.to_grey_levels(np.array([1.0]), levels=1024)
+    assert wide.tolist() == [1023] and wide.dtype == np.uint16
+    slice_ = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    counts = descriptors.glcm_counts(np.stack([slice_, slice_]))
+    assert counts.shape == (256, 256, 1, 1)
+    expected = np.zeros((256, 256))
+    expected[0, 255], expected[255, 0], expected[0, 0] = 2, 4, 2
+    np.testing.assert_array_equal(counts[:, :, 0, 0], expected)
+    half = descriptors.glcm_counts(slice_[None] * 0.5)  # grey levels 0 and 128 only: still 256 × 256
+    assert half.shape == (256, 256, 1, 1) and half[128, 0, 0, 0] == 2
+
+
+def test_hog_is_one_vector_per_slice_and_network_features_have_unit_channel_norm():
+    rng = np.random.default_rng(4)
+    vol = rng.random((2, 16, 16))
+    hogs = descriptors.hog_descriptor(vol)
+    assert hogs.shape == (2, hog(vol[0], 9, (8, 8), (2, 2)).size)  # 9 orientations, 8×8 cells, 2×2 blocks
+    np.testing.assert_allclose(hogs[1], hog(vol[1], orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2)))
+    feats = descriptors.network_features(rng.random((2, 4, 16, 16)))  # two volumes at once
+    for f in feats:
+        norms = f.pow(2).sum(dim=1).sqrt()
+        assert norms.shape == (2, *f.shape[2:])
+        assert torch.all(((norms - 1).abs() < 1e-4) | (norms == 0))
+
+
+def test_random_feature_distance_by_its_definition():
+    """Per stage of the fixed network: ReLU features unit-normalised over channels at every voxel, squared L2
+    difference summed over channels, averaged over voxels; then the mean over the three stages."""
+    rng = np.random.default_rng(6)
+    gt, pred = rng.random((4, 16, 16)), rng.random((4, 16, 16))
+
+    def stages(v):
+        x = torch.as_tensor(v[None, None].astype(np.float32))
+        out = []
+        for layer in descriptors.feature_network():
+            x = layer(x)
+            if isinstance(layer, torch.nn.ReLU):
+                out.append(x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10))
+        return out
+
+    per_stage = [float((a - b).pow(2).sum(dim=1).mean()) for a, b in zip(stages(gt), stages(pred), strict=True)]
+    assert perceptual(gt, pred) == pytest.approx(np.mean(per_stage), rel=1e-5)
+    # by default the paper's patch-level metrics, with the per-patch companion of its GLCM correlation
+    assert set(patch_metrics(gt, pred)) == {n for n in PAPER if METRICS[n].level == "patch"} | {"glcm_feature"}
