@@ -21,7 +21,15 @@ from dm4isl.errors import DataError
 from dm4isl.evaluation.inputs import load_inputs
 from dm4isl.evaluation.pipeline import compute_results
 from dm4isl.metrics import descriptors
-from dm4isl.metrics.instances import area_error, centroid_distance, hausdorff, instance_f1, nn_distance_error
+from dm4isl.metrics.basic import ms_ssim_batch, ms_ssim_min_size
+from dm4isl.metrics.instances import (
+    area_error,
+    centroid_distance,
+    hausdorff,
+    instance_f1,
+    nn_distance_error,
+    pair_hausdorff,
+)
 from dm4isl.metrics.intensity import jsd, jsd_histogram, mi, mi_fixed_range, psnr
 from dm4isl.metrics.objects import link_objects, volume_error
 from dm4isl.metrics.overlap import dice, hausdorff_3d, iou, precision, recall, volume_error_relative
@@ -37,6 +45,7 @@ from dm4isl.metrics.registry import (
 from dm4isl.metrics.segmentation import (
     SegmentationSettings,
     _seed_components,
+    match_instances,
     segment,
     segment_volume_reference,
 )
@@ -849,3 +858,60 @@ def test_random_feature_distance_by_its_definition():
     assert perceptual(gt, pred) == pytest.approx(np.mean(per_stage), rel=1e-5)
     # by default the paper's patch-level metrics, with the per-patch companion of its GLCM correlation
     assert set(patch_metrics(gt, pred)) == {n for n in PAPER if METRICS[n].level == "patch"} | {"glcm_feature"}
+
+
+def test_empty_masks_in_precision_hausdorff_and_relative_volume_error():
+    """The documented values for empty masks: precision 1 when both are empty and 0 when only the prediction is,
+    0.5 when half the predicted voxels are right; Hausdorff 0 for two empty masks and NaN for one; relative
+    volume error 0 for two empty masks and NaN when only the ground truth is empty."""
+    empty = np.zeros((16, 32, 32), np.float32)
+    square = empty.copy()
+    square[4:12, 8:24, 8:16] = 1.0
+    wide = empty.copy()
+    wide[4:12, 8:24, 8:24] = 1.0  # the square and as much again beside it
+    assert precision(empty, empty) == 1.0 and precision(square, empty) == 0.0
+    assert precision(square, wide) == pytest.approx(segment(square).mask.sum() / segment(wide).mask.sum())
+    assert hausdorff_3d(empty, empty) == 0.0
+    assert math.isnan(hausdorff_3d(square, empty)) and math.isnan(hausdorff_3d(empty, square))
+    assert volume_error_relative(empty, empty) == 0.0 and math.isnan(volume_error_relative(empty, square))
+
+
+def test_instance_pair_distances_against_skimage_and_three_neighbours():
+    """Pair Hausdorff distance of two squares offset along Y and X, as skimage computes it; nearest-neighbour
+    errors of three squares whose gaps differ (20, 20 and 30 px in the truth, the third moved 2 px further in the
+    prediction): |Δ| = 0, 0, 2 px for the three pairs, mean 2/3 px; a slice whose prediction has a single
+    instance has no neighbour there and adds nothing."""
+    a = np.zeros((24, 24), bool)
+    b = np.zeros((24, 24), bool)
+    a[2:8, 3:9] = True
+    b[5:13, 4:9] = True
+    assert pair_hausdorff(a, b, (1.0, 1.0)) == pytest.approx(hausdorff_distance(a, b))
+    assert pair_hausdorff(a, b, (0.5, 0.25)) == pytest.approx(max(  # 5 rows of 0.5 µm, 0 columns
+        ndi.distance_transform_edt(~a, sampling=(0.5, 0.25))[b].max(),
+        ndi.distance_transform_edt(~b, sampling=(0.5, 0.25))[a].max()))
+    gt = np.zeros((2, 64, 96), np.float32)
+    gt[:, 20:30, 5:15] = gt[:, 20:30, 25:35] = gt[:, 20:30, 55:65] = 1.0  # centroids at x = 10, 30, 60
+    pred = np.zeros_like(gt)
+    pred[:, 20:30, 5:15] = pred[:, 20:30, 25:35] = pred[:, 20:30, 57:67] = 1.0  # third at x = 62
+    pred[1] = 0.0
+    pred[1, 20:30, 5:15] = 1.0  # slice 1: one instance left
+    assert nn_distance_error(gt, pred) == pytest.approx(2 / 3 * PIXEL_UM)
+
+
+def test_ms_ssim_sizes_and_undefined_patches():
+    """MONAI's size rule for kernel 4 (docstring): 4 px for 1 or 2 scales, 16 for 3, 36 for 4, 64 for 5; a stack of
+    patches below it gives one NaN per patch; stacks of different shapes are refused."""
+    assert [ms_ssim_min_size(n) for n in range(1, 6)] == [4, 4, 16, 36, 64]
+    with pytest.raises(ValueError, match="expected 1 to 5"):
+        ms_ssim_min_size(0)
+    small = np.zeros((2, 4, 32, 32), np.float32)
+    out = ms_ssim_batch(small, small)
+    assert out.shape == (2,) and np.isnan(out).all()
+    with pytest.raises(ValueError, match="equal shape"):
+        ms_ssim_batch(small, small[:, :, :, :31])
+
+
+def test_one_pixel_instances_match():
+    one = np.zeros((5, 5), int)
+    one[2, 2] = 1
+    assert match_instances(one, one).pairs == [(1, 1)]
