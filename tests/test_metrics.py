@@ -915,3 +915,15 @@ def test_one_pixel_instances_match():
     one = np.zeros((5, 5), int)
     one[2, 2] = 1
     assert match_instances(one, one).pairs == [(1, 1)]
+
+
+def test_single_scale_ms_ssim_is_monai_ssim():
+    """With one scale the weights normalise to (1,) and MS-SSIM is the SSIM of MONAI's SSIMMetric (Gaussian window
+    of 4 px, data range 1, Z slices as channels)."""
+    from monai.metrics import SSIMMetric
+
+    rng = np.random.default_rng(0)
+    g = rng.random((2, 3, 16, 16)).astype(np.float32)
+    p = np.clip(g + rng.normal(0, 0.1, g.shape), 0, 1).astype(np.float32)
+    ssim_ = SSIMMetric(spatial_dims=2, data_range=1.0, win_size=4)(torch.as_tensor(p), torch.as_tensor(g))
+    np.testing.assert_allclose(ms_ssim_batch(g, p, n_scales=1), ssim_.numpy().ravel(), rtol=1e-5)
