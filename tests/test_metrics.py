@@ -46,8 +46,10 @@ from dm4isl.metrics.segmentation import (
     SegmentationSettings,
     _seed_components,
     match_instances,
+    otsu_threshold_8bit,
     segment,
     segment_volume_reference,
+    to_uint8,
 )
 from dm4isl.metrics.table import (
     IMPROVEMENT,
@@ -927,3 +929,59 @@ def test_single_scale_ms_ssim_is_monai_ssim():
     p = np.clip(g + rng.normal(0, 0.1, g.shape), 0, 1).astype(np.float32)
     ssim_ = SSIMMetric(spatial_dims=2, data_range=1.0, win_size=4)(torch.as_tensor(p), torch.as_tensor(g))
     np.testing.assert_allclose(ms_ssim_batch(g, p, n_scales=1), ssim_.numpy().ravel(), rtol=1e-5)
+
+
+def test_empty_masks_in_iou_dice_recall_and_volume_error():
+    empty = np.zeros((16, 32, 32), np.float32)
+    square = empty.copy()
+    square[4:12, 8:24, 8:16] = 1.0
+    assert iou(empty, empty) == 1.0 and dice(empty, empty) == 1.0  # both empty agree perfectly
+    assert recall(empty, empty) == 1.0 and recall(empty, square) == 0.0 and recall(square, empty) == 0.0
+    assert volume_error(empty, empty) == 0.0
+    assert math.isnan(volume_error(square, empty)) and math.isnan(volume_error(empty, square))
+
+
+def test_object_linking_by_hand():
+    """8-connected components per slice (two 6×6 squares touching at a corner are one object); a component joins
+    the object below it when they share even one pixel."""
+    mask = np.zeros((2, 16, 16), bool)
+    mask[0, 0:6, 0:6] = mask[0, 6:12, 6:12] = True  # corner to corner: one 8-connected component
+    assert link_objects(mask[:1]).max() == 1
+    mask[1, 11:16, 11:16] = True  # 25 px: below the 36-px size rule, dropped
+    mask[1, 0:6, 10:16] = True  # 36 px, touching nothing below: a new object
+    labels = link_objects(mask)
+    assert labels.max() == 2 and not labels[1, 11:16, 11:16].any() and (labels[1, 0:6, 10:16] == 2).all()
+    one = np.zeros((2, 16, 16), bool)
+    one[0, 0:6, 0:6] = True
+    one[1, 5:11, 5:11] = True  # shares the single pixel (5, 5) with the square below
+    assert link_objects(one).max() == 1
+
+
+def test_8_bit_conversion_and_otsu_against_a_brute_force_search():
+    """to_uint8 clips to [0, 1] and truncates; Otsu's level maximises the between-class variance of {≤ t} and
+    {> t} (the first on ties, 0 for a constant image), checked against a search over all 256 levels."""
+    assert to_uint8(np.array([-0.5, 0.5, 1.5])).tolist() == [0, 127, 255]
+
+    def brute(values):
+        hist = np.bincount(values.ravel(), minlength=256) / values.size
+        levels = np.arange(256)
+        best, best_t = 0.0, 0
+        for t in range(256):
+            w0 = hist[: t + 1].sum()
+            if w0 == 0 or w0 >= 1:
+                continue
+            m0 = (levels[: t + 1] * hist[: t + 1]).sum() / w0
+            m1 = (levels[t + 1 :] * hist[t + 1 :]).sum() / (1 - w0)
+            var = w0 * (1 - w0) * (m0 - m1) ** 2
+            if var > best * (1 + 1e-12):
+                best, best_t = var, t
+        return best_t
+
+    rng = np.random.default_rng(8)
+    for values in (rng.integers(0, 256, 500), np.concatenate([rng.integers(10, 60, 300), rng.integers(150, 230, 80)]),
+                   np.array([254, 255, 255, 254, 255]), np.array([0, 255] * 4)):
+        values = values.astype(np.uint8)
+        assert otsu_threshold_8bit(values) == brute(values), values[:8]
+    assert otsu_threshold_8bit(np.array([0, 255] * 4, np.uint8)) == 0  # every t in 0..254 ties: the first
+    assert otsu_threshold_8bit(np.array([254, 255, 255], np.uint8)) == 254
+    assert otsu_threshold_8bit(np.full(9, 77, np.uint8)) == 0
