@@ -68,7 +68,7 @@ from dm4isl.metrics.texture import (
     hog_distance,
 )
 from dm4isl.metrics.texture import perceptual_distance as perceptual
-from dm4isl.metrics.volume import VolumeFeatures
+from dm4isl.metrics.volume import VolumeFeatures, as_pair
 
 PIXEL_UM = 0.29
 SHAPE = (16, 64, 64)
@@ -985,3 +985,38 @@ def test_8_bit_conversion_and_otsu_against_a_brute_force_search():
     assert otsu_threshold_8bit(np.array([0, 255] * 4, np.uint8)) == 0  # every t in 0..254 ties: the first
     assert otsu_threshold_8bit(np.array([254, 255, 255], np.uint8)) == 254
     assert otsu_threshold_8bit(np.full(9, 77, np.uint8)) == 0
+
+
+def test_metric_names_with_and_without_a_classifier():
+    """cls_lpips joins after perceptual_distance when that is listed, else at the end; asking for it without a
+    classifier is refused; a single name is a list of one; a set name expands."""
+    assert resolve_metric_names("pcc") == ["pcc"]
+    assert resolve_metric_names(["pcc", "perceptual_distance", "mse"], with_classifier=True) == [
+        "pcc", "perceptual_distance", "cls_lpips", "mse"]
+    assert resolve_metric_names(["pcc", "mse"], with_classifier=True) == ["pcc", "mse", "cls_lpips"]
+    assert resolve_metric_names(["cls_lpips", "pcc"], with_classifier=True) == ["cls_lpips", "pcc"]
+    assert resolve_metric_names("paper", with_classifier=True).count("cls_lpips") == 1
+    with pytest.raises(ValueError, match="need an organelle classifier"):
+        resolve_metric_names(["pcc", "cls_lpips"])
+
+
+def test_volume_checks_and_shared_segmentation_settings():
+    """Intensities beyond [0, 1] are refused (1.5 is not normalised); an array paired with a VolumeFeatures gets its
+    segmentation settings."""
+    vol = np.zeros((2, 8, 8), np.float32)
+    with pytest.raises(DataError, match="expected normalised values"):
+        VolumeFeatures(vol + 1.5)
+    spec = SegmentationSettings("spec")
+    for g, p in as_pair(vol, VolumeFeatures(vol, segmentation=spec)), as_pair(VolumeFeatures(vol, segmentation=spec),
+                                                                                vol):
+        assert g.segmentation_settings == p.segmentation_settings == spec
+        assert (g.name, p.name) in {("ground truth", "<array>"), ("<array>", "prediction")}
+
+
+def test_reference_segmentation_with_a_two_pixel_median():
+    """A 2×2 median window is applied (not skipped): the 10×10 square's mask is the 2×2 median of the slice."""
+    vol = np.zeros((1, 20, 20))
+    vol[0, 5:15, 5:15] = 1.0
+    np.testing.assert_array_equal(segment_volume_reference(vol, median_size=2).mask[0],
+                                  ndi.median_filter(vol[0], size=2) > 0)
+    assert segment_volume_reference(vol, median_size=1).mask.sum() == 100
