@@ -169,9 +169,9 @@ def run_module(module: str, max_children: int, mode: str = "fresh") -> Score:
     """Run mutmut on one module in its scratch folder; returns its counts.
 
     ``mode``: ``fresh`` (a new folder, every mutant), ``resume`` (keep the folder's verdicts: finish the mutants an
-    interrupted run left undecided, then test the survivors and the unreached mutants again with the current
-    tests; valid while tests are only added, since a killed mutant stays killed), or ``score`` (judge the last run
-    again, e.g. after editing the justified list)."""
+    interrupted run left undecided, then test the unreached mutants and the survivors not in the justified list
+    again with the current tests; valid while tests are only added, since a killed mutant stays killed), or
+    ``score`` (judge the last run again, e.g. after editing the justified list)."""
     folder = SCRATCH / module if mode == "score" else prepare(module, fresh=mode == "fresh")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut puts ./mutants first itself
     env.setdefault("OMP_NUM_THREADS", "1")
@@ -179,7 +179,9 @@ def run_module(module: str, max_children: int, mode: str = "fresh") -> Score:
     tic = time.perf_counter()
     runs = [[]] if mode == "fresh" else []
     if mode == "resume":
-        again = sorted(n for n, st in mutant_statuses(folder, env).items() if st in ("survived", "no tests"))
+        listed = read_justified()  # a justified survivor is not worth a rerun
+        again = sorted(n for n, st in mutant_statuses(folder, env).items()
+                       if (st == "survived" and n not in listed) or st == "no tests")
         runs = [[], again] if again else [[]]
     with open(SCRATCH / f"{module}.log", "a" if mode == "resume" else "w", encoding="utf-8") as log:
         for names in runs:  # mutmut's progress lines, kept apart
