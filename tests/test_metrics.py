@@ -1020,3 +1020,21 @@ def test_reference_segmentation_with_a_two_pixel_median():
     np.testing.assert_array_equal(segment_volume_reference(vol, median_size=2).mask[0],
                                   ndi.median_filter(vol[0], size=2) > 0)
     assert segment_volume_reference(vol, median_size=1).mask.sum() == 100
+
+
+def test_bootstrap_interval_by_its_documented_procedure():
+    """Patch indices drawn with replacement from default_rng(seed), the (1 ± confidence)/2 quantiles of the
+    resampled statistic: recomputed here for a 50 % interval. Two patches are enough; an outlier in patch 0 is
+    drawn too; a statistic that is never defined gives NaN bounds without a warning."""
+    a, b = np.array([4.0, 0.0, 1.0, 0.0, 2.0]), np.zeros(5)
+    idx = np.random.default_rng(7).integers(0, 5, size=(999, 5))
+    means = (a[idx] - b[idx]).mean(axis=1)
+    expected = tuple(np.quantile(means, [0.25, 0.75]))
+    assert bootstrap_ci(mean_difference, [a, b], 0.5, 999, 7, vectorized=True) == pytest.approx(expected)
+    low, high = bootstrap_ci(mean_difference, [[1.0, 2.0], [0.0, 0.0]], vectorized=True, n_resamples=99)
+    assert 1.0 <= low <= high <= 2.0
+    assert bootstrap_ci(mean_difference, [[9.0, 0.0, 0.0], [0.0] * 3], vectorized=True, n_resamples=99)[1] > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bounds = bootstrap_ci(lambda x: float("nan"), [[1.0, 2.0, 3.0]], n_resamples=20)
+    assert all(math.isnan(v) for v in bounds)
