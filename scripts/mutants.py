@@ -49,7 +49,8 @@ MODULES: dict[str, tuple[list[str], str]] = {
     "uncertainty": (["tests/test_uncertainty_masks.py", "tests/test_uncertainty_scores.py", "tests/test_thresholds.py",
                      "tests/test_uncertainty_eval.py", "tests/test_benchmark_layout.py"],
                     "not end_to_end and not console_script and not missing_std_map"),
-    "io": (["tests/test_readers.py", "tests/test_checkpoint.py", "tests/test_benchmark_layout.py"], ""),
+    "io": (["tests/test_io_layout.py", "tests/test_readers.py", "tests/test_checkpoint.py",
+            "tests/test_benchmark_layout.py"], ""),
     "prediction": (["tests/test_predict_scale.py", "tests/test_equivalence.py", "tests/test_formats.py"],
                    "not two_processes"),
 }
