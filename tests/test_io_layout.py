@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 import tifffile
 
 from dm4isl.errors import DataError
+from dm4isl.io import provenance
 from dm4isl.io.atomic import read_channel_names, read_tiff_info, write_csv, write_text, write_tiff
 from dm4isl.io.layout import (
     benchmark_organelle,
@@ -86,3 +88,24 @@ def test_plain_tiffs_csv_text_and_fingerprints(tmp_path: Path) -> None:
     data = bytes(range(256)) * 5000  # more than one read block
     (tmp_path / "blob").write_bytes(data)
     assert file_fingerprint(tmp_path / "blob") == hashlib.sha256(data).hexdigest()[:16]
+
+
+def test_git_revision_of_a_checkout_and_of_a_plain_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 12-digit commit of a checkout (as ``git rev-parse`` gives it), ``-dirty`` once a tracked file changes,
+    ``unknown`` outside a checkout; the recorded revision falls back to the package version."""
+    assert provenance.git_revision(tmp_path) == "unknown"
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.org", "-c", "commit.gpgsign=false"]
+    (repo / "f.txt").write_text("a\n", encoding="utf-8")
+    for args in (["init", "-q"], ["add", "f.txt"], ["commit", "-q", "-m", "one"]):
+        subprocess.run([*git, *args], cwd=repo, check=True, capture_output=True)
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=repo, check=True, capture_output=True,
+                          text=True).stdout.strip()
+    assert provenance.git_revision(repo) == head and len(head) == 12
+    (repo / "f.txt").write_text("b\n", encoding="utf-8")
+    assert provenance.git_revision(repo) == f"{head}-dirty"
+    monkeypatch.setattr(provenance, "git_revision", lambda path=None: "unknown")
+    assert provenance.source_revision("1.2") == "dm4isl 1.2"
+    monkeypatch.setattr(provenance, "git_revision", lambda path=None: "abc")
+    assert provenance.source_revision("1.2") == "abc"
