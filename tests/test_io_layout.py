@@ -61,9 +61,14 @@ def test_products_written_with_voxel_size_names_and_metadata_and_stale_ones_remo
             np.testing.assert_array_equal(tif.asarray(), images[product])
             pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
         assert (pixels["PhysicalSizeZ"], pixels["PhysicalSizeY"], pixels["PhysicalSizeX"]) == (0.5, 0.29, 0.27)
+        assert [pixels[f"PhysicalSize{a}Unit"] for a in "ZYX"] == ["µm"] * 3
         assert read_tiff_info(path) == ((0.5, 0.29, 0.27), {"seed": 7, "product": product})
         assert read_channel_names(path) == [channel_name(product, "dna")]
     assert remove_stale_products(tmp_path, "p1", set(images)) == []
+    # without a product key the metadata are stored as given; values JSON cannot hold are stored as text
+    plain = write_products(tmp_path / "plain", "p1", {"DDPMavg": images["DDPMavg"]}, None, {"ckpt": Path("m.ckpt")},
+                           None)
+    assert read_tiff_info(plain[0]) == (None, {"ckpt": "m.ckpt"})
     removed = remove_stale_products(tmp_path, "p1", {"DDPMavg"})
     assert removed == [product_file(tmp_path, "DDPM_seeds/seed1", "p1")] and not removed[0].exists()
 
@@ -79,7 +84,8 @@ def test_plain_tiffs_csv_text_and_fingerprints(tmp_path: Path) -> None:
     rows = [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}]
     with open(write_csv(tmp_path / "t.csv", rows), encoding="utf-8", newline="") as f:
         assert list(csv.DictReader(f)) == [{"a": "1", "b": "x"}, {"a": "2", "b": "y"}]
-    assert (tmp_path / "t.csv").read_text(encoding="utf-8") == "a,b\n1,x\n2,y\n"
+    assert (tmp_path / "t.csv").read_bytes() == b"a,b\n1,x\n2,y\n"  # Unix line ends
+    assert write_csv(tmp_path / "one.csv", rows[:1]).read_bytes() == b"a,b\n1,x\n"
     assert write_csv(tmp_path / "c.csv", rows, ["b", "a"]).read_text(encoding="utf-8") == "b,a\nx,1\ny,2\n"
     assert write_csv(tmp_path / "e.csv", []).read_text(encoding="utf-8") == "\n"
     text = write_text(tmp_path / "sub" / "n.txt", "µm ✓\n")
