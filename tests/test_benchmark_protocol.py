@@ -4,6 +4,7 @@ hand-made slices, and the protocol switch of dm4isl-evaluate."""
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from dm4isl.metrics.segmentation import (
     segment_slice,
     segment_volume,
 )
-from dm4isl.metrics.slices import compare_slices, contour
+from dm4isl.metrics.slices import compare_slices, contour, contour_hausdorff, neighbour_gap
 
 PIXEL_UM = 0.29
 METHODS = ["Unet", "GAN", "DDPM", "DDPMavg"]
@@ -240,3 +241,34 @@ def test_a_chosen_metric_set_is_named_beside_the_protocol(tmp_path: Path):
     evaluate_folder(tmp_path / "in", tmp_path / "out", metrics="fast", n_resamples=9, progress=False)
     md = (tmp_path / "out" / "metrics_summary.md").read_text(encoding="utf-8")
     assert "Protocol benchmark: " in md and "Metrics chosen instead of the protocol's set: pcc, mse, ms_ssim." in md
+
+
+def test_contour_distance_and_neighbour_gap_by_hand():
+    """A 5×5 square and the same square shifted by 2 pixels along X: contour Hausdorff distance 2 px. Two
+    instances on one row, pixels 0–1 and 5–6: the least pixel distance is 4 (pixel 1 to pixel 5), so the gap is
+    3 px (touching instances have gap 0). An empty mask has no contour and a lone instance no neighbour: NaN."""
+    a = np.zeros((12, 12), bool)
+    a[3:8, 2:7] = True
+    b = np.roll(a, 2, axis=1)
+    assert contour_hausdorff(a, b, 0.5) == pytest.approx(2 * 0.5)
+    assert math.isnan(contour_hausdorff(a, np.zeros_like(a), 0.5))
+    assert math.isnan(contour_hausdorff(np.zeros_like(a), a, 0.5))
+    labels = np.zeros((3, 9), int)
+    labels[1, 0:2] = 1
+    labels[1, 5:7] = 2
+    assert neighbour_gap(labels, 1, 0.5) == pytest.approx(3 * 0.5)
+    touching = labels.copy()
+    touching[1, 2:5] = 2
+    assert neighbour_gap(touching, 1, 0.5) == 0.0
+    assert math.isnan(neighbour_gap(np.where(labels == 1, 1, 0), 1, 0.5))
+
+
+def test_constant_or_speck_only_slices_have_no_instances():
+    """A constant slice has no foreground; a 3×3 speck (9 px < 1 % of a 64×64 slice) is dropped: both give an
+    empty boolean mask and int32 labels of the slice's shape."""
+    speck = np.zeros((64, 64))
+    speck[30:33, 30:33] = 1.0
+    for image in (np.full((64, 64), 0.5), np.zeros((64, 64)), speck):
+        mask, labels = segment_slice(image, BENCHMARK_SLICES)
+        assert mask.dtype == bool and not mask.any() and mask.shape == (64, 64)
+        assert labels.dtype == np.int32 and labels.shape == (64, 64) and not labels.any()

@@ -7,6 +7,7 @@ import warnings
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 from scipy import ndimage as ndi
 from scipy.spatial.distance import jensenshannon
@@ -20,13 +21,36 @@ from dm4isl.errors import DataError
 from dm4isl.evaluation.inputs import load_inputs
 from dm4isl.evaluation.pipeline import compute_results
 from dm4isl.metrics import descriptors
-from dm4isl.metrics.instances import area_error, centroid_distance, hausdorff, instance_f1, nn_distance_error
+from dm4isl.metrics.basic import ms_ssim_batch, ms_ssim_min_size
+from dm4isl.metrics.instances import (
+    area_error,
+    centroid_distance,
+    hausdorff,
+    instance_f1,
+    nn_distance_error,
+    pair_hausdorff,
+)
 from dm4isl.metrics.intensity import jsd, jsd_histogram, mi, mi_fixed_range, psnr
 from dm4isl.metrics.objects import link_objects, volume_error
 from dm4isl.metrics.overlap import dice, hausdorff_3d, iou, precision, recall, volume_error_relative
 from dm4isl.metrics.probabilistic import crps, crps_map, spread_skill
-from dm4isl.metrics.registry import METRIC_SETS, METRICS, PAPER, patch_metrics, resolve_metric_names
-from dm4isl.metrics.segmentation import SegmentationSettings, segment, segment_volume_reference
+from dm4isl.metrics.registry import (
+    METRIC_SETS,
+    METRICS,
+    PAPER,
+    dataset_metrics,
+    patch_metrics,
+    resolve_metric_names,
+)
+from dm4isl.metrics.segmentation import (
+    SegmentationSettings,
+    _seed_components,
+    match_instances,
+    otsu_threshold_8bit,
+    segment,
+    segment_volume_reference,
+    to_uint8,
+)
 from dm4isl.metrics.table import (
     IMPROVEMENT,
     MethodValues,
@@ -37,9 +61,14 @@ from dm4isl.metrics.table import (
     paired_wilcoxon,
     summarize,
 )
-from dm4isl.metrics.texture import correlation_across_patches, glcm_correlation, glcm_feature, hog_distance
+from dm4isl.metrics.texture import (
+    correlation_across_patches,
+    glcm_correlation,
+    glcm_feature,
+    hog_distance,
+)
 from dm4isl.metrics.texture import perceptual_distance as perceptual
-from dm4isl.metrics.volume import VolumeFeatures
+from dm4isl.metrics.volume import VolumeFeatures, as_pair
 
 PIXEL_UM = 0.29
 SHAPE = (16, 64, 64)
@@ -576,3 +605,436 @@ def test_metrics_callback_logs_and_clears():
                                   "val/ddpmavg_pcc_pooled", "val/ddpmavg_mse_pooled"}
     assert module.val_outputs == {}
     assert compute_stage_metrics({"x": (gts, gts)}, ["glcm_correlation"])["x_glcm_correlation"] == pytest.approx(1)
+
+
+def test_crps_of_8_bit_volumes_and_malformed_ensembles():
+    """uint8 volumes are scored as numbers, not modulo 256: members (100, 200) for y = 250 give
+    mean|x − y| − |x₁ − x₂| / 2 = (150 + 50) / 2 − 50 = 50; one member 100 for y = 200 gives |100 − 200| = 100."""
+    gt = np.full((1, 1, 1), 250, np.uint8)
+    members = np.array([100, 200], np.uint8).reshape(2, 1, 1, 1)
+    assert crps(gt, members) == pytest.approx(50.0)
+    assert crps(np.full((1, 1, 1), 200, np.uint8), members[:1]) == pytest.approx(100.0)
+    assert crps(np.full((1, 1, 1), 0.5), np.full((1, 1, 1, 1), 0.75)) == pytest.approx(0.25)  # |0.75 − 0.5|
+    with pytest.raises(ValueError, match="do not fit"):  # right rank, wrong shape
+        crps(np.zeros((1, 1, 2)), np.zeros((2, 1, 1, 3)))
+    with pytest.raises(ValueError, match="at least one member"):
+        crps(np.zeros((1, 1, 2)), np.zeros((0, 1, 1, 2)))
+
+
+def _spread_case(d, e, centre=0.5):
+    """Two members centre ± d per voxel (variance 2d², std d·√2, mean ``centre``), truth centre − e."""
+    d, e = np.asarray(d, float), np.asarray(e, float)
+    members = np.stack([centre - d, centre + d]).reshape(2, 1, 1, -1)
+    return (centre - e).reshape(1, 1, -1), members
+
+
+def test_spread_skill_by_hand():
+    """Five voxels of spreads (0, 1, 2, 3, 4)·√2: four equally populated bins have the spreads themselves as
+    edges, so the voxels fall in bins {0}, {1}, {2}, {3, 4} (the largest joins the last bin). Per bin the
+    predicted error is √(mean variance · 3/2) and the observed one the RMSE of the ensemble mean."""
+    d = np.arange(5.0)
+    e = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    gt, members = _spread_case(d, e)
+    curve = spread_skill([gt], [members], n_bins=4)
+    np.testing.assert_allclose(curve.edges, d * np.sqrt(2))
+    np.testing.assert_array_equal(curve.count, [1, 1, 1, 2])
+    var = 2 * d**2
+    np.testing.assert_allclose(curve.spread, np.sqrt(np.array([var[0], var[1], var[2], (var[3] + var[4]) / 2]) * 1.5))
+    np.testing.assert_allclose(curve.rmse, np.sqrt([0.01, 0.04, 0.09, (0.16 + 0.25) / 2]))
+    assert curve.n_members == 2
+    assert curve.ratio == pytest.approx(np.sqrt(np.mean(e**2) / (np.mean(var) * 1.5)))
+    # two voxels, four bins: the two middle bins stay empty and are left out
+    gt, members = _spread_case([0.0, 4.0], [0.1, 0.2])
+    two = spread_skill([gt], [members], n_bins=4)
+    np.testing.assert_array_equal(two.count, [1, 1])
+    np.testing.assert_allclose(two.rmse, [0.1, 0.2])
+    # every voxel equally spread: one bin
+    gt, members = _spread_case([1.0, 1.0, 1.0], [0.1, 0.1, 0.1])
+    flat = spread_skill([gt], [members], n_bins=4)
+    np.testing.assert_array_equal(flat.count, [3])
+    np.testing.assert_allclose(flat.spread, [np.sqrt(2 * 1.5)])
+    with pytest.raises(ValueError, match="one ensemble per ground truth"):
+        spread_skill([gt, gt], [members])
+    with pytest.raises(ValueError, match="one ensemble per ground truth"):
+        spread_skill([], [])
+
+
+def test_summary_rows_of_a_dataset_metric_a_descriptor_and_undefined_patches():
+    """A dataset-level metric gets its dataset row only; a metric without a direction (the GLCM descriptor) gets
+    mean and std and no comparison, and the metrics after it are still summarised; NaN patches are left out of
+    mean and std, counted in ``n_defined``, and a method with no defined patch gets NaN without a warning."""
+    per = {
+        "A": {"glcm_feature": np.array([0.1, 0.2, 0.3]), "mse": np.array([0.01, np.nan, 0.03])},
+        "B": {"glcm_feature": np.array([0.25, 0.25, 0.25]), "mse": np.array([np.nan, np.nan, 0.05])},
+        "C": {"glcm_feature": np.array([0.5, 0.5, 0.5]), "mse": np.array([np.nan, np.nan, np.nan])},
+    }
+    corr = {"A": 0.9, "B": 0.4, "C": 0.1}
+    results = {m: MethodValues(per[m], {"glcm_correlation": corr[m], "mse_pooled": 0.0}) for m in per}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = summarize(results, ["glcm_correlation", "glcm_feature", "mse"], [], n_resamples=9)
+    keyed = {(r.metric, r.statistic): r.values for r in rows}
+    assert [(r.metric, r.statistic) for r in rows] == [
+        ("glcm_correlation", "dataset"), ("glcm_feature", "mean"), ("glcm_feature", "std"),
+        ("mse", "mean"), ("mse", "std"), ("mse", "pooled"), ("mse", "n_defined")]
+    assert keyed[("glcm_correlation", "dataset")] == corr
+    assert keyed[("glcm_feature", "mean")]["A"] == pytest.approx(0.2)
+    assert keyed[("glcm_feature", "std")]["A"] == pytest.approx(0.1)  # sample std (ddof 1) of 0.1, 0.2, 0.3
+    assert keyed[("glcm_feature", "std")]["B"] == 0.0
+    assert keyed[("mse", "mean")]["A"] == pytest.approx(0.02) and keyed[("mse", "mean")]["B"] == pytest.approx(0.05)
+    assert keyed[("mse", "std")]["A"] == pytest.approx(0.01 * np.sqrt(2))  # two values 0.02 apart
+    assert math.isnan(keyed[("mse", "std")]["B"])  # one defined value: no sample std
+    assert math.isnan(keyed[("mse", "mean")]["C"]) and math.isnan(keyed[("mse", "std")]["C"])
+    assert keyed[("mse", "n_defined")] == {"A": 2.0, "B": 1.0, "C": 0.0}
+
+
+def test_dataset_values_of_the_paper_set_and_unpaired_inputs():
+    """By default the paper's set: pooled PCC and MSE over all voxels of all patches (NumPy on the concatenated
+    voxels) and the dataset-level GLCM correlation; unequal numbers of ground truths and predictions raise."""
+    rng = np.random.default_rng(5)
+    gts = [rng.random((4, 16, 16)) for _ in range(3)]
+    preds = [np.clip(g + rng.normal(0, 0.1, g.shape), 0, 1) for g in gts]  # normalised intensities
+    values = dataset_metrics(gts, preds)
+    assert set(values) == {"pcc_pooled", "mse_pooled", "glcm_correlation"}
+    g, p = np.concatenate([x.ravel() for x in gts]), np.concatenate([x.ravel() for x in preds])
+    assert values["mse_pooled"] == pytest.approx(np.mean((g - p) ** 2))
+    assert values["pcc_pooled"] == pytest.approx(np.corrcoef(g, p)[0, 1])
+    assert -1.0 <= values["glcm_correlation"] <= 1.0
+    with pytest.raises(ValueError):
+        dataset_metrics(gts, preds[:2])
+    assert SegmentationSettings.for_organelle("reference", "mitochondria").median_size == 3
+    assert SegmentationSettings.for_organelle("reference", "dna").median_size == 5
+
+
+def test_summary_of_a_dataset_level_score_against_a_baseline():
+    """GLCM correlation across 6 patches: the method's features equal the truth's (r = 1), the baseline's are the
+    squares of the truth's (r from np.corrcoef). The improvement is 100 · (1 / r − 1); there is no Wilcoxon test;
+    the bootstrap interval of r_method − r_baseline holds the observed 1 − r within [0, 2]. Without the truth's
+    per-patch features the comparison cannot be made."""
+    gt = np.array([0.1, 0.4, 0.2, 0.9, 0.5, 0.7])
+    base = gt**2
+    r = float(np.corrcoef(gt, base)[0, 1])
+    results = {"M": MethodValues({"glcm_feature": gt.copy()}, {"glcm_correlation": 1.0}),
+               "B": MethodValues({"glcm_feature": base}, {"glcm_correlation": r})}
+    rows = {(x.metric, x.statistic): x for x in summarize(results, ["glcm_correlation"], ["B"],
+                                                          {"glcm_correlation": gt}, n_resamples=199)}
+    assert rows[("glcm_correlation", IMPROVEMENT)].values["M"] == pytest.approx(100 * (1 / r - 1))
+    assert rows[("glcm_correlation", IMPROVEMENT)].reference == "B"
+    assert all(math.isnan(v) for v in rows[("glcm_correlation", "wilcoxon_p")].values.values())
+    low, high = rows[("glcm_correlation", "ci95_low")].values["M"], rows[("glcm_correlation", "ci95_high")].values["M"]
+    assert 0.0 <= low <= 1 - r <= high <= 2.0 and low < high
+    assert math.isnan(rows[("glcm_correlation", "ci95_low")].values["B"])  # the reference itself
+    for companions in (None, {"other": gt}):
+        with pytest.raises(ValueError, match="per-patch glcm_feature values are needed"):
+            summarize(results, ["glcm_correlation"], ["B"], companions, n_resamples=9)
+    assert math.isnan(improvement_pct(0.5, float("inf"), True))  # an infinite baseline gives no ratio
+    assert improvement_pct(0.0, 0.5, True) == pytest.approx(-100.0)  # zero is a valid (worst) value
+
+
+def test_summary_statistics_name_their_baseline_and_follow_the_seed():
+    """Every comparison row names the baseline it was computed against; the bootstrap interval is the same for the
+    same seed and moves with another seed. Wilcoxon by hand: 2 pairs with positive differences give the smallest
+    two-sided p-value, 2 / 2² = 0.5; identical values give 1 without running the test (and without a warning)."""
+    rng = np.random.default_rng(1)
+    per = {m: {"mse": rng.random(8) * s} for m, s in (("M", 0.5), ("U", 1.0), ("G", 2.0))}
+    results = {m: MethodValues(per[m], {"mse_pooled": 0.0}) for m in per}
+
+    def rows(seed):
+        return {(r.metric, r.statistic): r for r in summarize(results, ["mse"], ["U", "G"], seed=seed,
+                                                              n_resamples=199)}
+
+    first, again, other = rows(0), rows(0), rows(1)
+    for stat in (IMPROVEMENT, "wilcoxon_p", "ci95_low", "ci95_high"):
+        assert first[("mse", stat)].reference == "U"  # the better baseline (lower mean MSE)
+    assert first[("mse", "ci95_low")].values["M"] == again[("mse", "ci95_low")].values["M"]
+    assert first[("mse", "ci95_low")].values["M"] != other[("mse", "ci95_low")].values["M"]
+    assert paired_wilcoxon([1.0, 2.0], [0.0, 0.0]) == pytest.approx(0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no test is run on differences that are all zero
+        assert paired_wilcoxon([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == 1.0
+
+
+def test_instance_distances_follow_the_voxel_size():
+    """The two-squares case with X pixels of 0.25 µm: the second square's centroid moves 2 px = 0.5 µm (mean over
+    the two pairs 0.25 µm) and the centroid gap grows from 30 to 32 px = 0.5 µm."""
+    gt = np.zeros((4, 64, 64), np.float32)
+    gt[:, 20:30, 10:20] = gt[:, 20:30, 40:50] = 1.0
+    pred = np.zeros_like(gt)
+    pred[:, 20:30, 10:20] = pred[:, 20:30, 42:52] = 1.0
+    voxel = (1.0, 0.5, 0.25)
+    assert centroid_distance(gt, pred, voxel) == pytest.approx((0 + 2) / 2 * 0.25)
+    assert nn_distance_error(gt, pred, voxel) == pytest.approx(2 * 0.25)
+
+
+def test_correlation_across_patches_against_scipy_and_its_shapes():
+    """Pearson r along the last axis, row by row for bootstrap resamples, as scipy's pearsonr; a float for one
+    vector; NaN for a constant vector or fewer than 2 patches, shaped like the broadcast leading axes."""
+    rng = np.random.default_rng(2)
+    g, p = rng.random(7), rng.random((3, 7))
+    one = correlation_across_patches(g, p[0])
+    assert isinstance(one, float) and one == pytest.approx(pearsonr(g, p[0])[0])
+    rows = correlation_across_patches(np.stack([g, g + 5.0, 2 * g]), p)  # rows with different means and scales
+    np.testing.assert_allclose(rows, [pearsonr(g, q)[0] for q in p])
+    assert correlation_across_patches(np.arange(5), np.arange(5)) == 1.0  # integer features
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # documented NaN, no 0/0 warning
+        assert math.isnan(correlation_across_patches(np.full(5, 0.3), p[0, :5]))  # constant: undefined, not 0
+    short = correlation_across_patches(np.zeros(1), np.zeros(1))
+    assert isinstance(short, float) and math.isnan(short)
+    assert correlation_across_patches(np.zeros(1), np.zeros((3, 1))).shape == (3,)
+    assert correlation_across_patches(np.zeros((3, 1)), np.zeros(1)).shape == (3,)
+
+
+def test_unseeded_components_are_numbered_on_from_the_largest_marker():
+    """Components 1–3; only component 1 holds a seed (label 2): components 2 and 3 get seeds 3 and 4."""
+    components = np.zeros((3, 9), int)
+    components[1, 0:2], components[1, 3:5], components[1, 6:8] = 1, 2, 3
+    markers = np.zeros((3, 9), np.int32)
+    markers[1, 0] = 2
+    out = _seed_components(markers, components, 3)
+    assert out[1].tolist() == [2, 0, 0, 3, 3, 0, 4, 4, 0]
+
+
+def test_jsd_of_faint_and_empty_volumes():
+    """A volume summing to less than 1 is still a distribution (one voxel of 0.5: JSD 0 against itself, 1 against
+    a disjoint one); a volume summing to 0 is none: NaN on either side, without a 0/0 warning."""
+    faint = np.zeros((1, 8, 8))
+    faint[0, 2, 2] = 0.5
+    other = np.zeros((1, 8, 8))
+    other[0, 5, 5] = 0.5
+    assert jsd(faint, faint) == pytest.approx(0.0, abs=1e-7) and jsd(faint, other) == pytest.approx(1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(jsd(np.zeros_like(faint), faint)) and math.isnan(jsd(faint, np.zeros_like(faint)))
+        assert math.isnan(jsd(np.zeros_like(faint), np.zeros_like(faint)))
+
+
+def test_grey_levels_and_co_occurrence_counts_by_hand():
+    """Quantisation: clip to [0, 1], round to 0..levels−1 (uint8 up to 256 levels, uint16 above). GLCM: each pixel
+    pairs with the one below it; the slice [[0, 255], [255, 0], [0, 0]] gives (0→255) once, (255→0) twice and
+    (0→0) once, and two such slices twice as many."""
+    grey = descriptors.to_grey_levels(np.array([-0.5, 0.5, 1.5]))
+    assert grey.tolist() == [0, 128, 255] and grey.dtype == np.uint8  # rint(127.5) = 128
+    assert descriptors.to_grey_levels(np.array([1.0]), levels=257).tolist() == [256]
+    wide = descriptors.to_grey_levels(np.array([1.0]), levels=1024)
+    assert wide.tolist() == [1023] and wide.dtype == np.uint16
+    slice_ = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 0.0]])
+    counts = descriptors.glcm_counts(np.stack([slice_, slice_]))
+    assert counts.shape == (256, 256, 1, 1)
+    expected = np.zeros((256, 256))
+    expected[0, 255], expected[255, 0], expected[0, 0] = 2, 4, 2
+    np.testing.assert_array_equal(counts[:, :, 0, 0], expected)
+    half = descriptors.glcm_counts(slice_[None] * 0.5)  # grey levels 0 and 128 only: still 256 × 256
+    assert half.shape == (256, 256, 1, 1) and half[128, 0, 0, 0] == 2
+
+
+def test_hog_is_one_vector_per_slice_and_network_features_have_unit_channel_norm():
+    rng = np.random.default_rng(4)
+    vol = rng.random((2, 16, 16))
+    hogs = descriptors.hog_descriptor(vol)
+    assert hogs.shape == (2, hog(vol[0], 9, (8, 8), (2, 2)).size)  # 9 orientations, 8×8 cells, 2×2 blocks
+    np.testing.assert_allclose(hogs[1], hog(vol[1], orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2)))
+    feats = descriptors.network_features(rng.random((2, 4, 16, 16)))  # two volumes at once
+    for f in feats:
+        norms = f.pow(2).sum(dim=1).sqrt()
+        assert norms.shape == (2, *f.shape[2:])
+        assert torch.all(((norms - 1).abs() < 1e-4) | (norms == 0))
+
+
+def test_random_feature_distance_by_its_definition():
+    """Per stage of the fixed network: ReLU features unit-normalised over channels at every voxel, squared L2
+    difference summed over channels, averaged over voxels; then the mean over the three stages."""
+    rng = np.random.default_rng(6)
+    gt, pred = rng.random((4, 16, 16)), rng.random((4, 16, 16))
+
+    def stages(v):
+        x = torch.as_tensor(v[None, None].astype(np.float32))
+        out = []
+        for layer in descriptors.feature_network():
+            x = layer(x)
+            if isinstance(layer, torch.nn.ReLU):
+                out.append(x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + 1e-10))
+        return out
+
+    per_stage = [float((a - b).pow(2).sum(dim=1).mean()) for a, b in zip(stages(gt), stages(pred), strict=True)]
+    assert perceptual(gt, pred) == pytest.approx(np.mean(per_stage), rel=1e-5)
+    # by default the paper's patch-level metrics, with the per-patch companion of its GLCM correlation
+    assert set(patch_metrics(gt, pred)) == {n for n in PAPER if METRICS[n].level == "patch"} | {"glcm_feature"}
+
+
+def test_empty_masks_in_precision_hausdorff_and_relative_volume_error():
+    """The documented values for empty masks: precision 1 when both are empty and 0 when only the prediction is,
+    0.5 when half the predicted voxels are right; Hausdorff 0 for two empty masks and NaN for one; relative
+    volume error 0 for two empty masks and NaN when only the ground truth is empty."""
+    empty = np.zeros((16, 32, 32), np.float32)
+    square = empty.copy()
+    square[4:12, 8:24, 8:16] = 1.0
+    wide = empty.copy()
+    wide[4:12, 8:24, 8:24] = 1.0  # the square and as much again beside it
+    assert precision(empty, empty) == 1.0 and precision(square, empty) == 0.0
+    assert precision(square, wide) == pytest.approx(segment(square).mask.sum() / segment(wide).mask.sum())
+    assert hausdorff_3d(empty, empty) == 0.0
+    assert math.isnan(hausdorff_3d(square, empty)) and math.isnan(hausdorff_3d(empty, square))
+    assert volume_error_relative(empty, empty) == 0.0 and math.isnan(volume_error_relative(empty, square))
+
+
+def test_instance_pair_distances_against_skimage_and_three_neighbours():
+    """Pair Hausdorff distance of two squares offset along Y and X, as skimage computes it; nearest-neighbour
+    errors of three squares whose gaps differ (20, 20 and 30 px in the truth, the third moved 2 px further in the
+    prediction): |Δ| = 0, 0, 2 px for the three pairs, mean 2/3 px; a slice whose prediction has a single
+    instance has no neighbour there and adds nothing."""
+    a = np.zeros((24, 24), bool)
+    b = np.zeros((24, 24), bool)
+    a[2:8, 3:9] = True
+    b[5:13, 4:9] = True
+    assert pair_hausdorff(a, b, (1.0, 1.0)) == pytest.approx(hausdorff_distance(a, b))
+    assert pair_hausdorff(a, b, (0.5, 0.25)) == pytest.approx(max(  # 5 rows of 0.5 µm, 0 columns
+        ndi.distance_transform_edt(~a, sampling=(0.5, 0.25))[b].max(),
+        ndi.distance_transform_edt(~b, sampling=(0.5, 0.25))[a].max()))
+    gt = np.zeros((2, 64, 96), np.float32)
+    gt[:, 20:30, 5:15] = gt[:, 20:30, 25:35] = gt[:, 20:30, 55:65] = 1.0  # centroids at x = 10, 30, 60
+    pred = np.zeros_like(gt)
+    pred[:, 20:30, 5:15] = pred[:, 20:30, 25:35] = pred[:, 20:30, 57:67] = 1.0  # third at x = 62
+    pred[1] = 0.0
+    pred[1, 20:30, 5:15] = 1.0  # slice 1: one instance left
+    assert nn_distance_error(gt, pred) == pytest.approx(2 / 3 * PIXEL_UM)
+
+
+def test_ms_ssim_sizes_and_undefined_patches():
+    """MONAI's size rule for kernel 4 (docstring): 4 px for 1 or 2 scales, 16 for 3, 36 for 4, 64 for 5; a stack of
+    patches below it gives one NaN per patch; stacks of different shapes are refused."""
+    assert [ms_ssim_min_size(n) for n in range(1, 6)] == [4, 4, 16, 36, 64]
+    with pytest.raises(ValueError, match="expected 1 to 5"):
+        ms_ssim_min_size(0)
+    small = np.zeros((2, 4, 32, 32), np.float32)
+    out = ms_ssim_batch(small, small)
+    assert out.shape == (2,) and np.isnan(out).all()
+    with pytest.raises(ValueError, match="equal shape"):
+        ms_ssim_batch(small, small[:, :, :, :31])
+
+
+def test_one_pixel_instances_match():
+    one = np.zeros((5, 5), int)
+    one[2, 2] = 1
+    assert match_instances(one, one).pairs == [(1, 1)]
+
+
+def test_single_scale_ms_ssim_is_monai_ssim():
+    """With one scale the weights normalise to (1,) and MS-SSIM is the SSIM of MONAI's SSIMMetric (Gaussian window
+    of 4 px, data range 1, Z slices as channels)."""
+    from monai.metrics import SSIMMetric
+
+    rng = np.random.default_rng(0)
+    g = rng.random((2, 3, 16, 16)).astype(np.float32)
+    p = np.clip(g + rng.normal(0, 0.1, g.shape), 0, 1).astype(np.float32)
+    ssim_ = SSIMMetric(spatial_dims=2, data_range=1.0, win_size=4)(torch.as_tensor(p), torch.as_tensor(g))
+    np.testing.assert_allclose(ms_ssim_batch(g, p, n_scales=1), ssim_.numpy().ravel(), rtol=1e-5)
+
+
+def test_empty_masks_in_iou_dice_recall_and_volume_error():
+    empty = np.zeros((16, 32, 32), np.float32)
+    square = empty.copy()
+    square[4:12, 8:24, 8:16] = 1.0
+    assert iou(empty, empty) == 1.0 and dice(empty, empty) == 1.0  # both empty agree perfectly
+    assert recall(empty, empty) == 1.0 and recall(empty, square) == 0.0 and recall(square, empty) == 0.0
+    assert volume_error(empty, empty) == 0.0
+    assert math.isnan(volume_error(square, empty)) and math.isnan(volume_error(empty, square))
+
+
+def test_object_linking_by_hand():
+    """8-connected components per slice (two 6×6 squares touching at a corner are one object); a component joins
+    the object below it when they share even one pixel."""
+    mask = np.zeros((2, 16, 16), bool)
+    mask[0, 0:6, 0:6] = mask[0, 6:12, 6:12] = True  # corner to corner: one 8-connected component
+    assert link_objects(mask[:1]).max() == 1
+    mask[1, 11:16, 11:16] = True  # 25 px: below the 36-px size rule, dropped
+    mask[1, 0:6, 10:16] = True  # 36 px, touching nothing below: a new object
+    labels = link_objects(mask)
+    assert labels.max() == 2 and not labels[1, 11:16, 11:16].any() and (labels[1, 0:6, 10:16] == 2).all()
+    one = np.zeros((2, 16, 16), bool)
+    one[0, 0:6, 0:6] = True
+    one[1, 5:11, 5:11] = True  # shares the single pixel (5, 5) with the square below
+    assert link_objects(one).max() == 1
+
+
+def test_8_bit_conversion_and_otsu_against_a_brute_force_search():
+    """to_uint8 clips to [0, 1] and truncates; Otsu's level maximises the between-class variance of {≤ t} and
+    {> t} (the first on ties, 0 for a constant image), checked against a search over all 256 levels."""
+    assert to_uint8(np.array([-0.5, 0.5, 1.5])).tolist() == [0, 127, 255]
+
+    def brute(values):
+        hist = np.bincount(values.ravel(), minlength=256) / values.size
+        levels = np.arange(256)
+        best, best_t = 0.0, 0
+        for t in range(256):
+            w0 = hist[: t + 1].sum()
+            if w0 == 0 or w0 >= 1:
+                continue
+            m0 = (levels[: t + 1] * hist[: t + 1]).sum() / w0
+            m1 = (levels[t + 1 :] * hist[t + 1 :]).sum() / (1 - w0)
+            var = w0 * (1 - w0) * (m0 - m1) ** 2
+            if var > best * (1 + 1e-12):
+                best, best_t = var, t
+        return best_t
+
+    rng = np.random.default_rng(8)
+    for values in (rng.integers(0, 256, 500), np.concatenate([rng.integers(10, 60, 300), rng.integers(150, 230, 80)]),
+                   np.array([254, 255, 255, 254, 255]), np.array([0, 255] * 4)):
+        values = values.astype(np.uint8)
+        assert otsu_threshold_8bit(values) == brute(values), values[:8]
+    assert otsu_threshold_8bit(np.array([0, 255] * 4, np.uint8)) == 0  # every t in 0..254 ties: the first
+    assert otsu_threshold_8bit(np.array([254, 255, 255], np.uint8)) == 254
+    assert otsu_threshold_8bit(np.full(9, 77, np.uint8)) == 0
+
+
+def test_metric_names_with_and_without_a_classifier():
+    """cls_lpips joins after perceptual_distance when that is listed, else at the end; asking for it without a
+    classifier is refused; a single name is a list of one; a set name expands."""
+    assert resolve_metric_names("pcc") == ["pcc"]
+    assert resolve_metric_names(["pcc", "perceptual_distance", "mse"], with_classifier=True) == [
+        "pcc", "perceptual_distance", "cls_lpips", "mse"]
+    assert resolve_metric_names(["pcc", "mse"], with_classifier=True) == ["pcc", "mse", "cls_lpips"]
+    assert resolve_metric_names(["cls_lpips", "pcc"], with_classifier=True) == ["cls_lpips", "pcc"]
+    assert resolve_metric_names("paper", with_classifier=True).count("cls_lpips") == 1
+    with pytest.raises(ValueError, match="need an organelle classifier"):
+        resolve_metric_names(["pcc", "cls_lpips"])
+
+
+def test_volume_checks_and_shared_segmentation_settings():
+    """Intensities beyond [0, 1] are refused (1.5 is not normalised); an array paired with a VolumeFeatures gets its
+    segmentation settings."""
+    vol = np.zeros((2, 8, 8), np.float32)
+    with pytest.raises(DataError, match="expected normalised values"):
+        VolumeFeatures(vol + 1.5)
+    spec = SegmentationSettings("spec")
+    for g, p in as_pair(vol, VolumeFeatures(vol, segmentation=spec)), as_pair(VolumeFeatures(vol, segmentation=spec),
+                                                                                vol):
+        assert g.segmentation_settings == p.segmentation_settings == spec
+        assert (g.name, p.name) in {("ground truth", "<array>"), ("<array>", "prediction")}
+
+
+def test_reference_segmentation_with_a_two_pixel_median():
+    """A 2×2 median window is applied (not skipped): the 10×10 square's mask is the 2×2 median of the slice."""
+    vol = np.zeros((1, 20, 20))
+    vol[0, 5:15, 5:15] = 1.0
+    np.testing.assert_array_equal(segment_volume_reference(vol, median_size=2).mask[0],
+                                  ndi.median_filter(vol[0], size=2) > 0)
+    assert segment_volume_reference(vol, median_size=1).mask.sum() == 100
+
+
+def test_bootstrap_interval_by_its_documented_procedure():
+    """Patch indices drawn with replacement from default_rng(seed), the (1 ± confidence)/2 quantiles of the
+    resampled statistic: recomputed here for a 50 % interval. Two patches are enough; an outlier in patch 0 is
+    drawn too; a statistic that is never defined gives NaN bounds without a warning."""
+    a, b = np.array([4.0, 0.0, 1.0, 0.0, 2.0]), np.zeros(5)
+    idx = np.random.default_rng(7).integers(0, 5, size=(999, 5))
+    means = (a[idx] - b[idx]).mean(axis=1)
+    expected = tuple(np.quantile(means, [0.25, 0.75]))
+    assert bootstrap_ci(mean_difference, [a, b], 0.5, 999, 7, vectorized=True) == pytest.approx(expected)
+    low, high = bootstrap_ci(mean_difference, [[1.0, 2.0], [0.0, 0.0]], vectorized=True, n_resamples=99)
+    assert 1.0 <= low <= high <= 2.0
+    assert bootstrap_ci(mean_difference, [[9.0, 0.0, 0.0], [0.0] * 3], vectorized=True, n_resamples=99)[1] > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        bounds = bootstrap_ci(lambda x: float("nan"), [[1.0, 2.0, 3.0]], n_resamples=20)
+    assert all(math.isnan(v) for v in bounds)

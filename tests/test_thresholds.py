@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dm4isl.errors import DataError
@@ -80,3 +82,41 @@ def test_calibration_file_roundtrip_replaces_same_setting(tmp_path: Path) -> Non
     path.write_text("{not json", encoding="utf-8")
     with pytest.raises(DataError, match="unreadable threshold calibration"):
         read_calibration(path)
+
+
+def test_setting_without_clip_or_mean_correction_and_its_description() -> None:
+    sampler = {"method": "ddim", "num_steps": 20, "eta": 0.0, "window": [0, 1000], "clip_x0": None}
+    setting = sampling_setting(sampler, (0, 1))
+    assert setting["clip_x0"] is None and setting["mean_correction"] is False
+    assert describe(setting) == ("ddim-20 eta 0, window [0, 1000), targets [0, 1], no x̂0 clip, "
+                                 "mean correction off")
+
+
+def test_setting_comparison_tolerates_rounding_only() -> None:
+    paper = sampling_setting(PAPER_SAMPLER, (0.0, 1.0))
+    ddim = sampling_setting(DDIM_SAMPLER, (-1.0, 1.0))
+    assert same_setting({**ddim, "eta": 1.0 + 1e-7}, ddim)  # within the relative tolerance 1e-6
+    assert not same_setting({**ddim, "eta": 1.0 + 1e-5}, ddim)
+    assert same_setting({**ddim, "eta": 1e-13}, {**ddim, "eta": 0.0})  # absolute tolerance near zero
+    assert not same_setting({**ddim, "eta": 0.5}, paper | {"method": "ddim", "num_steps": 50})
+    assert not same_setting(paper, {**paper, "clip_x0": None}) and not same_setting({**paper, "clip_x0": None}, paper)
+    assert same_setting({**paper, "clip_x0": None}, {**paper, "clip_x0": None})
+    assert not same_setting(paper, {**paper, "window": 300})  # a list is never a number
+    assert not same_setting(paper, {**paper, "eta": 0.5}) and not same_setting({**paper, "eta": 0.5}, paper)
+
+
+def test_calibration_file_checks(tmp_path: Path) -> None:
+    ddim = sampling_setting(DDIM_SAMPLER, (-1.0, 1.0))
+    path = tmp_path / "a.thresholds.json"
+    path.write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(DataError, match="not a threshold calibration file"):
+        read_calibration(path)
+    path.write_text('{"format": "dm4isl-std-thresholds/1"}', encoding="utf-8")
+    assert read_calibration(path) == []
+    # NumPy thresholds are written as numbers; a file of another checkpoint is never overwritten
+    write_calibration(path, [{"map": "intra", "threshold": np.float32(0.25), "setting": ddim}], "abc")
+    assert json.loads(path.read_text(encoding="utf-8"))["entries"][0]["threshold"] == 0.25
+    with pytest.raises(DataError, match="calibrated for checkpoint abc"):
+        write_calibration(path, [{"map": "inter", "threshold": 0.1, "setting": ddim}], "other")
+    found, _ = resolve_threshold("intra", ddim, NUCENV, read_calibration(path, "abc"))
+    assert found is not None and found.setting is not None and same_setting(found.setting, ddim)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from dm4isl.data.readers import list_tiffs, read_volume
-from dm4isl.metrics.segmentation import otsu_threshold_8bit, outline_area
-from dm4isl.uncertainty.masks import MaskSettings, error_mask, flag, segment_binary
+from dm4isl.metrics.segmentation import otsu_threshold_8bit, outline_area, to_uint8
+from dm4isl.uncertainty.masks import MaskSettings, error_mask, flag, segment_binary, segment_map
 
 
 def test_reproduces_reference_inter_process_masks(nucenv_dir: Path) -> None:
@@ -145,3 +146,64 @@ def test_dna_uses_a_five_pixel_median() -> None:
     assert segment_binary(vol, MaskSettings.for_organelle("dna", **keep)).sum() == 0
     with pytest.raises(ValueError, match="mask rule"):
         MaskSettings(rule="otsu")
+
+
+def test_binary_rule_for_an_organelle_and_the_reference_default() -> None:
+    dna = MaskSettings.for_organelle("dna", rule="binary")
+    assert (dna.rule, dna.small_objects, dna.median_size) == ("binary", "pixels", 5)
+    ref = MaskSettings.for_organelle("dna")
+    assert (ref.rule, ref.small_objects, ref.median_size) == ("reference", "outline", 5)
+
+
+def test_two_pixel_median_and_one_pixel_objects() -> None:
+    """A 2×2 median window is a real filter (an isolated pixel has three zero neighbours in it); a pixel-count
+    rule of 1 drops single pixels and keeps a 2-pixel object."""
+    vol = np.zeros((1, 16, 16), np.uint8)
+    _square(vol[0], 4, 4, 6, 6)
+    vol[0, 13, 13] = 1
+    keep = {"small_objects": "none", "fill_holes": False}
+    two = segment_binary(vol, MaskSettings.binary(median_size=2, **keep))
+    np.testing.assert_array_equal(two[0], ndi.median_filter(vol[0], size=2) > 0)
+    assert not two[0, 13, 13]
+    vol[0, 1, 1:3] = 1  # a 2-pixel object
+    one = segment_binary(vol, MaskSettings.binary(median_size=1, min_object_area=1, fill_holes=False))
+    assert not one[0, 13, 13] and one[0, 1, 1:3].all() and one.sum() == 36 + 2
+
+
+def test_reference_rule_fills_holes_with_an_eight_connected_background() -> None:
+    """A square ring whose corner pixel is missing: its inside touches the outside diagonally. With the reference's
+    3×3 structure (8-connected background) that is no hole; the binary rule's default (4-connected) fills it."""
+    vol = np.zeros((1, 16, 16), np.uint8)
+    _square(vol[0], 3, 3, 9, 9)
+    vol[0, 4:11, 4:11] = 0
+    vol[0, 3, 3] = 0
+    inside = np.s_[0, 4:11, 4:11]
+    reference = segment_binary(vol, MaskSettings(median_size=1, small_objects="none"))
+    binary = segment_binary(vol, MaskSettings.binary(median_size=1, min_object_area=0))
+    assert not reference[inside].any() and binary[inside].all()
+    assert reference.dtype == bool and reference.sum() == vol.sum()
+
+
+def test_reference_rule_takes_one_otsu_level_for_the_whole_patch() -> None:
+    """Slice 0 holds only a faint square (0.2), slice 1 a faint and a bright one (0.9). One Otsu level over both
+    slices falls between the two levels and drops every faint square; a level per slice would keep slice 0's."""
+    std = np.zeros((2, 24, 24), np.float32)
+    std[:, 2:10, 2:10] = 0.2
+    std[1, 12:22, 12:22] = 0.9
+    eight_bit = to_uint8(std)
+    t = otsu_threshold_8bit(eight_bit)
+    assert 51 <= t < 229  # between the faint (51) and bright (229) 8-bit levels
+    mask = segment_map(std, std > 0, MaskSettings(median_size=1, small_objects="none", fill_holes=False))
+    np.testing.assert_array_equal(mask, eight_bit > t)
+    assert not mask[0].any() and mask[1, 12:22, 12:22].all()
+
+
+def test_saturated_slice_mask_is_boolean_and_shapes_are_checked() -> None:
+    std = np.zeros((2, 16, 16), np.float32)
+    std[0] = 0.3
+    m = error_mask(std, 0.1)
+    assert m.dtype == bool and m[0].all() and not m[1].any()
+    with pytest.raises(ValueError, match="one shape"):
+        segment_map(std, np.zeros((2, 16, 15), bool))
+    # a std value equal to the threshold is not above it
+    assert not error_mask(np.full((1, 8, 8), 0.25, np.float32), 0.25).any()
