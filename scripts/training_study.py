@@ -81,7 +81,7 @@ N_BOOT_AUROC = 200
 FAST_ARM = "x0_pm1_z"
 #: Samplers of the uncertainty table: the study's DDIM-50 (eta 1; what recipe=fast ships), the demo's DDIM-20 (eta 1;
 #: 2.5x cheaper, what the calibrated round used on a CPU) and the paper's DDPM-1000.
-UNCERTAINTY_SAMPLERS = {"ddim50": TEST_SAMPLER, "ddim20": {"method": "ddim", "num_steps": 20, "eta": 1.0},
+UNCERTAINTY_SAMPLERS = {"ddim50": TEST_SAMPLER, "ddim20": CURVE_SAMPLER,
                         "ddpm1000": {"method": "ddpm", "num_steps": None, "eta": 0.0}}
 #: Columns of docs/study/uncertainty_arms.csv that lead every row (the rest: further maps and diagnostics).
 UNCERTAINTY_COLUMNS = ["arm", "recipe", "sampler", "step", "n_patches", "n_seeds",
@@ -242,7 +242,6 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-
     arms = list(dict.fromkeys(r["arm"] for r in rows))
     palette = plt.get_cmap("tab20" if len(arms) > 10 else "tab10")
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
@@ -398,6 +397,7 @@ def uncertainty_table(arms: Sequence[str], out: Path, threads: int, n_test: int,
     val, test = dm.val_set, dm.test_set
     val = replace(val, **{k: getattr(val, k)[:n_val] for k in ("bf", "fl", "mask", "corners")},
                   names=val.names[:n_val], sources=val.sources[:n_val])
+    patch_zyx = "x".join(map(str, patch))
     csv_path = out / "uncertainty_arms.csv"
     rows = read_rows(csv_path)
     cache_dir = RUNS.parent / "uncertainty"
@@ -409,7 +409,7 @@ def uncertainty_table(arms: Sequence[str], out: Path, threads: int, n_test: int,
         step, path = found[-1]
         model = load_model(path)
         sampler = UNCERTAINTY_SAMPLERS[sampler_name]
-        tag = f"{arm}-step{step}-{sampler_name}-k{n_seeds}-{'x'.join(map(str, patch))}"
+        tag = f"{arm}-step{step}-{sampler_name}-k{n_seeds}-{patch_zyx}"
         val_products = ensemble_products(model, val, sampler, n_seeds, cache_dir / f"{tag}-val{len(val)}.npz")
         test_products = ensemble_products(model, test, sampler, n_seeds, cache_dir / f"{tag}-test{len(test)}.npz")
         thresholds = calibrate_flag_thresholds(val_products, val.fl, tau)
@@ -417,7 +417,7 @@ def uncertainty_table(arms: Sequence[str], out: Path, threads: int, n_test: int,
                                              MaskSettings.for_organelle(DEFAULT_ORGANELLE))
         row = {"arm": arm, "recipe": "fast" if arm == FAST_ARM else "", "sampler": sampler_name, "step": step,
                "n_patches": len(test), "n_seeds": n_seeds, "n_val_patches": len(val), "tau": tau,
-               "patch_zyx": "x".join(map(str, patch)),
+               "patch_zyx": patch_zyx,
                **scores,
                "flag_recall": scores["flag_recall_intra"], "flag_precision": scores["flag_precision_intra"]}
         rows = [r for r in rows if not (r["arm"] == arm and r["sampler"] == sampler_name)] + [row]
