@@ -5,11 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from dm4isl.data.normalize import TargetRange
 from dm4isl.sampling import NoiseSchedule, SamplerSettings, sample
-from dm4isl.sampling.ensemble import sample_ensemble
+from dm4isl.sampling.ensemble import ensemble_seeds, is_out_of_memory, sample_ensemble
 
 
 def _eps(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -45,3 +46,13 @@ def test_batched_ensemble_equals_separate_runs() -> None:
     torch.testing.assert_close(chunked.ddpmavg, ens.ddpmavg, rtol=0, atol=1e-6)
     torch.testing.assert_close(chunked.std_inter, ens.std_inter, rtol=0, atol=1e-6)
     assert chunked.n_calls == 20 * 3  # ceil(12 / 5) chunks
+
+
+def test_ensemble_seeds_and_out_of_memory_errors() -> None:
+    assert ensemble_seeds(3, 2) == [3, 4] and ensemble_seeds(0, 1) == [0]
+    with pytest.raises(ValueError, match=r"n_seeds=0; expected at least 1"):
+        ensemble_seeds(0, 0)
+    assert is_out_of_memory(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"))
+    assert is_out_of_memory(RuntimeError("CUDA error: Out Of Memory"))  # any case
+    assert not is_out_of_memory(RuntimeError("CUDA error: device-side assert triggered"))
+    assert not is_out_of_memory(ValueError("out of memory"))  # an allocator failure is a RuntimeError

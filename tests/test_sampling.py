@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+import dataclasses
+from fractions import Fraction
+
+import numpy as np
 import pytest
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from dm4isl.data.normalize import TargetRange
+from dm4isl.errors import ConfigError
 from dm4isl.sampling import (
     NoiseSchedule,
     RunningStats,
     SamplerSettings,
     WindowStats,
+    correct_eps_mean,
     ddim_step,
     ddpm_step,
     patch_generators,
+    patch_seed,
     randn_per_patch,
     reverse_process,
     sample,
     sampling_timesteps,
     window_products,
 )
+from dm4isl.sampling.diagnostics import correction_effect
+from dm4isl.sampling.noise import training_noise
+from dm4isl.sampling.reverse import network_precision
+from dm4isl.sampling.sampler import adjust_settings
 
 SCHEDULE = NoiseSchedule()
 #: A short schedule keeps full ancestral chains cheap in tests.
@@ -261,3 +272,229 @@ def test_target_range_and_settings() -> None:
     with pytest.raises(ValueError, match="no visited timestep"):
         sample(_toy_eps_fn(), torch.zeros(1, *SHAPE), [0], SCHEDULE,
                SamplerSettings(method="ddim", num_steps=2, window=(300, 800), mean_correction=False))
+
+
+def test_noise_schedule_by_hand_and_its_bounds() -> None:
+    # betas linear in their square root (scaled_linear) or linear, ᾱ_t their running product: NumPy from the formula
+    roots = np.linspace(0.0005**0.5, 0.0195**0.5, 1000)
+    np.testing.assert_allclose(SCHEDULE.betas.numpy(), roots**2, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(SCHEDULE.alphas_cumprod.numpy(), np.cumprod(1.0 - roots**2), rtol=1e-12, atol=0)
+    flat = NoiseSchedule(num_train_timesteps=4, beta_start=0.01, beta_end=0.01, kind="linear")  # equal ends allowed
+    np.testing.assert_allclose(flat.alphas_cumprod.numpy(), 0.99 ** np.arange(1, 5), rtol=1e-12, atol=0)
+    assert flat.abar(-1) == 1.0 and flat.abar(3) == pytest.approx(0.99**4, rel=1e-12)
+    one = NoiseSchedule(num_train_timesteps=1)
+    assert one.betas.tolist() == pytest.approx([0.0005], rel=1e-12)
+    assert NoiseSchedule(beta_end=0.999).betas[-1] == pytest.approx(0.999, rel=1e-12)
+    assert flat.to_dict() == {"num_train_timesteps": 4, "beta_start": 0.01, "beta_end": 0.01, "kind": "linear"}
+    assert NoiseSchedule(**SHORT.to_dict()) == SHORT
+    with pytest.raises(ValueError, match=r"num_train_timesteps = 0; expected ≥ 1"):
+        NoiseSchedule(num_train_timesteps=0)
+    with pytest.raises(ValueError, match=r"noise schedule kind 'cosine'; expected one of"):
+        NoiseSchedule(kind="cosine")
+    for start, end in ((0.0, 0.02), (0.001, 1.0), (0.02, 0.01)):
+        with pytest.raises(ValueError, match=rf"betas from {start} to {end}; expected 0 < beta_start"):
+            NoiseSchedule(beta_start=start, beta_end=end)
+
+
+def test_add_noise_by_hand() -> None:
+    gen = torch.Generator().manual_seed(11)
+    x0, noise = torch.rand(3, *SHAPE, generator=gen), torch.randn(3, *SHAPE, generator=gen)
+    t = torch.tensor([0, 25, 49])
+    abar = np.cumprod(1.0 - np.linspace(0.0005**0.5, 0.0195**0.5, 50) ** 2)[t.numpy()].reshape(-1, 1, 1, 1, 1)
+    want = np.sqrt(abar) * x0.double().numpy() + np.sqrt(1.0 - abar) * noise.double().numpy()
+    got = SHORT.add_noise(x0, noise, t)
+    assert got.dtype == torch.float32  # ᾱ_t is applied in float32: 1 − ᾱ_t near t = 0 keeps ~4 digits
+    np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-5)
+
+
+def test_patch_seed_by_hand_and_the_shared_stream() -> None:
+    for seed, pid in ((0, 0), (3, 5), (12345, 2**40)):
+        words = np.random.SeedSequence([seed, pid]).generate_state(2, dtype=np.uint32)
+        want = (int(words[0]) * 2**32 + int(words[1])) % 2**63  # the two words, first one high, in 63 bits
+        assert patch_seed(seed, pid) == want
+    # "shared" mode: every patch draws the stream of patch id 0 (the reference's single stream)
+    shared = randn_per_patch(patch_generators(7, [3, 9], mode="shared"), SHAPE)
+    first = randn_per_patch(patch_generators(7, [0]), SHAPE)[0]
+    assert torch.equal(shared[0], first) and torch.equal(shared[1], first)
+    by_tensor = randn_per_patch(patch_generators(7, torch.tensor([3, 9])), SHAPE)
+    assert torch.equal(by_tensor, randn_per_patch(patch_generators(7, [3, 9]), SHAPE))
+    for seed, pid in ((-1, 0), (0, -1)):
+        with pytest.raises(ValueError, match=rf"seed {seed} and patch id {pid}; expected non-negative integers"):
+            patch_seed(seed, pid)
+    with pytest.raises(ValueError, match=r"noise mode 'common'; expected one of"):
+        patch_generators(0, [1], mode="common")
+
+
+def _matmul_dtype() -> torch.dtype:
+    """The dtype a linear layer computes in under the current autocast state (CPU)."""
+    return torch.nn.functional.linear(torch.ones(2, 3), torch.ones(4, 3)).dtype
+
+
+def test_network_precision_contexts() -> None:
+    with network_precision("cpu", "bf16"):
+        assert _matmul_dtype() == torch.bfloat16
+    default = torch.get_autocast_dtype("cpu")
+    torch.set_autocast_dtype("cpu", torch.float16)  # "bf16" means bfloat16 whatever the device's autocast default
+    try:
+        with network_precision("cpu", "bf16"):
+            assert _matmul_dtype() == torch.bfloat16
+    finally:
+        torch.set_autocast_dtype("cpu", default)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with network_precision("cpu", "fp32"):  # switches an enclosing autocast off
+            assert _matmul_dtype() == torch.float32
+        with network_precision(torch.device("cpu"), None):  # leaves it as the caller runs it
+            assert _matmul_dtype() == torch.bfloat16
+    with network_precision("cpu", "fp32"):
+        assert _matmul_dtype() == torch.float32
+    with pytest.raises(ConfigError, match=r"network precision 'fp16'; expected one of"):
+        network_precision("cpu", "fp16")
+    # reverse_process runs every network call in the requested precision
+    seen = set()
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        seen.add(_matmul_dtype())
+        return 0.5 * x + cond
+
+    reverse_process(eps_fn, torch.rand(1, *SHAPE), SHORT, patch_generators(0, [0]), method="ddim", num_steps=3,
+                    window=(0, 50), precision="bf16")
+    assert seen == {torch.bfloat16}
+
+
+def test_reverse_process_defaults_and_generator_count() -> None:
+    cond = torch.rand(2, *SHAPE, generator=torch.Generator().manual_seed(12))
+    eps_fn = _toy_eps_fn(4)
+    default = reverse_process(eps_fn, cond, SHORT, patch_generators(2, [0, 1]), window=(10, 40))
+    ddpm = reverse_process(eps_fn, cond, SHORT, patch_generators(2, [0, 1]), method="ddpm", window=(10, 40))
+    assert default.n_calls == 50 and torch.equal(default.sample, ddpm.sample)  # method="ddpm", all T steps
+    runs = {eta: reverse_process(eps_fn, cond, SHORT, patch_generators(2, [0, 1]), method="ddim", num_steps=5,
+                                 window=(0, 50), **({} if eta is None else {"eta": eta})) for eta in (None, 0.0, 1.0)}
+    assert torch.equal(runs[None].sample, runs[0.0].sample)  # eta defaults to 0 (deterministic DDIM)
+    assert not torch.allclose(runs[None].sample, runs[1.0].sample)
+    with pytest.raises(ValueError, match=r"2 noise generators for a batch of 3; expected one each"):
+        reverse_process(eps_fn, torch.rand(3, *SHAPE), SHORT, patch_generators(2, [0, 1]), window=(10, 40))
+
+
+def test_ddim_timesteps_few_steps_and_exact_rounding() -> None:
+    one = sampling_timesteps(SHORT, "ddim", 1)
+    assert one.tolist() == [49] and one.dtype == torch.int64
+    assert sampling_timesteps(SHORT, "ddim", 2).tolist() == [49, 0]
+    assert sampling_timesteps(SHORT, "ddim", 50).tolist() == list(range(49, -1, -1))
+    # round(linspace(999, 0, 15)) has the tie 999 · 7/14 = 499.5 at i = 7: rounded half to even, exactly
+    want = [round(Fraction(999 * (14 - i), 14)) for i in range(15)]
+    assert want[7] == 500 and sampling_timesteps(SCHEDULE, "ddim", 15).tolist() == want
+    for steps in (None, 0, 51):
+        with pytest.raises(ConfigError, match=rf"DDIM num_steps={steps}; expected an integer in \[1, 50\]"):
+            sampling_timesteps(SHORT, "ddim", steps)
+    with pytest.raises(ConfigError, match=r"sampling method 'ddpn'; expected one of"):
+        sampling_timesteps(SHORT, "ddpn", 5)
+
+
+def test_mean_correction_shifts_each_patch_by_one_number() -> None:
+    gen = torch.Generator().manual_seed(13)
+    eps, x_t = torch.randn(2, 2, 3, 4, 4, generator=gen), torch.randn(2, 2, 3, 4, 4, generator=gen) + 0.5
+    abar, target_mean = 0.3, -0.2
+    got = correct_eps_mean(eps, x_t, abar, target_mean).double().numpy()
+    e, x = eps.double().numpy(), x_t.double().numpy()
+    axes = (1, 2, 3, 4)  # per patch: channels and voxels together
+    wanted = (x.mean(axis=axes) - np.sqrt(abar) * target_mean) / np.sqrt(1.0 - abar)
+    shift = (wanted - e.mean(axis=axes)).reshape(-1, 1, 1, 1, 1)
+    np.testing.assert_allclose(got, e + shift, rtol=0, atol=1e-5)
+    x0 = (x - np.sqrt(1.0 - abar) * got) / np.sqrt(abar)
+    np.testing.assert_allclose(x0.mean(axis=axes), [target_mean] * 2, rtol=0, atol=1e-5)
+
+
+def test_running_stats_accumulate_in_float64_and_need_a_value() -> None:
+    # 500 float32 values near 300 with a spread of 0.01: a float32 running sum would be off by ~5e-4 relative
+    chain = 300.0 + 0.01 * torch.randn(500, 4, generator=torch.Generator().manual_seed(14))
+    stats = RunningStats(ddof=1)
+    for x in chain:
+        stats.update(x)
+    values = chain.double().numpy()
+    np.testing.assert_allclose(stats.std.numpy(), np.std(values, axis=0, ddof=1), rtol=1e-5, atol=0)
+    np.testing.assert_allclose(stats.mean.numpy(), np.mean(values, axis=0), rtol=1e-7, atol=0)
+    for name in ("mean", "std"):
+        with pytest.raises(ValueError, match="^running statistics hold no values yet"):
+            getattr(RunningStats(), name)
+
+
+def test_sampler_settings_bounds_and_forms() -> None:
+    assert SamplerSettings(window=(0, 1)).window == (0, 1)  # t_low = 0 is allowed
+    with pytest.raises(ConfigError, match=r"averaging window \[5, 5\]; expected 0 ≤ t_low < t_high"):
+        SamplerSettings(window=(5, 5))
+    for key, value in (("method", "ddpx"), ("noise", "common"), ("output", "minmax"), ("precision", "fp16")):
+        with pytest.raises(ConfigError, match=rf"sampler {key} '{value}'; expected one of"):
+            SamplerSettings(**{key: value})
+    with pytest.raises(ConfigError, match=r"sampler settings \['steps'\] unknown; expected some of \['method',"):
+        SamplerSettings.from_dict({"steps": 5, "_target_": "x", "name": "ddim"})
+    from_lists = SamplerSettings.from_dict({"window": [10, 20], "clip_x0": [-2, 2]})
+    assert from_lists.window == (10, 20) and from_lists.clip_x0 == (-2, 2)
+    assert SamplerSettings().to_dict() == {
+        "method": "ddpm", "num_steps": None, "eta": 0.0, "window": [300, 800], "clip_x0": [-1.0, 1.0],
+        "mean_correction": True, "noise": "per_patch", "seed": 0, "output": "clip", "precision": None,
+    }
+
+
+def test_adjust_settings() -> None:
+    stored = SamplerSettings(method="ddim", num_steps=20, eta=0.5, seed=3)
+    assert adjust_settings(stored, None) is stored
+    assert adjust_settings(stored, {"num_steps": None, "eta": None}) is stored
+    assert adjust_settings(stored, {"num_steps": 10, "window": [200, 800], "eta": None, "_target_": "x"}) == \
+        SamplerSettings(method="ddim", num_steps=10, eta=0.5, seed=3, window=(200, 800))
+    # a whole option (with a name) replaces the stored sampler: unset keys take the defaults, not the stored values
+    assert adjust_settings(stored, {"name": "ddim10", "method": "ddim", "num_steps": 10}) == \
+        SamplerSettings(method="ddim", num_steps=10)
+
+
+def test_window_products_output_modes() -> None:
+    target = TargetRange(-1.0, 1.0)
+    mean, std = torch.tensor([-0.5, 0.0, 0.5, 1.4]), torch.full((4,), 0.2)
+    clipped, std_data = window_products(mean, std, target)  # output="clip" by default
+    assert clipped.tolist() == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert std_data.tolist() == pytest.approx([0.1] * 4)  # a std scales by the range only: 0.2 / 2
+    stretched, _ = window_products(mean, std, target, "batch_minmax")
+    assert stretched.tolist() == pytest.approx([0.0, 0.5 / 1.9, 1.0 / 1.9, 1.0])
+
+
+def test_training_noise_rows_depend_on_their_patch_id_only() -> None:
+    like = torch.zeros(3, 1, 2, 4, 4, dtype=torch.float64)
+    noise, t = training_noise(torch.tensor([3, 5, 8]), like, num_timesteps=50, seed=9)
+    assert noise.shape == like.shape and noise.dtype == torch.float64 and t.shape == (3,) and t.dtype == torch.int64
+    alone, t_alone = training_noise(torch.tensor([5]), like[:1], num_timesteps=50, seed=9)
+    assert torch.equal(noise[1], alone[0]) and int(t[1]) == int(t_alone[0])  # batch-mates do not matter
+    other, _ = training_noise(torch.tensor([3, 5, 8]), like, num_timesteps=50, seed=10)
+    assert not torch.equal(noise[0], other[0]) and not torch.equal(noise[0], noise[1])
+    torch.manual_seed(9)  # seed=None: the run's seed_everything value
+    default, t_default = training_noise(torch.tensor([3, 5, 8]), like, num_timesteps=50)
+    assert torch.equal(default, noise) and torch.equal(t_default, t)
+    ids = torch.arange(200)
+    _, t_many = training_noise(ids, torch.zeros(200, 1, 1, 1, 1), num_timesteps=3, seed=0)
+    assert sorted(set(t_many.tolist())) == [0, 1, 2]  # uniform over 0 … T−1
+    big, _ = training_noise(torch.tensor([1]), torch.zeros(1, 1, 16, 32, 32), num_timesteps=3, seed=0)
+    assert abs(float(big.mean())) < 0.05 and abs(float(big.std()) - 1.0) < 0.05  # standard normal
+
+
+def test_correction_effect_figures_by_hand() -> None:
+    target = TargetRange(-1.0, 1.0)
+    gen = torch.Generator().manual_seed(15)
+    # bright patches of two means; the biased predictor pushes x̂0 up, so without the correction DDPMavg clips at 1
+    gt = torch.cat([0.75 + 0.25 * torch.rand(1, *SHAPE, generator=gen),
+                    0.6 + 0.3 * torch.rand(1, *SHAPE, generator=gen)])
+    bf = torch.rand(2, *SHAPE, generator=gen)
+    biased = _oracle(target.to_model(gt), SHORT, bias=-0.1)
+    settings = SamplerSettings(method="ddim", num_steps=10, window=(10, 40))
+    mean = float(gt.mean())
+    effect = correction_effect(biased, gt, bf, [0, 1], SHORT, settings, target, mean)
+    g = gt[:, 0].double().numpy()
+    for on, (bright, pccs, mses) in ((False, (effect.brightness_error_off, effect.pcc_off, effect.mse_off)),
+                                     (True, (effect.brightness_error_on, effect.pcc_on, effect.mse_on))):
+        pred = sample(biased, bf, [0, 1], SHORT, dataclasses.replace(settings, mean_correction=on), target, mean)
+        p = pred.ddpmavg[:, 0].double().numpy()
+        np.testing.assert_allclose(bright, p.mean(axis=(1, 2, 3)) - g.mean(axis=(1, 2, 3)), rtol=0, atol=1e-6)
+        want_pcc = [np.corrcoef(a.ravel(), b.ravel())[0, 1] for a, b in zip(g, p, strict=True)]
+        np.testing.assert_allclose(pccs, want_pcc, rtol=0, atol=1e-6)
+        np.testing.assert_allclose(mses, ((g - p) ** 2).mean(axis=(1, 2, 3)), rtol=1e-5, atol=1e-9)
+    assert np.all(effect.brightness_error_off > 1e-2)  # the bias shows without the correction ...
+    # ... and with it each patch has the mean it is pinned to, the training mean
+    np.testing.assert_allclose(effect.brightness_error_on, mean - g.mean(axis=(1, 2, 3)), rtol=0, atol=1e-4)
+    assert abs(effect.pcc_off[0] - effect.pcc_on[0]) > 1e-4  # the brighter patch clips at 1 without the correction

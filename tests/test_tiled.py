@@ -25,7 +25,14 @@ from dm4isl.predict import predict_command
 from dm4isl.prediction.runner import predict_arrays
 from dm4isl.sampling import NoiseSchedule, SamplerSettings, correct_eps_mean
 from dm4isl.sampling.ensemble import sample_ensemble
-from dm4isl.sampling.tiled import TiledEps, TileSettings, effective_tile, sample_ensemble_tiled
+from dm4isl.sampling.inference import predict_volume, sliding_window_predict, window_inferer
+from dm4isl.sampling.tiled import (
+    TiledEps,
+    TileSettings,
+    effective_tile,
+    needs_tiling,
+    sample_ensemble_tiled,
+)
 
 ATOL = 1e-5
 TINY_NET = yaml.safe_load((CONF_DIR / "model" / "net" / "tiny.yaml").read_text())
@@ -208,3 +215,125 @@ def test_python_api_tiles_a_larger_array(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"Z = 8 slices; the checkpoint was trained on Z = 16"):
         dm4isl.predict(bf[:8], ckpt, device="cpu")
 
+
+
+def _recording_net(sizes: list[int]):
+    """A voxel-wise network (2·x + 1) that records how many windows each call gets."""
+
+    def net(window: torch.Tensor) -> torch.Tensor:
+        sizes.append(window.shape[0])
+        return 2.0 * window + 1.0
+
+    return net
+
+
+def test_sliding_window_defaults_batches_and_checks() -> None:
+    bf = torch.rand(1, 1, 4, 4, 20, generator=torch.Generator().manual_seed(0))
+    sizes: list[int] = []
+    # five 4×4×4 windows along X without overlap: 4 per call by default, then the fifth
+    out = sliding_window_predict(_recording_net(sizes), bf, (4, 4, 4), overlap=0.0)
+    assert sizes == [4, 1]
+    torch.testing.assert_close(out, 2.0 * bf + 1.0, atol=ATOL, rtol=0)
+    sizes.clear()
+    sliding_window_predict(_recording_net(sizes), bf, (4, 4, 4), overlap=0.0, sw_batch_size=2)
+    assert sizes == [2, 2, 1]
+    sizes.clear()
+    out = sliding_window_predict(_recording_net(sizes), bf, (4, 4, 4))  # default overlap 0.25: windows every 3 voxels
+    starts = [sl[2].start for sl in dense_patch_slices((4, 4, 20), (4, 4, 4), (3, 3, 3))]
+    assert starts == [0, 3, 6, 9, 12, 15, 16] and sum(sizes) == 7 and max(sizes) == 4
+    torch.testing.assert_close(out, 2.0 * bf + 1.0, atol=ATOL, rtol=0)
+    inferer = window_inferer((4, 4, 4))
+    assert (inferer.overlap, inferer.sw_batch_size) == (0.25, 4)
+    window_inferer((4, 4, 4), 0.0, 1)  # no overlap and one window per call are allowed
+    with pytest.raises(ValueError, match=r"window overlap 1.0; expected a fraction in \[0, 1\)"):
+        window_inferer((4, 4, 4), 1.0)
+    with pytest.raises(ValueError, match=r"windows per network call 0; expected at least 1"):
+        window_inferer((4, 4, 4), 0.25, 0)
+    with pytest.raises(ValueError, match=r"input of shape \(1, 4, 4, 20\); expected \(B, C, Z, Y, X\) for roi_size "
+                                         r"\[4, 4, 4\]"):
+        sliding_window_predict(_recording_net([]), bf[0], (4, 4, 4))
+
+
+def test_sliding_window_pads_small_inputs_with_their_border_voxels() -> None:
+    # a window-wide maximum: replicated border voxels leave it unchanged, a zero frame would raise it to 0
+    bf = -1.0 - torch.rand(1, 1, 3, 4, 4, generator=torch.Generator().manual_seed(1))
+    out = sliding_window_predict(lambda w: w.amax(dim=(2, 3, 4), keepdim=True) * torch.ones_like(w), bf, (4, 8, 8))
+    assert out.shape == bf.shape
+    torch.testing.assert_close(out, torch.full_like(bf, float(bf.max())), atol=ATOL, rtol=0)
+
+
+def test_predict_volume_in_one_call_when_it_fits() -> None:
+    shapes: list[tuple[int, ...]] = []
+
+    def net(x: torch.Tensor) -> torch.Tensor:
+        shapes.append(tuple(x.shape))
+        return 2.0 * x + 1.0
+
+    def predict(shape: tuple[int, ...], roi: tuple[int, ...], **kwargs) -> None:
+        shapes.clear()
+        bf = torch.rand(1, 1, *shape, generator=torch.Generator().manual_seed(sum(shape)))
+        out = predict_volume(net, bf, roi, factor=4, **kwargs)
+        torch.testing.assert_close(out, 2.0 * bf + 1.0, atol=ATOL, rtol=0)
+
+    predict((4, 8, 8), (4, 16, 16))  # no axis above the window, every axis a multiple of 4: one unpadded call
+    assert shapes == [(1, 1, 4, 8, 8)]
+    predict((4, 8, 6), (4, 8, 8))  # 6 is no multiple of 4: a (padded) window of the training size
+    assert shapes == [(1, 1, 4, 8, 8)]
+    predict((4, 8, 40), (4, 8, 8), overlap=0.0)  # five windows along X, four per call by default
+    assert shapes == [(4, 1, 4, 8, 8), (1, 1, 4, 8, 8)]
+    predict((4, 8, 40), (4, 8, 8), overlap=0.0, sw_batch_size=2)
+    assert [s[0] for s in shapes] == [2, 2, 1]
+    predict((4, 16, 8), (4, 8, 8))  # the default overlap 0.25: windows every 6 voxels along Y
+    assert sum(s[0] for s in shapes) == len(dense_patch_slices((4, 16, 8), (4, 8, 8), (3, 6, 6))) == 3
+    with pytest.raises(ValueError, match="shorter|longer"):
+        predict_volume(net, torch.rand(1, 1, 4, 8, 8), (16, 16), factor=4)
+
+
+def test_tile_settings_bounds_and_forms() -> None:
+    for good in ({"size": (1, 8, 8)}, {"overlap": 0.0}, {"batch": 1}):
+        TileSettings(**good)
+    for bad, message in (({"size": (8, 8)}, r"tile size \[8, 8\]; expected three positive integers \(Z, Y, X\)"),
+                         ({"size": (0, 8, 8)}, r"tile size \[0, 8, 8\]; expected three positive integers"),
+                         ({"overlap": 1.0}, r"tile overlap 1.0; expected a fraction in \[0, 1\)"),
+                         ({"batch": 0}, r"tiles per network call 0; expected at least 1")):
+        with pytest.raises(ValueError, match=message):
+            TileSettings(**bad)
+    assert TileSettings(size=(4, 8, 8)).resolve((16, 32, 32)) == (4, 8, 8)
+    assert TileSettings().resolve([16, 32, 32]) == (16, 32, 32)
+    with pytest.raises(ValueError, match=r"^no tile size: the checkpoint stores no training patch size; set "
+                                         r"tiling.size \(Z, Y, X\)$"):
+        TileSettings().resolve(None)
+    settings = TileSettings.from_dict({"size": [8, 16, 16], "overlap": 0.5})
+    assert settings == TileSettings(size=(8, 16, 16), overlap=0.5)
+    assert settings.to_dict() == {"size": [8, 16, 16], "overlap": 0.5, "batch": 4, "mean_correction": "volume"}
+    assert TileSettings.from_dict(None) == TileSettings() and TileSettings.from_dict({"size": None}).size is None
+    assert TileSettings().to_dict()["size"] is None
+    assert needs_tiling((9, 8, 8), (8, 8, 8)) and not needs_tiling((8, 8, 8), (8, 8, 8))
+    # a tile of the wrong length is refused, not cut short
+    with pytest.raises(ValueError, match="shorter|longer"):
+        effective_tile((8, 8, 8), (4, 4))
+    with pytest.raises(ValueError, match="shorter|longer"):
+        needs_tiling((4, 4, 4), (8, 8))
+
+
+def test_tiled_eps_counts_calls_and_reads_t_from_one_voxel_tiles() -> None:
+    eps = _pointwise_eps()
+    x, cond, t = torch.randn(1, 1, 4, 4, 20), torch.rand(1, 1, 4, 4, 20), torch.tensor([700])
+    with torch.no_grad():
+        tiled = TiledEps(eps, (4, 4, 4), overlap=0.0)  # five tiles, four per call by default
+        torch.testing.assert_close(tiled(x, t, cond), eps(x, t, cond), atol=ATOL, rtol=0)
+        assert tiled.n_calls == 2
+        tiled(x, t, cond)
+        assert tiled.n_calls == 4
+        pairs = TiledEps(eps, (4, 4, 4), overlap=0.0, tile_batch=2)
+        pairs(x, t, cond)
+        assert pairs.n_calls == 3
+        # one-voxel tiles: the timestep is read back from the tile's only voxel
+        x1, cond1, t1 = x[..., :1, :2, :3], cond[..., :1, :2, :3], torch.tensor([250])
+        voxels = TiledEps(eps, (1, 1, 1), overlap=0.0, tile_batch=8)
+        torch.testing.assert_close(voxels(x1, t1, cond1), eps(x1, t1, cond1), atol=ATOL, rtol=0)
+    with pytest.raises(ValueError, match=r"volume \[4, 4, 20\] \(Z, Y, X\) smaller than the tile \[8, 4, 4\]; "
+                                         r"expected a tile no larger than the volume \(see effective_tile\)$"):
+        TiledEps(eps, (8, 4, 4))(x, t, cond)
+    with pytest.raises(ValueError, match=r"^the per-tile ε̂ mean correction needs the noise schedule"):
+        TiledEps(eps, (4, 4, 4), target_mean=0.1)
