@@ -96,7 +96,10 @@ def read_justified(path: Path = JUSTIFIED) -> dict[str, tuple[str, str]]:
         return {}
     out: dict[str, tuple[str, str]] = {}
     with open(path, encoding="utf-8", newline="") as f:
-        for row in csv.DictReader(f):
+        for line, row in enumerate(csv.DictReader(f), start=2):
+            if None in row or None in row.values():
+                raise SystemExit(f"{path}: line {line}: expected 3 fields (mutant,reason,note); quote a note that "
+                                 f"holds a comma")
             name, reason = row["mutant"].strip(), row["reason"].strip()
             if reason not in REASONS:
                 raise SystemExit(f"{path}: {name}: reason {reason!r}; expected one of {REASONS}")

@@ -80,3 +80,31 @@ def test_every_skip_goes_through_require() -> None:
     offenders = [f"{path.name}:{n}" for path in sorted((REPO_ROOT / "tests").glob("test_*.py"))
                  for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if pattern.search(line)]
     assert offenders == []
+
+
+def _mutants_script():
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("mutants_script", REPO_ROOT / "scripts" / "mutants.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module by name
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_justified_survivor_list_parses_with_three_fields_a_row():
+    """Every row of docs/mutants_justified.csv is mutant,reason,note with a known reason; one name per row."""
+    mutants = _mutants_script()
+    rows = (REPO_ROOT / "docs" / "mutants_justified.csv").read_text(encoding="utf-8").splitlines()
+    justified = mutants.read_justified()
+    assert len(justified) == len(rows) - 1  # header; no name listed twice
+    assert {reason for reason, _ in justified.values()} <= set(mutants.REASONS)
+
+
+def test_justified_survivor_list_refuses_an_unquoted_comma(tmp_path):
+    mutants = _mutants_script()
+    bad = tmp_path / "justified.csv"
+    bad.write_text("mutant,reason,note\na__mutmut_1,equivalent,same value, slower\n", encoding="utf-8")
+    with pytest.raises(SystemExit, match="line 2: expected 3 fields"):
+        mutants.read_justified(bad)
