@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import importlib
+import importlib.util
 import json
 import os
 import struct
@@ -21,6 +22,7 @@ import pytest
 import tifffile
 from matplotlib.font_manager import FontProperties
 
+from conftest import require
 from dm4isl.errors import DataError
 from dm4isl.io import provenance
 from dm4isl.io import zarr as zarr_module
@@ -153,18 +155,24 @@ def test_metadata_key_value_pairs_and_other_writers_tiffs(tmp_path: Path) -> Non
     assert read_tiff_info(listed) == (None, {})
 
 
+def require_formats_extra() -> None:
+    """The OME-Zarr tests need the ``formats`` extra (bioio-ome-zarr, zarr, dask); CI installs it."""
+    require(all(importlib.util.find_spec(m) is not None for m in ("bioio_ome_zarr", "zarr", "dask")),
+            "the formats extra (bioio-ome-zarr, zarr, dask) is not installed")
+
+
 @pytest.fixture
 def synchronous_dask() -> Iterator[None]:
     """dask's synchronous scheduler: no thread pool, which a process forked after its first use would wait on
     forever (mutmut forks a process per mutant)."""
-    pytest.importorskip("bioio_ome_zarr")  # the formats extra
-    dask = pytest.importorskip("dask")
+    require_formats_extra()
+    import dask
     with dask.config.set(scheduler="synchronous"):
         yield
 
 
 def test_ome_zarr_written_and_read_back(tmp_path: Path, synchronous_dask: None) -> None:
-    zarr = pytest.importorskip("zarr")
+    import zarr
     assert missing_writer_modules() == []  # the formats extra is installed where this runs
     assert zarr_path(tmp_path, "fov") == tmp_path / "fov.ome.zarr"
     avg = (np.arange(2 * 4 * 4, dtype=np.float32).reshape(2, 4, 4) / 10).astype(np.float64)
@@ -263,7 +271,7 @@ def test_zarr_info_of_an_image_without_display_settings(tmp_path: Path) -> None:
 
 
 def test_missing_writer_modules_named_by_their_pip_names(monkeypatch: pytest.MonkeyPatch) -> None:
-    pytest.importorskip("bioio_ome_zarr")
+    require_formats_extra()
     real = importlib.import_module
 
     def without_dask(name: str, *args, **kwargs):
