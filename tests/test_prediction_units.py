@@ -1352,6 +1352,15 @@ def test_calibration_of_an_inter_map_alone() -> None:
     assert list(result["maps"]) == ["inter"] and [e["map"] for e in result["entries"]] == ["inter"]
 
 
+def _torch_load_error(path: Path) -> str:
+    """The name of the exception ``torch.load`` raises on ``path`` (the reading errors must name it)."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever torch raises is what the message must name
+        return type(exc).__name__
+    raise AssertionError(f"{path} was read by torch.load")
+
+
 def test_classifier_reading_in_detail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(CheckpointError) as err:
         classifier._read(tmp_path / "none.pth")
@@ -1359,10 +1368,7 @@ def test_classifier_reading_in_detail(tmp_path: Path, monkeypatch: pytest.Monkey
                               "checkpoint or a 3-D ResNet state dict)")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
-    try:
-        torch.load(junk, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - whatever torch raises is what the message must name
-        kind = type(exc).__name__
+    kind = _torch_load_error(junk)
     with pytest.raises(CheckpointError, match=rf"junk\.pth: not a readable checkpoint \({kind}: "):
         classifier._read(junk)
     calls = []
@@ -1606,10 +1612,7 @@ def test_ground_truth_windows_and_errors_name_the_right_file(tmp_path: Path, cap
 def test_generative_state_reading_in_detail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"junk")
-    try:
-        torch.load(junk, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - whatever torch raises is what the message must name
-        kind = type(exc).__name__
+    kind = _torch_load_error(junk)
     with pytest.raises(CheckpointError) as err:
         generative_import.read_generative_state(junk)
     assert str(err.value).startswith(f"{junk}: cannot be read as tensors only ({kind}: ")
