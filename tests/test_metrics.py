@@ -13,7 +13,9 @@ from scipy import ndimage as ndi
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import bootstrap, entropy, pearsonr
 from skimage.feature import graycomatrix, graycoprops, hog
+from skimage.filters import gaussian, threshold_otsu
 from skimage.metrics import hausdorff_distance
+from skimage.morphology import disk
 
 from conftest import CONF_DIR, GOLDEN, GOLDEN_TOL
 from dm4isl.callbacks.metrics import MetricsCallback, compute_stage_metrics
@@ -21,6 +23,7 @@ from dm4isl.errors import DataError
 from dm4isl.evaluation.inputs import load_inputs
 from dm4isl.evaluation.pipeline import compute_results
 from dm4isl.metrics import descriptors
+from dm4isl.metrics import segmentation as segmentation_module
 from dm4isl.metrics.basic import ms_ssim_batch, ms_ssim_min_size
 from dm4isl.metrics.instances import (
     area_error,
@@ -43,12 +46,16 @@ from dm4isl.metrics.registry import (
     resolve_metric_names,
 )
 from dm4isl.metrics.segmentation import (
+    BENCHMARK_SLICES,
+    Segmentation,
     SegmentationSettings,
     _seed_components,
     match_instances,
     otsu_threshold_8bit,
     segment,
+    segment_slice,
     segment_volume_reference,
+    split_instances,
     to_uint8,
 )
 from dm4isl.metrics.table import (
@@ -1038,3 +1045,86 @@ def test_bootstrap_interval_by_its_documented_procedure():
         warnings.simplefilter("error")
         bounds = bootstrap_ci(lambda x: float("nan"), [[1.0, 2.0, 3.0]], n_resamples=20)
     assert all(math.isnan(v) for v in bounds)
+
+
+def test_spec_segmentation_foreground_is_strictly_above_the_otsu_level(monkeypatch):
+    """SPEC §5's mask is ``smoothed > level``: a plateau whose smoothed value is exactly the level (here forced
+    through the level function, the value read from skimage's own smoothing of the slice) is background."""
+    image = np.zeros((48, 48))
+    image[8:40, 8:40] = 0.5
+    plateau = float(gaussian(image, sigma=1.0, preserve_range=True)[24, 24])  # the square's centre, away from edges
+    monkeypatch.setattr(segmentation_module, "threshold_otsu", lambda smoothed: plateau)
+    mask, labels = segment_slice(image)
+    assert not mask.any() and not labels.any()
+
+
+def test_spec_segmentation_drops_objects_below_one_percent_of_the_slice():
+    """1 % of a 64 × 64 slice is 40.96 px: after smoothing, Otsu, hole filling and the disk(1) opening (redone here
+    with skimage and SciPy), a 4 × 9 square leaves 42 px (kept) and a 6 × 6 square 40 px (dropped)."""
+    image = np.zeros((64, 64))
+    image[5:25, 5:25] = 1.0
+    image[8:12, 40:49] = 1.0
+    image[40:46, 40:46] = 1.0
+    smoothed = gaussian(image, sigma=1.0, preserve_range=True)
+    opened = ndi.binary_opening(ndi.binary_fill_holes(smoothed > threshold_otsu(smoothed)), structure=disk(1))
+    components, n = ndi.label(opened)
+    sizes = np.bincount(components.ravel())[1:]
+    assert sorted(sizes.tolist()) == [40, 42, 460]
+    expected = np.isin(components, 1 + np.flatnonzero(sizes >= 0.01 * 64 * 64))
+    mask, _ = segment_slice(image)
+    np.testing.assert_array_equal(mask, expected)
+    assert mask[4:16, 36:53].sum() == 42 and not mask[36:50, 36:50].any()
+
+
+def test_benchmark_instances_of_exactly_the_minimum_size_are_kept():
+    """The benchmark's merging re-floods instances *smaller* than the minimum size: two touching discs split into
+    two instances stay two when the minimum is the smaller one's size, and become one (the whole mask) above it."""
+    yy, xx = np.mgrid[:40, :70]
+    mask = ((yy - 20) ** 2 + (xx - 16) ** 2 <= 144) | ((yy - 20) ** 2 + (xx - 36) ** 2 <= 81)
+    assert ndi.label(mask)[1] == 1  # one component
+    unmerged = split_instances(mask, BENCHMARK_SLICES, 0.0)
+    sizes = np.bincount(unmerged.ravel())[1:]
+    assert len(sizes) == 2
+    smaller = int(sizes.min())
+    np.testing.assert_array_equal(split_instances(mask, BENCHMARK_SLICES, float(smaller)), unmerged)
+    np.testing.assert_array_equal(split_instances(mask, BENCHMARK_SLICES, smaller + 0.5), mask.astype(np.int32))
+
+
+def _given_mask(mask: np.ndarray) -> VolumeFeatures:
+    """A volume whose foreground mask is ``mask`` as given (the segmentation is set, not computed)."""
+    features = VolumeFeatures(mask.astype(np.float32))
+    features.segmentation = Segmentation(mask=mask, labels=ndi.label(mask)[0].astype(np.int32))
+    return features
+
+
+def test_precision_and_recall_of_one_voxel_masks():
+    """TP / (TP + FP) and TP / (TP + FN) when the denominator is 1: one right voxel inside a 3-voxel truth has
+    precision 1 and recall 1/3; one voxel predicted where the truth is empty has precision 0 (and recall 0,
+    the truth is empty but the prediction is not); one true voxel found by a 3-voxel prediction has recall 1;
+    one of two voxels right (TP = FP = 1, TP = FN = 1) gives 1/2."""
+    one, two, three, empty = (np.zeros((1, 4, 4), bool) for _ in range(4))
+    one[0, 1, 1] = True
+    two[0, 1, 1:3] = True
+    three[0, 1, 1:4] = True
+    assert precision(_given_mask(one), _given_mask(two)) == 0.5 and recall(_given_mask(two), _given_mask(one)) == 0.5
+    assert precision(_given_mask(three), _given_mask(one)) == 1.0
+    assert recall(_given_mask(three), _given_mask(one)) == pytest.approx(1 / 3)
+    assert precision(_given_mask(empty), _given_mask(one)) == 0.0
+    assert recall(_given_mask(empty), _given_mask(one)) == 0.0
+    assert recall(_given_mask(one), _given_mask(three)) == 1.0
+    assert precision(_given_mask(one), _given_mask(three)) == pytest.approx(1 / 3)
+    assert recall(_given_mask(one), _given_mask(empty)) == 0.0
+    assert precision(_given_mask(one), _given_mask(empty)) == 0.0
+
+
+def test_wilcoxon_of_two_pairs():
+    """Two pairs are enough (the minimum): both differences positive, exact two-sided p = 2 · (1/4) = 0.5."""
+    assert paired_wilcoxon([1.0, 2.0], [0.0, 0.0]) == pytest.approx(0.5)
+    assert paired_wilcoxon([1.0, 2.0], [1.0, 2.0]) == 1.0
+
+
+def test_wilcoxon_ranks_the_differences_not_the_values():
+    """a − b = (1, −2, 3, 4, 5): T− = 2; of the 32 equally likely sign patterns 3 give T− ≤ 2 ({}, {1}, {2}), so
+    the exact two-sided p is 2 · 3/32 = 0.1875 (a alone, all positive, would give 2/32)."""
+    a, b = [3.0, 2.0, 5.0, 6.0, 7.0], [2.0, 4.0, 2.0, 2.0, 2.0]
+    assert paired_wilcoxon(a, b) == pytest.approx(6 / 32)
