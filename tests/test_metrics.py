@@ -1128,3 +1128,10 @@ def test_wilcoxon_ranks_the_differences_not_the_values():
     the exact two-sided p is 2 · 3/32 = 0.1875 (a alone, all positive, would give 2/32)."""
     a, b = [3.0, 2.0, 5.0, 6.0, 7.0], [2.0, 4.0, 2.0, 2.0, 2.0]
     assert paired_wilcoxon(a, b) == pytest.approx(6 / 32)
+
+
+def test_otsu_level_of_six_grey_levels_by_hand():
+    """(0, 1, 1, 2, 3, 5), mean 2: between-class variances w0·w1·(m0 − m1)² are 0.8 at t = 0, 16/9 at t = 1,
+    2 at t = 2 ({0, 1, 1, 2} against {3, 5}: 2/3 · 1/3 · (1 − 4)²) and 1.8 at t = 3 and 4: the level is 2."""
+    assert otsu_threshold_8bit(np.array([0, 1, 1, 2, 3, 5], np.uint8)) == 2
+    assert otsu_threshold_8bit(np.array([5, 3, 2, 1, 1, 0], np.uint8).reshape(2, 3)) == 2
