@@ -624,7 +624,7 @@ def test_crps_of_8_bit_volumes_and_malformed_ensembles():
     assert crps(np.full((1, 1, 1), 0.5), np.full((1, 1, 1, 1), 0.75)) == pytest.approx(0.25)  # |0.75 − 0.5|
     with pytest.raises(ValueError, match="do not fit"):  # right rank, wrong shape
         crps(np.zeros((1, 1, 2)), np.zeros((2, 1, 1, 3)))
-    with pytest.raises(ValueError, match="at least one member"):
+    with pytest.raises(ValueError, match="^an ensemble needs at least one member$"):  # the whole message
         crps(np.zeros((1, 1, 2)), np.zeros((0, 1, 1, 2)))
 
 
@@ -779,7 +779,7 @@ def test_correlation_across_patches_against_scipy_and_its_shapes():
     rng = np.random.default_rng(2)
     g, p = rng.random(7), rng.random((3, 7))
     one = correlation_across_patches(g, p[0])
-    assert isinstance(one, float) and one == pytest.approx(pearsonr(g, p[0])[0])
+    assert type(one) is float and one == pytest.approx(pearsonr(g, p[0])[0])  # a Python float, not a NumPy scalar
     rows = correlation_across_patches(np.stack([g, g + 5.0, 2 * g]), p)  # rows with different means and scales
     np.testing.assert_allclose(rows, [pearsonr(g, q)[0] for q in p])
     assert correlation_across_patches(np.arange(5), np.arange(5)) == 1.0  # integer features
@@ -787,7 +787,7 @@ def test_correlation_across_patches_against_scipy_and_its_shapes():
         warnings.simplefilter("error")  # documented NaN, no 0/0 warning
         assert math.isnan(correlation_across_patches(np.full(5, 0.3), p[0, :5]))  # constant: undefined, not 0
     short = correlation_across_patches(np.zeros(1), np.zeros(1))
-    assert isinstance(short, float) and math.isnan(short)
+    assert type(short) is float and math.isnan(short)
     assert correlation_across_patches(np.zeros(1), np.zeros((3, 1))).shape == (3,)
     assert correlation_across_patches(np.zeros((3, 1)), np.zeros(1)).shape == (3,)
 
