@@ -1135,3 +1135,23 @@ def test_otsu_level_of_six_grey_levels_by_hand():
     2 at t = 2 ({0, 1, 1, 2} against {3, 5}: 2/3 · 1/3 · (1 − 4)²) and 1.8 at t = 3 and 4: the level is 2."""
     assert otsu_threshold_8bit(np.array([0, 1, 1, 2, 3, 5], np.uint8)) == 2
     assert otsu_threshold_8bit(np.array([5, 3, 2, 1, 1, 0], np.uint8).reshape(2, 3)) == 2
+
+
+def test_pair_hausdorff_reaches_the_last_column_of_the_box():
+    """The farthest pixel in the joint box's last column counts: a = {(0, 0)}, b = {(0, 2), (1, 6)}: the distance
+    from (1, 6) to a is √37 (skimage's hausdorff_distance agrees)."""
+    a, b = np.zeros((3, 8), bool), np.zeros((3, 8), bool)
+    a[0, 0] = True
+    b[0, 2] = b[1, 6] = True
+    assert pair_hausdorff(a, b, (1.0, 1.0)) == pytest.approx(math.sqrt(37))
+    assert pair_hausdorff(a, b, (1.0, 1.0)) == pytest.approx(hausdorff_distance(a, b))
+
+
+def test_volume_error_with_one_empty_mask_is_nan_without_a_warning():
+    """A mean over no objects is undefined: NaN, returned before any mean of an empty list is taken."""
+    empty = np.zeros((8, 32, 32), np.float32)
+    square = empty.copy()
+    square[2:6, 8:24, 8:24] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(volume_error(square, empty)) and math.isnan(volume_error(empty, square))
