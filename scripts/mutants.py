@@ -43,7 +43,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRATCH = REPO_ROOT / "build" / "mutation"
 #: Tests that cover each module (quick ones: no training runs, no subprocesses), with an optional ``-k`` filter.
 MODULES: dict[str, tuple[list[str], str]] = {
-    "metrics": (["tests/test_metrics.py", "tests/test_benchmark_protocol.py"], ""),
+    "metrics": (["tests/test_metrics.py", "tests/test_benchmark_protocol.py", "tests/test_classifier.py"],
+                "not classifier_learns_beyond"),
     "sampling": (["tests/test_sampling.py", "tests/test_ensemble.py", "tests/test_tiled.py"],
                  "not predict_a_volume and not python_api"),
     "uncertainty": (["tests/test_uncertainty_masks.py", "tests/test_uncertainty_scores.py", "tests/test_thresholds.py",

@@ -16,8 +16,9 @@ from dm4isl.errors import CheckpointError
 from dm4isl.evaluation import evaluate_folder
 from dm4isl.io.atomic import write_tiff
 from dm4isl.metrics.perceptual import FEATURE_LAYERS, ClassifierFeatures, layer_distances
-from dm4isl.metrics.registry import CLS_LPIPS, METRIC_SETS, METRICS, patch_metrics, resolve_metric_names
+from dm4isl.metrics.registry import CLS_LPIPS, METRIC_SETS, METRICS, PairContext, patch_metrics, resolve_metric_names
 from dm4isl.metrics.texture import perceptual_distance
+from dm4isl.metrics.volume import VolumeFeatures
 from dm4isl.models.checkpoint import load_model
 from dm4isl.models.classifier import (
     ClassifierModule,
@@ -161,6 +162,84 @@ def test_cls_lpips_of_a_hand_computed_pair() -> None:
     assert perceptual_distance(gt, pred, features) == pytest.approx(0.325)
     assert perceptual_distance(pred, gt, features) == pytest.approx(0.325)
     assert perceptual_distance(gt, pred) != pytest.approx(0.325, rel=0.05)  # the random-feature distance is another
+
+
+def test_a_bare_network_is_wrapped_with_the_default_settings() -> None:
+    """perceptual_distance given the network itself: the same 0.325 as the hand-computed pair above."""
+    gt = np.zeros((2, 16, 16), np.float32)
+    pred = gt.copy()
+    pred[:, :8] = 0.5
+    assert perceptual_distance(gt, pred, _hand_net()) == pytest.approx(0.325)
+
+
+class _CountingFeatures(ClassifierFeatures):
+    """Counts the calls of :meth:`features`."""
+
+    calls = 0
+
+    def features(self, volumes: np.ndarray) -> list[torch.Tensor]:
+        self.calls += 1
+        return super().features(volumes)
+
+
+def test_classifier_features_are_computed_once_per_classifier() -> None:
+    """A volume's features in one classifier are computed on first use and then returned as they are; another
+    classifier gets its own."""
+    first, second = _CountingFeatures(_hand_net()), _CountingFeatures(_hand_net())
+    volume = VolumeFeatures(np.zeros((2, 8, 8), np.float32))
+    features = volume.classifier_features(first)
+    assert volume.classifier_features(first) is features and first.calls == 1
+    assert volume.classifier_features(second) is not features and second.calls == 1
+    assert volume.classifier_features(first) is features and volume.classifier_features(second) is not features
+    assert (first.calls, second.calls) == (1, 1)
+
+
+def test_cls_lpips_without_a_classifier_says_how_to_give_one() -> None:
+    vol = np.zeros((2, 8, 8), np.float32)
+    expected = ("cls_lpips needs an organelle classifier: pass classifier= (dm4isl-evaluate "
+                "perceptual.classifier=<checkpoint>)")
+    with pytest.raises(ValueError) as raised:
+        METRICS[CLS_LPIPS].fn(PairContext(vol, vol))
+    assert str(raised.value) == expected
+
+
+def test_classifier_feature_settings_and_messages() -> None:
+    """The wrapper keeps its settings, freezes the network, and names itself and what is missing in its errors."""
+    net = _hand_net()
+    features = ClassifierFeatures(net, input_axes="YXZ")
+    assert (features.input_axes, features.name, features.layers) == ("YXZ", "classifier", FEATURE_LAYERS)
+    assert not any(p.requires_grad for p in net.parameters())
+    with pytest.raises(ValueError) as raised:
+        ClassifierFeatures(_hand_net(), layers=("layer1", "head"))
+    assert str(raised.value) == ("classifier: the network has no sub-module(s) ['head']; expected all of "
+                                 "['layer1', 'head']")
+    with pytest.raises(ValueError) as raised:
+        ClassifierFeatures(_hand_net(), input_axes="ZYY", name="CLS.pth")
+    assert str(raised.value) == "CLS.pth: input_axes 'ZYY'; expected a permutation of 'ZYX'"
+    with pytest.raises(ValueError) as raised:
+        layer_distances([torch.zeros(1), torch.zeros(1)], [torch.zeros(1)])
+    assert str(raised.value) == "2 ground-truth and 1 prediction feature layers"
+
+
+def test_features_of_a_batch_and_of_float64_volumes() -> None:
+    """Features of two volumes at once are those of each alone (the channel norm is taken per volume and voxel), and
+    a float64 volume gives the features of its float32 copy."""
+    rng = np.random.default_rng(4)
+    volumes = rng.random((2, 2, 8, 8))
+    features = ClassifierFeatures(_hand_net(), normalize=True)
+    both = features.features(volumes)
+    for i in range(2):
+        alone = features.features(volumes[i : i + 1].astype(np.float32))
+        for f_both, f_alone in zip(both, alone, strict=True):
+            torch.testing.assert_close(f_both[i : i + 1], f_alone)
+
+
+def test_channel_normalisation_of_feature_vectors_near_zero() -> None:
+    """f / (|f| + 1e-10): a voxel whose feature vector has norm 1e-10 becomes half a unit vector."""
+    features = ClassifierFeatures(_hand_net(), layers=("layer2",), normalize=True)
+    tiny = np.full((1, 1, 2, 2), 1e-10 / np.sqrt(8.0))  # layer2 = (2x, -2x): norm sqrt(8) x = 1e-10
+    (f,) = features.features(tiny)
+    torch.testing.assert_close(f, torch.tensor([0.5, -0.5]).reshape(1, 2, 1, 1, 1).expand(1, 2, 1, 2, 2) / np.sqrt(2.0))
 
 
 def test_cls_lpips_differs_from_the_random_feature_distance() -> None:

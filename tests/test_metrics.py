@@ -13,7 +13,9 @@ from scipy import ndimage as ndi
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import bootstrap, entropy, pearsonr
 from skimage.feature import graycomatrix, graycoprops, hog
+from skimage.filters import gaussian, threshold_otsu
 from skimage.metrics import hausdorff_distance
+from skimage.morphology import disk
 
 from conftest import CONF_DIR, GOLDEN, GOLDEN_TOL
 from dm4isl.callbacks.metrics import MetricsCallback, compute_stage_metrics
@@ -21,6 +23,7 @@ from dm4isl.errors import DataError
 from dm4isl.evaluation.inputs import load_inputs
 from dm4isl.evaluation.pipeline import compute_results
 from dm4isl.metrics import descriptors
+from dm4isl.metrics import segmentation as segmentation_module
 from dm4isl.metrics.basic import ms_ssim_batch, ms_ssim_min_size
 from dm4isl.metrics.instances import (
     area_error,
@@ -43,12 +46,16 @@ from dm4isl.metrics.registry import (
     resolve_metric_names,
 )
 from dm4isl.metrics.segmentation import (
+    BENCHMARK_SLICES,
+    Segmentation,
     SegmentationSettings,
     _seed_components,
     match_instances,
     otsu_threshold_8bit,
     segment,
+    segment_slice,
     segment_volume_reference,
+    split_instances,
     to_uint8,
 )
 from dm4isl.metrics.table import (
@@ -617,7 +624,7 @@ def test_crps_of_8_bit_volumes_and_malformed_ensembles():
     assert crps(np.full((1, 1, 1), 0.5), np.full((1, 1, 1, 1), 0.75)) == pytest.approx(0.25)  # |0.75 − 0.5|
     with pytest.raises(ValueError, match="do not fit"):  # right rank, wrong shape
         crps(np.zeros((1, 1, 2)), np.zeros((2, 1, 1, 3)))
-    with pytest.raises(ValueError, match="at least one member"):
+    with pytest.raises(ValueError, match="^an ensemble needs at least one member$"):  # the whole message
         crps(np.zeros((1, 1, 2)), np.zeros((0, 1, 1, 2)))
 
 
@@ -772,7 +779,7 @@ def test_correlation_across_patches_against_scipy_and_its_shapes():
     rng = np.random.default_rng(2)
     g, p = rng.random(7), rng.random((3, 7))
     one = correlation_across_patches(g, p[0])
-    assert isinstance(one, float) and one == pytest.approx(pearsonr(g, p[0])[0])
+    assert type(one) is float and one == pytest.approx(pearsonr(g, p[0])[0])  # a Python float, not a NumPy scalar
     rows = correlation_across_patches(np.stack([g, g + 5.0, 2 * g]), p)  # rows with different means and scales
     np.testing.assert_allclose(rows, [pearsonr(g, q)[0] for q in p])
     assert correlation_across_patches(np.arange(5), np.arange(5)) == 1.0  # integer features
@@ -780,7 +787,7 @@ def test_correlation_across_patches_against_scipy_and_its_shapes():
         warnings.simplefilter("error")  # documented NaN, no 0/0 warning
         assert math.isnan(correlation_across_patches(np.full(5, 0.3), p[0, :5]))  # constant: undefined, not 0
     short = correlation_across_patches(np.zeros(1), np.zeros(1))
-    assert isinstance(short, float) and math.isnan(short)
+    assert type(short) is float and math.isnan(short)
     assert correlation_across_patches(np.zeros(1), np.zeros((3, 1))).shape == (3,)
     assert correlation_across_patches(np.zeros((3, 1)), np.zeros(1)).shape == (3,)
 
@@ -1038,3 +1045,113 @@ def test_bootstrap_interval_by_its_documented_procedure():
         warnings.simplefilter("error")
         bounds = bootstrap_ci(lambda x: float("nan"), [[1.0, 2.0, 3.0]], n_resamples=20)
     assert all(math.isnan(v) for v in bounds)
+
+
+def test_spec_segmentation_foreground_is_strictly_above_the_otsu_level(monkeypatch):
+    """SPEC §5's mask is ``smoothed > level``: a plateau whose smoothed value is exactly the level (here forced
+    through the level function, the value read from skimage's own smoothing of the slice) is background."""
+    image = np.zeros((48, 48))
+    image[8:40, 8:40] = 0.5
+    plateau = float(gaussian(image, sigma=1.0, preserve_range=True)[24, 24])  # the square's centre, away from edges
+    monkeypatch.setattr(segmentation_module, "threshold_otsu", lambda smoothed: plateau)
+    mask, labels = segment_slice(image)
+    assert not mask.any() and not labels.any()
+
+
+def test_spec_segmentation_drops_objects_below_one_percent_of_the_slice():
+    """1 % of a 64 × 64 slice is 40.96 px: after smoothing, Otsu, hole filling and the disk(1) opening (redone here
+    with skimage and SciPy), a 4 × 9 square leaves 42 px (kept) and a 6 × 6 square 40 px (dropped)."""
+    image = np.zeros((64, 64))
+    image[5:25, 5:25] = 1.0
+    image[8:12, 40:49] = 1.0
+    image[40:46, 40:46] = 1.0
+    smoothed = gaussian(image, sigma=1.0, preserve_range=True)
+    opened = ndi.binary_opening(ndi.binary_fill_holes(smoothed > threshold_otsu(smoothed)), structure=disk(1))
+    components, n = ndi.label(opened)
+    sizes = np.bincount(components.ravel())[1:]
+    assert sorted(sizes.tolist()) == [40, 42, 460]
+    expected = np.isin(components, 1 + np.flatnonzero(sizes >= 0.01 * 64 * 64))
+    mask, _ = segment_slice(image)
+    np.testing.assert_array_equal(mask, expected)
+    assert mask[4:16, 36:53].sum() == 42 and not mask[36:50, 36:50].any()
+
+
+def test_benchmark_instances_of_exactly_the_minimum_size_are_kept():
+    """The benchmark's merging re-floods instances *smaller* than the minimum size: two touching discs split into
+    two instances stay two when the minimum is the smaller one's size, and become one (the whole mask) above it."""
+    yy, xx = np.mgrid[:40, :70]
+    mask = ((yy - 20) ** 2 + (xx - 16) ** 2 <= 144) | ((yy - 20) ** 2 + (xx - 36) ** 2 <= 81)
+    assert ndi.label(mask)[1] == 1  # one component
+    unmerged = split_instances(mask, BENCHMARK_SLICES, 0.0)
+    sizes = np.bincount(unmerged.ravel())[1:]
+    assert len(sizes) == 2
+    smaller = int(sizes.min())
+    np.testing.assert_array_equal(split_instances(mask, BENCHMARK_SLICES, float(smaller)), unmerged)
+    np.testing.assert_array_equal(split_instances(mask, BENCHMARK_SLICES, smaller + 0.5), mask.astype(np.int32))
+
+
+def _given_mask(mask: np.ndarray) -> VolumeFeatures:
+    """A volume whose foreground mask is ``mask`` as given (the segmentation is set, not computed)."""
+    features = VolumeFeatures(mask.astype(np.float32))
+    features.segmentation = Segmentation(mask=mask, labels=ndi.label(mask)[0].astype(np.int32))
+    return features
+
+
+def test_precision_and_recall_of_one_voxel_masks():
+    """TP / (TP + FP) and TP / (TP + FN) when the denominator is 1: one right voxel inside a 3-voxel truth has
+    precision 1 and recall 1/3; one voxel predicted where the truth is empty has precision 0 (and recall 0,
+    the truth is empty but the prediction is not); one true voxel found by a 3-voxel prediction has recall 1;
+    one of two voxels right (TP = FP = 1, TP = FN = 1) gives 1/2."""
+    one, two, three, empty = (np.zeros((1, 4, 4), bool) for _ in range(4))
+    one[0, 1, 1] = True
+    two[0, 1, 1:3] = True
+    three[0, 1, 1:4] = True
+    assert precision(_given_mask(one), _given_mask(two)) == 0.5 and recall(_given_mask(two), _given_mask(one)) == 0.5
+    assert precision(_given_mask(three), _given_mask(one)) == 1.0
+    assert recall(_given_mask(three), _given_mask(one)) == pytest.approx(1 / 3)
+    assert precision(_given_mask(empty), _given_mask(one)) == 0.0
+    assert recall(_given_mask(empty), _given_mask(one)) == 0.0
+    assert recall(_given_mask(one), _given_mask(three)) == 1.0
+    assert precision(_given_mask(one), _given_mask(three)) == pytest.approx(1 / 3)
+    assert recall(_given_mask(one), _given_mask(empty)) == 0.0
+    assert precision(_given_mask(one), _given_mask(empty)) == 0.0
+
+
+def test_wilcoxon_of_two_pairs():
+    """Two pairs are enough (the minimum): both differences positive, exact two-sided p = 2 · (1/4) = 0.5."""
+    assert paired_wilcoxon([1.0, 2.0], [0.0, 0.0]) == pytest.approx(0.5)
+    assert paired_wilcoxon([1.0, 2.0], [1.0, 2.0]) == 1.0
+
+
+def test_wilcoxon_ranks_the_differences_not_the_values():
+    """a − b = (1, −2, 3, 4, 5): T− = 2; of the 32 equally likely sign patterns 3 give T− ≤ 2 ({}, {1}, {2}), so
+    the exact two-sided p is 2 · 3/32 = 0.1875 (a alone, all positive, would give 2/32)."""
+    a, b = [3.0, 2.0, 5.0, 6.0, 7.0], [2.0, 4.0, 2.0, 2.0, 2.0]
+    assert paired_wilcoxon(a, b) == pytest.approx(6 / 32)
+
+
+def test_otsu_level_of_six_grey_levels_by_hand():
+    """(0, 1, 1, 2, 3, 5), mean 2: between-class variances w0·w1·(m0 − m1)² are 0.8 at t = 0, 16/9 at t = 1,
+    2 at t = 2 ({0, 1, 1, 2} against {3, 5}: 2/3 · 1/3 · (1 − 4)²) and 1.8 at t = 3 and 4: the level is 2."""
+    assert otsu_threshold_8bit(np.array([0, 1, 1, 2, 3, 5], np.uint8)) == 2
+    assert otsu_threshold_8bit(np.array([5, 3, 2, 1, 1, 0], np.uint8).reshape(2, 3)) == 2
+
+
+def test_pair_hausdorff_reaches_the_last_column_of_the_box():
+    """The farthest pixel in the joint box's last column counts: a = {(0, 0)}, b = {(0, 2), (1, 6)}: the distance
+    from (1, 6) to a is √37 (skimage's hausdorff_distance agrees)."""
+    a, b = np.zeros((3, 8), bool), np.zeros((3, 8), bool)
+    a[0, 0] = True
+    b[0, 2] = b[1, 6] = True
+    assert pair_hausdorff(a, b, (1.0, 1.0)) == pytest.approx(math.sqrt(37))
+    assert pair_hausdorff(a, b, (1.0, 1.0)) == pytest.approx(hausdorff_distance(a, b))
+
+
+def test_volume_error_with_one_empty_mask_is_nan_without_a_warning():
+    """A mean over no objects is undefined: NaN, returned before any mean of an empty list is taken."""
+    empty = np.zeros((8, 32, 32), np.float32)
+    square = empty.copy()
+    square[2:6, 8:24, 8:24] = 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(volume_error(square, empty)) and math.isnan(volume_error(empty, square))
