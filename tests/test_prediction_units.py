@@ -1352,6 +1352,14 @@ def test_calibration_of_an_inter_map_alone() -> None:
     assert list(result["maps"]) == ["inter"] and [e["map"] for e in result["entries"]] == ["inter"]
 
 
+def _spy_torch_load(monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """The keyword arguments of every ``torch.load`` call from now on (the call itself still happens)."""
+    calls: list[dict] = []
+    real = torch.load
+    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k) or real(*a, **k))
+    return calls
+
+
 def _torch_load_error(path: Path) -> str:
     """The name of the exception ``torch.load`` raises on ``path`` (the reading errors must name it)."""
     try:
@@ -1371,9 +1379,7 @@ def test_classifier_reading_in_detail(tmp_path: Path, monkeypatch: pytest.Monkey
     kind = _torch_load_error(junk)
     with pytest.raises(CheckpointError, match=rf"junk\.pth: not a readable checkpoint \({kind}: "):
         classifier._read(junk)
-    calls = []
-    real = torch.load
-    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k) or real(*a, **k))
+    calls = _spy_torch_load(monkeypatch)
     torch.save({"w": torch.ones(1)}, tmp_path / "ok.pth")
     classifier._read(tmp_path / "ok.pth")
     assert calls == [{"map_location": "cpu", "weights_only": True}]
@@ -1618,9 +1624,7 @@ def test_generative_state_reading_in_detail(tmp_path: Path, monkeypatch: pytest.
     assert str(err.value).startswith(f"{junk}: cannot be read as tensors only ({kind}: ")
     assert str(err.value).endswith("; expected a state dict — re-save a pickled network with "
                                    "torch.save(net.state_dict(), path)")
-    calls = []
-    real = torch.load
-    monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(k) or real(*a, **k))
+    calls = _spy_torch_load(monkeypatch)
     torch.save({"w": torch.ones(1)}, tmp_path / "ok.pt")
     generative_import.read_generative_state(tmp_path / "ok.pt")
     assert calls == [{"map_location": "cpu", "weights_only": True}]
