@@ -350,13 +350,9 @@ def test_custom_windows_fitted_stored_in_checkpoint_and_used_to_predict(compose_
 
 
 def test_prepare_script_is_resumable_and_feeds_training(allen_root: Path, tmp_path: Path, compose_cfg) -> None:
-    import importlib.util
+    from conftest import load_script
 
-    from conftest import REPO_ROOT
-
-    spec = importlib.util.spec_from_file_location("prepare_allen", REPO_ROOT / "scripts" / "prepare_allen.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("prepare_allen")
     overrides = ["data.xy_size=null", "data.patch_size=[16,32,32]", "data.n_test_patches=5", "data.n_val_patches=3",
                  "data.split_fractions={val: 0.25, test: 0.25}"]
     manifest = allen_root / "metadata.csv"

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO_ROOT, require
+from conftest import REPO_ROOT, load_script, require
 
 CI_SCRIPT = REPO_ROOT / ".ci" / "run"
 
@@ -82,20 +82,9 @@ def test_every_skip_goes_through_require() -> None:
     assert offenders == []
 
 
-def _mutants_script():
-    import importlib.util
-    import sys
-
-    spec = importlib.util.spec_from_file_location("mutants_script", REPO_ROOT / "scripts" / "mutants.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_justified_survivor_list_parses_with_three_fields_a_row():
     """Every row of docs/mutants_justified.csv is mutant,reason,note with a known reason; one name per row."""
-    mutants = _mutants_script()
+    mutants = load_script("mutants")
     rows = (REPO_ROOT / "docs" / "mutants_justified.csv").read_text(encoding="utf-8").splitlines()
     justified = mutants.read_justified()
     assert len(justified) == len(rows) - 1  # header; no name listed twice
@@ -103,7 +92,7 @@ def test_justified_survivor_list_parses_with_three_fields_a_row():
 
 
 def test_justified_survivor_list_refuses_an_unquoted_comma(tmp_path):
-    mutants = _mutants_script()
+    mutants = load_script("mutants")
     bad = tmp_path / "justified.csv"
     bad.write_text("mutant,reason,note\na__mutmut_1,equivalent,same value, slower\n", encoding="utf-8")
     with pytest.raises(SystemExit, match="line 2: expected 3 fields"):

@@ -3,7 +3,6 @@ against the real nuclear-envelope patches, the legacy generator failing them, an
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF_DIR, REPO_ROOT
+from conftest import CONF_DIR, load_script
 from dm4isl.data import realism
 from dm4isl.data.synthetic import GeneratorSettings
 
@@ -105,9 +104,7 @@ def test_legacy_generator_fails_most_statistics(real, tmp_path: Path) -> None:
 
 
 def test_realism_script_prints_the_verdict_line(nucenv_dir: Path, tmp_path: Path, capsys) -> None:
-    spec = importlib.util.spec_from_file_location("synthetic_realism", REPO_ROOT / "scripts" / "synthetic_realism.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("synthetic_realism")
     out_csv = tmp_path / "realism.csv"
     assert module.main(["--real", str(nucenv_dir), "--cache-dir", str(tmp_path), "--csv", str(out_csv)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO_ROOT
+from conftest import load_script
 from dm4isl.io.figures import GridRow, mid_z, prediction_grid
 
 #: Minimal settings on top of --synthetic: small FOVs, 4 test patches of 16 x 32 x 32, one short epoch per model,
@@ -27,10 +26,7 @@ N_TEST = 4
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("reproduce_paper", REPO_ROOT / "scripts" / "reproduce_paper.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("reproduce_paper")
 
 
 def test_prediction_grid_writes_png(tmp_path: Path) -> None:

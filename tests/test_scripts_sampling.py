@@ -4,17 +4,14 @@ and of the package functions they share: a run's test patches, centre crops, mea
 from __future__ import annotations
 
 import csv
-import importlib.util
 import re
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import load_script
 from dm4isl.data.patches import center_crop
 from dm4isl.metrics.basic import mean_pcc
 from dm4isl.models.ddpm import DDPMModule
@@ -29,15 +26,6 @@ ORGANELLE = {"name": "nuclear_envelope", "bf_window": [12000, 55000], "fl_window
              "intra_std_threshold": 0.055, "inter_std_threshold": 0.1, "voxel_size": [0.29, 0.29, 0.29]}
 #: Training-set statistics stored in the checkpoint: voxel count, Σbf, Σfl, Σbf², Σbf·fl (fluorescence mean 0.3).
 DATA_STATS = [1000.0, 500.0, 300.0, 300.0, 160.0]
-
-
-def load_script(name: str) -> ModuleType:
-    """Import ``scripts/<name>.py`` as a module (the scripts folder is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, REPO_ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import zipfile
 from dataclasses import fields, replace
@@ -13,13 +12,12 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from conftest import REPO_ROOT, load_script
 from dm4isl.data import synthetic
 from dm4isl.data.normalize import clip_raw, window_normalize
 from dm4isl.data.synthetic import ORGANELLES, SyntheticFOV, generate_fov, load_fov, save_fov, synthetic_dataset
 from dm4isl.errors import DataError
 from dm4isl.metrics.basic import pcc
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: SPEC §1 windows and std_th: (BF window, FL window, std_th) in raw grey levels.
 SPEC_WINDOWS = {
@@ -337,10 +335,7 @@ def test_invalid_arguments_are_refused() -> None:
 
 
 def _load_check_script():
-    spec = importlib.util.spec_from_file_location("check_synthetic", REPO_ROOT / "scripts" / "check_synthetic.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("check_synthetic")
 
 
 @pytest.mark.slow
